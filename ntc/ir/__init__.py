@@ -1,0 +1,1 @@
+"""The IR: op models, value types, the builder tree and the DAG."""

@@ -1,0 +1,205 @@
+"""The IR graph: a DAG of op applications, held in a `networkx.DiGraph` behind a small API.
+
+Nodes are immutable `Node` records (op, path, inferred types, layout decisions); edges carry
+the input slot, since fan-in order matters.  Code outside ntc/ir uses this class only, never
+networkx directly.  Passes are pure: they copy the graph, edit the copy, and return it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import networkx as nx
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import NtcError, ValidationError
+from .ops import Op, op_from_dict
+from .types import CovType, TensorType
+
+
+class Node(BaseModel):
+    """One op application.  `ttype` and `cov` are filled by passes; `materialize` (set by
+    `choose_layouts`) asks lowering to store this node's covariance before its consumers read
+    it, instead of letting XLA fuse (and possibly recompute) it into them."""
+
+    model_config = ConfigDict(frozen=True, extra='forbid')
+
+    id: int
+    op: Op
+    path: str
+    ttype: TensorType | None = None
+    cov: CovType | None = None
+    materialize: bool = False
+
+    def text(self) -> str:
+        return self.op.label()
+
+
+class Graph:
+    """A DAG of `Node`s with one designated output."""
+
+    def __init__(self) -> None:
+        self._g = nx.DiGraph()
+        self._next = 0
+        self.output: int | None = None
+
+    # -- building --------------------------------------------------------------------------
+
+    def add(self, op: Op, inputs: list[int], path: str) -> int:
+        """Append a node applying `op` to `inputs` (in slot order); returns its id."""
+        nid = self._next
+        self._next += 1
+        self._g.add_node(nid, node=Node(id=nid, op=op, path=path))
+        for slot, src in enumerate(inputs):
+            self._g.add_edge(src, nid, slot=slot)
+        return nid
+
+    def copy(self) -> Graph:
+        g = Graph()
+        g._g = self._g.copy()
+        g._next = self._next
+        g.output = self.output
+        return g
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def node(self, nid: int) -> Node:
+        return self._g.nodes[nid]['node']
+
+    def __contains__(self, nid: int) -> bool:
+        return nid in self._g
+
+    def __len__(self) -> int:
+        return self._g.number_of_nodes()
+
+    def order(self) -> list[int]:
+        """Node ids in a deterministic topological order (ties broken by id)."""
+        return list(nx.lexicographical_topological_sort(self._g))
+
+    def nodes(self) -> Iterator[Node]:
+        """Nodes in topological order."""
+        for nid in self.order():
+            yield self.node(nid)
+
+    def inputs(self, nid: int) -> list[int]:
+        """Producers of `nid`'s inputs, in slot order."""
+        preds = [(self._g.edges[p, nid]['slot'], p) for p in self._g.predecessors(nid)]
+        return [p for _, p in sorted(preds)]
+
+    def consumers(self, nid: int) -> list[tuple[int, int]]:
+        """(consumer id, slot) pairs reading `nid`'s value, sorted."""
+        return sorted((c, self._g.edges[nid, c]['slot']) for c in self._g.successors(nid))
+
+    def input_nodes(self) -> list[int]:
+        return [nid for nid in self.order() if self.node(nid).op.kind == 'Input']
+
+    def is_acyclic(self) -> bool:
+        return nx.is_directed_acyclic_graph(self._g)
+
+    def ancestors(self, nid: int) -> set[int]:
+        return nx.ancestors(self._g, nid)
+
+    # -- edits (on a copy, inside passes) ---------------------------------------------------
+
+    def replace(self, nid: int, **updates) -> None:
+        """Replace fields of node `nid` (op, ttype, cov, materialize, path)."""
+        self._g.nodes[nid]['node'] = self.node(nid).model_copy(update=updates)
+
+    def remove(self, nid: int) -> None:
+        """Delete node `nid` and its edges (for dead nodes)."""
+        self._g.remove_node(nid)
+
+    def bypass(self, nid: int) -> None:
+        """Remove the single-input node `nid`, wiring its consumers to its input."""
+        (src,) = self.inputs(nid)
+        for dst, slot in self.consumers(nid):
+            self._g.add_edge(src, dst, slot=slot)
+        if self.output == nid:
+            self.output = src
+        self._g.remove_node(nid)
+
+    def insert_on_edge(self, src: int, dst: int, op: Op, path: str) -> int:
+        """Insert a single-input node on the edge src -> dst (keeping dst's slot)."""
+        slot = self._g.edges[src, dst]['slot']
+        self._g.remove_edge(src, dst)
+        nid = self.add(op, [src], path)
+        self._g.add_edge(nid, dst, slot=slot)
+        return nid
+
+    def reconnect(self, src: int, dst: int, new_src: int) -> None:
+        """Make `dst` read from `new_src` in the slot where it read `src`."""
+        slot = self._g.edges[src, dst]['slot']
+        self._g.remove_edge(src, dst)
+        self._g.add_edge(new_src, dst, slot=slot)
+
+    def insert_after(self, src: int, op: Op, path: str) -> int:
+        """Insert a single-input node after `src`, moving all of src's consumers to it."""
+        consumers = self.consumers(src)
+        for dst, _ in consumers:
+            self._g.remove_edge(src, dst)
+        nid = self.add(op, [src], path)
+        for dst, slot in consumers:
+            self._g.add_edge(nid, dst, slot=slot)
+        if self.output == src:
+            self.output = nid
+        return nid
+
+    # -- text and dicts ----------------------------------------------------------------------
+
+    def __str__(self) -> str:
+        lines = []
+        for n in self.nodes():
+            args = ', '.join(f'%{i}' for i in self.inputs(n.id))
+            line = f'%{n.id} = {n.text()}({args})' if args else f'%{n.id} = {n.text()}'
+            notes = []
+            if n.ttype is not None:
+                notes.append(n.ttype.describe() + (' gauss' if n.ttype.is_gaussian else ''))
+            if n.cov is not None:
+                notes.append(n.cov.describe() + (' mat' if n.materialize else ''))
+            notes.append(n.path)
+            lines.append(f'{line:<52} # ' + ' | '.join(notes))
+        lines.append(f'return %{self.output}')
+        return '\n'.join(lines)
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (JSON/YAML-safe).  Ops holding Python functions cannot be dumped."""
+        nodes = []
+        for n in self.nodes():
+            if not n.op.serializable:
+                raise NtcError(f'{n.op.kind} holds Python functions and cannot be written out',
+                               path=n.path, hint='build this layer in Python with ntc.stax')
+            nodes.append(dict(
+                id=n.id, op=n.op.model_dump(mode='json'), path=n.path,
+                type=None if n.ttype is None else n.ttype.model_dump(mode='json'),
+                cov=None if n.cov is None else n.cov.model_dump(mode='json'),
+                materialize=n.materialize))
+        edges = sorted([s, d, a['slot']] for s, d, a in self._g.edges(data=True))
+        return dict(nodes=nodes, edges=edges, output=self.output)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Graph:
+        """Inverse of `to_dict` (exact round trip)."""
+        g = cls()
+        try:
+            for nd in data['nodes']:
+                node = Node(id=nd['id'], op=op_from_dict(nd['op']), path=nd['path'],
+                            ttype=None if nd.get('type') is None else TensorType(**nd['type']),
+                            cov=None if nd.get('cov') is None else CovType(**nd['cov']),
+                            materialize=nd.get('materialize', False))
+                g._g.add_node(node.id, node=node)
+            for src, dst, slot in data['edges']:
+                g._g.add_edge(src, dst, slot=slot)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValidationError(f'not a valid graph dict: {e}') from e
+        g._next = max(g._g.nodes, default=-1) + 1
+        g.output = data['output']
+        return g
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Graph):
+            return NotImplemented
+        return (self.output == other.output
+                and dict(self._g.nodes(data='node')) == dict(other._g.nodes(data='node'))
+                and sorted(self._g.edges(data='slot')) == sorted(other._g.edges(data='slot')))
+
+    __hash__ = None  # type: ignore[assignment]

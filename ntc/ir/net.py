@@ -1,0 +1,145 @@
+"""`Net`: the builder tree that `ntc.stax` returns, and its translation to a `Graph`.
+
+A `Net` is a layer (one op) or a `serial`/`parallel` combination of nets, exactly as the user
+wrote it; it is what specs dump and load.  `build_graph` flattens it into the DAG IR, naming each
+node by its path in the tree, e.g. ``serial[3].Relu``.  A `Net` also unpacks as
+``init_fn, apply_fn, kernel_fn`` like a neural_tangents layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import ArchitectureError
+from .graph import Graph
+from .ops import FanOut, Input, Op
+
+Kind = Literal['layer', 'serial', 'parallel']
+
+
+@dataclass(frozen=True, eq=True)
+class Net:
+    """A network declaration: one op (`kind='layer'`) or a combination of child nets."""
+
+    kind: Kind
+    op: Op | None = None
+    children: tuple[Net, ...] = ()
+    _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    # -- the neural_tangents triple ---------------------------------------------------------
+
+    def __iter__(self):
+        from ..api import make_apply_fn, make_init_fn, make_kernel_fn
+        return iter((make_init_fn(self), make_apply_fn(self), make_kernel_fn(self)))
+
+    def __getitem__(self, i: int):
+        return tuple(self)[i]
+
+    def __len__(self) -> int:
+        return 3
+
+    @property
+    def init_fn(self):
+        return self[0]
+
+    @property
+    def apply_fn(self):
+        return self[1]
+
+    @property
+    def kernel_fn(self):
+        return self[2]
+
+    # -- the IR ----------------------------------------------------------------------------
+
+    def graph(self) -> Graph:
+        """The DAG of this net (cached; graphs are never mutated in place)."""
+        if 'graph' not in self._cache:
+            self._cache['graph'] = build_graph(self)
+        return self._cache['graph']
+
+    def code(self, module: str = 'stax') -> str:
+        """Python source that rebuilds this net with `ntc.stax`."""
+        pre = f'{module}.' if module else ''
+        if self.kind != 'layer':
+            return f'{pre}{self.kind}(' + ', '.join(c.code(module) for c in self.children) + ')'
+        defaults = {k: f.default for k, f in type(self.op).model_fields.items()}
+        args = []
+        for k, v in self.op.args().items():
+            if k in defaults and v == defaults[k]:
+                continue
+            args.append(f'{k}={getattr(v, "__name__", None) or repr(v)}')
+        return f'{pre}{self.op.kind}({", ".join(args)})'
+
+    def __repr__(self) -> str:
+        return self.code('')
+
+
+def layer(op: Op) -> Net:
+    return Net('layer', op)
+
+
+def build_graph(net: Net) -> Graph:
+    """Translate a builder tree into the DAG IR (NT's list-of-values semantics for fan-outs)."""
+    g = Graph()
+    x = g.add(Input(), [], 'input')
+    outs = _emit(net, g, [x], '')
+    if len(outs) != 1:
+        raise ArchitectureError(f'the network ends with {len(outs)} parallel values',
+                                path=_label(net, ''), hint='end it with a fan-in such as '
+                                'FanInSum(), FanInConcat() or FanInProd()')
+    g.output = outs[0]
+    return g
+
+
+def _label(net: Net, prefix: str) -> str:
+    own = net.op.kind if net.kind == 'layer' else net.kind
+    return f'{prefix}.{own}' if prefix else own
+
+
+def _emit(net: Net, g: Graph, ins: list[int], prefix: str) -> list[int]:
+    if net.kind == 'serial':
+        base = f'{prefix}.serial' if prefix else 'serial'
+        for i, child in enumerate(net.children):
+            ins = _emit(child, g, ins, f'{base}[{i}]')
+        return ins
+    if net.kind == 'parallel':
+        base = f'{prefix}.parallel' if prefix else 'parallel'
+        if len(ins) != len(net.children):
+            raise ArchitectureError(
+                f'parallel has {len(net.children)} branches but receives {len(ins)} value(s)',
+                path=base, hint=f'put FanOut({len(net.children)}) before it, or give it '
+                f'{len(ins)} branches')
+        outs = []
+        for i, (child, x) in enumerate(zip(net.children, ins)):
+            y = _emit(child, g, [x], f'{base}[{i}]')
+            if len(y) != 1:
+                raise ArchitectureError(f'branch {i} of parallel produces {len(y)} values',
+                                        path=f'{base}[{i}]', hint='end the branch with a fan-in')
+            outs += y
+        return outs
+    op, path = net.op, _label(net, prefix)
+    if isinstance(op, FanOut):
+        if len(ins) != 1:
+            raise ArchitectureError(f'FanOut receives {len(ins)} values', path=path,
+                                    hint='merge them with a fan-in first')
+        return ins * op.num
+    if op.arity is None:
+        if len(ins) < 2:
+            raise ArchitectureError(f'{op.kind} needs two or more branches, got {len(ins)}',
+                                    path=path, hint='put FanOut(n) and parallel(...) before it')
+        return [g.add(op, ins, path)]
+    if len(ins) != op.arity:
+        raise ArchitectureError(f'{op.kind} takes one value but receives {len(ins)} parallel '
+                                'values', path=path, hint='put it inside parallel(...) or merge '
+                                'the branches with FanInSum()/FanInConcat() first')
+    return [g.add(op, ins, path)]
+
+
+def as_net(obj: Any, where: str) -> Net:
+    """Accept a Net; reject anything else (e.g. a raw neural_tangents triple) clearly."""
+    if isinstance(obj, Net):
+        return obj
+    raise ArchitectureError(f'{where} expects ntc.stax layers, got {type(obj).__name__}',
+                            hint='build every layer with ntc.stax (from ntc import stax)')
