@@ -1,0 +1,66 @@
+"""canonicalize: drop Identity nodes and dead nodes, and fold chains of per-position affine
+layers into one `Affine` kernel map.
+
+Two affine maps (K -> a K + b, Θ -> c Θ + d K + e) compose into one:
+    K  -> a2 a1 K + (a2 b1 + b2)
+    Θ  -> c2 c1 Θ + (c2 d1 + d2 a1) K + (c2 e1 + d2 b1 + e2)
+A chain folds when each intermediate value feeds only the next layer.
+"""
+
+from __future__ import annotations
+
+from ..ir import ops
+from ..ir.graph import Graph
+from .options import Options
+
+
+def _coefficients(g: Graph, nid: int) -> tuple[float, ...] | None:
+    node = g.node(nid)
+    if isinstance(node.op, ops.Affine):
+        o = node.op
+        return (o.a, o.b, o.c, o.d, o.e)
+    if isinstance(node.op, ops.Dense):
+        (src,) = g.inputs(nid)
+        return node.op.coefficients(g.node(src).ttype.channels)
+    return None
+
+
+def compose(first: tuple[float, ...], second: tuple[float, ...]) -> tuple[float, ...]:
+    """The affine kernel map `second ∘ first`."""
+    a1, b1, c1, d1, e1 = first
+    a2, b2, c2, d2, e2 = second
+    return (a2 * a1, a2 * b1 + b2, c2 * c1, c2 * d1 + d2 * a1, c2 * e1 + d2 * b1 + e2)
+
+
+def canonicalize(graph: Graph, opts: Options) -> Graph:
+    g = graph.copy()
+    live = g.ancestors(g.output) | {g.output}
+    for nid in [n for n in g.order() if n not in live]:
+        g.remove(nid)  # dead branches never reach the output
+    for node in list(g.nodes()):
+        if isinstance(node.op, ops.Identity):
+            g.bypass(node.id)
+    if opts.reference:
+        return g
+    for nid in g.order():
+        if nid not in g:
+            continue
+        second = _coefficients(g, nid)
+        if second is None:
+            continue
+        (src,) = g.inputs(nid)
+        first = _coefficients(g, src)
+        if first is None or len(g.consumers(src)) != 1 or src == g.output:
+            continue
+        a, b, c, d, e = compose(first, second)
+        paths = _folded(g, src) + _folded(g, nid)
+        t = g.node(nid).ttype
+        g.replace(nid, op=ops.Affine(a=a, b=b, c=c, d=d, e=e, out_dim=t.channels,
+                                     folded=paths))
+        g.bypass(src)
+    return g
+
+
+def _folded(g: Graph, nid: int) -> tuple[str, ...]:
+    op = g.node(nid).op
+    return op.folded if isinstance(op, ops.Affine) else (g.node(nid).path,)

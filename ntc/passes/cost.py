@@ -1,0 +1,74 @@
+"""cost: FLOPs, bytes written and peak live bytes of every node, as sympy expressions in the
+batch sizes N1 and N2 (spatial sizes are concrete).  Evaluated at concrete sizes, the peak is
+the memory model the runtime uses to choose tile sizes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import sympy
+
+from ..ir.graph import Graph, Node
+from ..ir.types import CovType, TensorType
+from .options import Options
+
+N1, N2 = sympy.symbols('N1 N2', positive=True, integer=True)
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    flops: sympy.Expr
+    bytes: sympy.Expr  # bytes of the covariances this node stores
+    live: sympy.Expr  # bytes live while this node runs (its inputs still needed + its output)
+
+
+def spatial_entries(t: TensorType, spatial: str | None) -> int:
+    """Entries per pair of examples: 1 (NONE), S (DIAG) or S² (FULL)."""
+    size = math.prod(t.spatial_shape) if t.spatial_axes else 1
+    return {'NONE': 1, 'DIAG': size, 'FULL': size * size, None: 0}[spatial]
+
+
+def stored_entries(node: Node, opts: Options) -> tuple[sympy.Expr, sympy.Expr]:
+    """(cross entries, marginal entries) stored for a node's value."""
+    t, cov = node.ttype, node.cov
+    kernels = 2 if opts.want_ntk else 1
+    if cov.batch == 'FULL':
+        return kernels * (N1 + N2) ** 2 * spatial_entries(t, cov.spatial), sympy.Integer(0)
+    cross = kernels * N1 * N2 * spatial_entries(t, cov.spatial)
+    marg = (N1 + N2) * spatial_entries(t, cov.marginal) if cov.marginal is not None else 0
+    return cross, sympy.sympify(marg)
+
+
+def node_bytes(node: Node, opts: Options, itemsize: int) -> sympy.Expr:
+    cross, marg = stored_entries(node, opts)
+    return itemsize * (cross + marg)
+
+
+def cost(graph: Graph, opts: Options, itemsize: int = 4) -> dict[int, NodeCost]:
+    """Per-node cost table (an analysis: the graph is unchanged)."""
+    order = graph.order()
+    last_use = {}
+    for nid in order:
+        for src in graph.inputs(nid):
+            last_use[src] = nid
+    table, live = {}, {}
+    for nid in order:
+        node = graph.node(nid)
+        ins = [graph.node(i) for i in graph.inputs(nid)]
+        cross, marg = stored_entries(node, opts)
+        flops = node.op.entry_flops([n.ttype for n in ins], node.ttype) * (cross + marg)
+        out_bytes = node_bytes(node, opts, itemsize)
+        live[nid] = out_bytes
+        now = sum(live.values(), sympy.Integer(0))
+        table[nid] = NodeCost(flops=sympy.expand(flops), bytes=sympy.expand(out_bytes),
+                              live=sympy.expand(now))
+        for src in graph.inputs(nid):
+            if last_use.get(src) == nid and src != graph.output:
+                live.pop(src, None)
+    return table
+
+
+def covtype_bytes(t: TensorType, cov: CovType, n1: int, n2: int, itemsize: int = 4) -> int:
+    """Concrete bytes of one stored kernel (nngp or ntk) of this type, for an n1×n2 tile."""
+    return itemsize * n1 * n2 * spatial_entries(t, cov.spatial)

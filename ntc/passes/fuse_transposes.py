@@ -1,0 +1,121 @@
+"""fuse_transposes: choose the storage order of every covariance's spatial axes so that as few
+bytes as possible are ever transposed.
+
+Each op says which order its output has given its input's (`Op.out_order`): most keep it,
+convolutions whose dimension_numbers move spatial axes relabel it, and every stencil reads its
+axes by name, so it accepts any order.  The order of the input covariance is free (it is built by
+an einsum in whatever order we like).  The pass therefore:
+
+1. tries every storage order of the input's spatial axes (at most d! for d spatial axes);
+2. propagates orders forward; where a fan-in receives different orders, the smaller inputs get
+   an explicit Transpose to the order of the largest; if the output's order is not the tensor's
+   own, one final Transpose is needed;
+3. keeps the choice that moves the fewest bytes (ties: the identity order), inserts the
+   Transpose nodes, and cancels adjacent pairs.
+
+This is NT's `is_reversed` trick made general: NT alternates one fixed order; here any op may
+relabel axes and the plan shows every transpose that is left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import permutations
+
+from ..ir import ops
+from ..ir.graph import Graph
+from .cost import N1, N2, node_bytes
+from .options import Options
+
+_PROBE = {N1: 100, N2: 100}  # batch sizes at which transposed bytes are compared
+
+
+@dataclass
+class _Assignment:
+    orders: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    fixes: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)  # src, dst, order
+    output_fix: tuple[int, ...] | None = None
+    cost: float = 0.0
+
+
+def _bytes(g: Graph, nid: int, opts: Options) -> float:
+    return float(node_bytes(g.node(nid), opts, 1).subs(_PROBE))
+
+
+def _propagate(g: Graph, opts: Options, start: tuple[int, ...]) -> _Assignment:
+    a = _Assignment()
+    for node in g.nodes():
+        srcs = g.inputs(node.id)
+        if not srcs:
+            a.orders[node.id] = start
+            continue
+        in_orders = [a.orders[s] for s in srcs]
+        target = in_orders[0]
+        if len(set(in_orders)) > 1:
+            target = a.orders[max(srcs, key=lambda s: _bytes(g, s, opts))]
+            for s in srcs:
+                if a.orders[s] != target:
+                    a.fixes.append((s, node.id, target))
+                    a.cost += _bytes(g, s, opts)
+        src_type = g.node(srcs[0]).ttype
+        a.orders[node.id] = node.op.out_order(target, src_type, node.ttype)
+    final = a.orders[g.output]
+    if list(final) != sorted(final):
+        a.output_fix = tuple(sorted(final))
+        a.cost += _bytes(g, g.output, opts)
+    return a
+
+
+def fuse_transposes(graph: Graph, opts: Options) -> Graph:
+    g = graph.copy()
+    (inp,) = g.input_nodes()
+    n = len(g.node(inp).ttype.spatial_axes)
+    best = None
+    for start in permutations(range(n)):  # the identity order comes first and wins ties
+        a = _propagate(g, opts, start)
+        if best is None or a.cost < best.cost:
+            best = a
+    for nid, order in best.orders.items():
+        g.replace(nid, cov=g.node(nid).cov.model_copy(update=dict(axis_order=order)))
+    inserted: dict[tuple[int, tuple[int, ...]], int] = {}
+    for src, dst, order in best.fixes:
+        _transpose_edge(g, src, dst, order, inserted)
+    if best.output_fix is not None:
+        out = g.node(g.output)
+        tid = g.insert_after(out.id, ops.Transpose(order=best.output_fix),
+                             f'{out.path}.Transpose')
+        g.replace(tid, ttype=out.ttype, cov=out.cov.model_copy(
+            update=dict(axis_order=best.output_fix)))
+    return cancel_transposes(g)
+
+
+def _transpose_edge(g: Graph, src: int, dst: int, order, inserted: dict) -> None:
+    key = (src, order)
+    if key in inserted:  # one Transpose serves every consumer wanting that order
+        tid = inserted[key]
+        g.reconnect(src, dst, tid)
+        return
+    node = g.node(src)
+    tid = g.insert_on_edge(src, dst, ops.Transpose(order=order), f'{node.path}.Transpose')
+    g.replace(tid, ttype=node.ttype, cov=node.cov.model_copy(update=dict(axis_order=order)))
+    inserted[key] = tid
+
+
+def cancel_transposes(graph: Graph) -> Graph:
+    """Fuse chains of Transposes into one, and drop those that restore their input's order."""
+    g = graph
+    changed = True
+    while changed:
+        changed = False
+        for node in list(g.nodes()):
+            if not isinstance(node.op, ops.Transpose):
+                continue
+            (src,) = g.inputs(node.id)
+            prev = g.node(src)
+            if node.cov.axis_order == prev.cov.axis_order:
+                g.bypass(node.id)
+                changed = True
+            elif isinstance(prev.op, ops.Transpose) and len(g.consumers(src)) == 1:
+                g.bypass(src)
+                changed = True
+    return g

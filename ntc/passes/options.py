@@ -1,0 +1,26 @@
+"""Options shared by the passes of one compilation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KERNEL_NAMES = ('nngp', 'ntk', 'cov1', 'cov2')
+
+
+@dataclass(frozen=True)
+class Options:
+    """`get`: the kernels asked for.  `reference`: compile the reference plan (joint batch
+    Gram matrix, FULL spatial layouts, no folding, nothing fused).  `force_full`: FULL spatial
+    layouts everywhere (for layout-invariance checks)."""
+
+    get: tuple[str, ...] = ('nngp', 'ntk')
+    reference: bool = False
+    force_full: bool = False
+
+    @property
+    def want_ntk(self) -> bool:
+        return 'ntk' in self.get
+
+    @property
+    def want_marginals(self) -> bool:
+        return 'cov1' in self.get or 'cov2' in self.get
