@@ -1,0 +1,1 @@
+"""Lowering: kernel and finite-network rule tables, the JAX lowering, the reference lowering."""

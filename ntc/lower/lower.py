@@ -1,0 +1,166 @@
+"""Lowering: turn a laid-out graph into one JAX function computing the output kernels.
+
+`evaluate` walks the graph in topological order, adapts each input to the layout its consumer
+needs, applies the op's kernel rule from `KERNEL_RULES`, and trims the result to the node's own
+layout.  `lower` wraps it, with the output formatting, into one jitted function.  The same walk
+on a reference plan (joint Gram matrix, FULL layouts) is the reference lowering.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from ..ir.graph import Graph, Node
+from ..ir.types import CovType
+from ..passes.options import Options
+from . import (  # noqa: F401  (fill the rule tables)
+    rules_activation,
+    rules_combinators,
+    rules_conv,
+    rules_dense,
+    rules_norm,
+    rules_pool,
+)
+from .kernel import Kernel, adapt, batch_diag
+from .registry import get_kernel_rule
+from .xp import JNP
+
+
+@dataclass(frozen=True)
+class LowerCtx:
+    """What a kernel rule may read besides its inputs."""
+
+    graph: Graph
+    xp: object
+    want_ntk: bool
+
+    def in_types(self, node: Node):
+        return [self.graph.node(i).ttype for i in self.graph.inputs(node.id)]
+
+    def in_type(self, node: Node, slot: int = 0):
+        return self.in_types(node)[slot]
+
+
+def needed_input(node: Node, producer: Node) -> CovType:
+    """The layout `node` needs of the value it reads from `producer`."""
+    have = producer.cov
+    spatial = node.op.spatial_need(node.cov.spatial, producer.ttype)
+    if have.batch == 'FULL':  # the joint Gram matrix carries its own marginals
+        return CovType(batch='FULL', spatial=spatial, axis_order=have.axis_order)
+    return CovType(batch='DIAG', spatial=spatial,
+                   marginal=node.op.marginal_need(node.cov.marginal, producer.ttype),
+                   axis_order=have.axis_order)
+
+
+# ----------------------------------------------------------------------------- input kernel
+
+
+def _canonical(x, t):
+    """Move the batch axis first and the channel axis last; spatial axes keep tensor order."""
+    return jnp.moveaxis(x, (t.batch, t.channel), (0, -1))
+
+
+def _gram(a, b, ns: int, spatial: str, same_example: bool):
+    """Σ_c a[i, s.., c] b[j, s'.., c] / C in the requested layout (a, b canonical, spatial axes
+    already in storage order).  `same_example` pairs a[i] with b[i] only (marginals)."""
+    letters = iter(string.ascii_lowercase[2:])
+    sa = [next(letters) for _ in range(ns)]
+    sb = sa if spatial == 'DIAG' else [next(letters) for _ in range(ns)]
+    j = 'i' if same_example else 'j'
+    if spatial == 'FULL':
+        out = ''.join(x + y for x, y in zip(sa, sb))
+    else:
+        out = ''.join(sa)
+    lhs = 'i' + ''.join(sa) + 'z'
+    rhs = j + ''.join(sb) + 'z'
+    res = ('i' if same_example else 'ij') + out
+    return jnp.einsum(f'{lhs},{rhs}->{res}', a, b,
+                      precision=jax.lax.Precision.HIGHEST) / a.shape[-1]
+
+
+def input_kernel(node: Node, x1, x2) -> Kernel:
+    """The covariance of the raw input: <x1, x2> / channels, per pair of positions."""
+    t, cov = node.ttype, node.cov
+    ns = len(t.spatial_axes)
+    perm = (0,) + tuple(1 + i for i in cov.axis_order) + (ns + 1,)
+    a = jnp.transpose(_canonical(x1, t), perm)
+    b = None if x2 is None else jnp.transpose(_canonical(x2, t), perm)
+    if cov.batch == 'FULL':
+        joint = a if b is None else jnp.concatenate([a, b])
+        return Kernel(nngp=_gram(joint, joint, ns, cov.spatial, False), layout=cov,
+                      x1_is_x2=b is None, n1=a.shape[0])
+    nngp = _gram(a, a if b is None else b, ns, cov.spatial, False)
+    cov1 = cov2 = None
+    if cov.marginal is not None:
+        if b is None and cov.marginal == cov.spatial:
+            # bitwise equal to nngp's diagonal, so that correlations there are exactly 1
+            cov1 = batch_diag(nngp, ns)
+        else:
+            cov1 = _gram(a, a, ns, cov.marginal, True)
+        cov2 = None if b is None else _gram(b, b, ns, cov.marginal, True)
+    return Kernel(nngp=nngp, cov1=cov1, cov2=cov2, layout=cov, x1_is_x2=b is None)
+
+
+# ----------------------------------------------------------------------------- the walk
+
+
+def evaluate(graph: Graph, opts: Options, x1, x2) -> Kernel:
+    """The output node's Kernel (in the node's layout) for inputs x1, x2 (x2 None: x1)."""
+    ctx = LowerCtx(graph=graph, xp=JNP, want_ntk=opts.want_ntk)
+    env: dict[int, Kernel] = {}
+    uses = {nid: len(graph.consumers(nid)) for nid in graph.order()}
+    for node in graph.nodes():
+        srcs = graph.inputs(node.id)
+        if node.op.kind == 'Input':
+            k = input_kernel(node, x1, x2)
+        else:
+            ins = [adapt(env[s], needed_input(node, graph.node(s))) for s in srcs]
+            k = get_kernel_rule(node)(ctx, node, *ins)
+            k = adapt(k, node.cov)
+        if node.materialize:
+            k = jax.lax.optimization_barrier(k)
+        env[node.id] = k
+        for s in srcs:
+            uses[s] -= 1
+            if uses[s] == 0 and s != graph.output:
+                del env[s]
+    return env[graph.output]
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def to_user(k: Kernel, opts: Options) -> dict:
+    """The requested kernels in neural_tangents' format: cross kernels (N1, N2, s1, s1', ...),
+    marginals (N, s1, s1', ...).  The plan ends in the tensor's own spatial order."""
+    assert list(k.layout.axis_order) == sorted(k.layout.axis_order)
+    if k.joint:
+        n1 = k.n1
+        nngp, ntk = k.nngp, k.ntk
+        cross = (lambda x: x) if k.x1_is_x2 else (lambda x: x[:n1, n1:])
+        out = dict(nngp=cross(nngp), ntk=None if ntk is None else cross(ntk))
+        diag = batch_diag(nngp, k.n_spatial)
+        out['cov1'] = diag[:n1]
+        out['cov2'] = None if k.x1_is_x2 else diag[n1:]
+    else:
+        out = dict(nngp=k.nngp, ntk=k.ntk, cov1=k.cov1, cov2=k.cov2)
+    if out['ntk'] is None and opts.want_ntk:
+        out['ntk'] = jnp.zeros_like(out['nngp'])
+    res = {}
+    for name in opts.get:
+        x = out[name]
+        if name == 'cov2' and x is None:
+            x = out['cov1']
+        res[name] = x
+    return res
+
+
+def lower(graph: Graph, opts: Options):
+    """One jitted function (x1, x2) -> {name: array} for the names in `opts.get`."""
+    def fn(x1, x2):
+        return to_user(evaluate(graph, opts, x1, x2), opts)
+    return jax.jit(fn)

@@ -1,0 +1,65 @@
+"""Window sums over covariance axes, the primitives of the conv and pooling rules.
+
+A convolution maps a covariance pair of axes (a, a') by the *diagonal* window
+    A(K)[o, o'] = (1/k) Σ_δ K[o·s + δ - p, o'·s + δ - p],
+pooling by the *box* window Σ_δ Σ_δ' K[o·s + δ - p, o'·s + δ' - p], which is separable.
+Both are implemented as sums of k strided slices of a (zero- or wrap-) padded array: on this
+CPU that ran ~15× faster than expressing them as XLA convolutions, and it works on any axis
+position, so no layout ever needs a transpose for a stencil.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+
+def pad_axes(x, axes, lo: int, hi: int, circular: bool, interior: int = 0):
+    """Pad `axes` of x by (lo, hi): zeros (with `interior` zeros between entries, i.e. input
+    dilation), or periodic wrap-around when `circular`."""
+    if circular:
+        if interior:
+            raise ValueError('circular padding with dilation')
+        widths = [(0, 0)] * x.ndim
+        for ax in axes:
+            widths[ax] = (lo, hi)
+        return jnp.pad(x, widths, mode='wrap')
+    config = [(0, 0, 0)] * x.ndim
+    for ax in axes:
+        config[ax] = (lo, hi, interior)
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+def _slice(x, axis, start, count, stride):
+    return lax.slice_in_dim(x, start, start + (count - 1) * stride + 1, stride, axis)
+
+
+def window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, circular: bool,
+               interior: int = 0):
+    """Σ_{δ<k} x[o·stride + δ - lo] along one axis (padded as `pad_axes`)."""
+    x = pad_axes(x, (axis,), lo, hi, circular, interior)
+    m = (x.shape[axis] - k) // stride + 1
+    out = _slice(x, axis, 0, m, stride)
+    for d in range(1, k):
+        out = out + _slice(x, axis, d, m, stride)
+    return out
+
+
+def diagonal_window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, circular: bool,
+                        interior: int = 0):
+    """Σ_{δ<k} x[o·s + δ - lo, o'·s + δ - lo] over the adjacent pair (axis, axis + 1)."""
+    x = pad_axes(x, (axis, axis + 1), lo, hi, circular, interior)
+    m = (x.shape[axis] - k) // stride + 1
+
+    def tap(d):
+        return _slice(_slice(x, axis, d, m, stride), axis + 1, d, m, stride)
+
+    out = tap(0)
+    for d in range(1, k):
+        out = out + tap(d)
+    return out
+
+
+def edge_counts(n: int, k: int, stride: int, lo: int, hi: int, dtype):
+    """How many in-bounds positions each output window covers (for normalize_edges)."""
+    return window_sum(jnp.ones((n,), dtype), 0, k, stride, lo, hi, False)

@@ -1,0 +1,186 @@
+"""Array namespaces for kernel math written once and run two ways.
+
+Kernel rules take a namespace `xp` and call `xp.sqrt`, `xp.arctan2`, ... on their inputs.
+`JNP` runs them on JAX arrays (the compiled kernels); `SYM` runs them on sympy expressions (the
+symbolic kernels of `ntc.lower.symbolic`).  Both expose the same names:
+
+- constants and elementary functions: `pi`, `sqrt`, `rsqrt`, `exp`, `log`, `sin`, `cos`,
+  `arcsin`, `arccos`, `arctan2(y, x)`, `erf`, `abs`, `sign`, `square`, `maximum`, `minimum`,
+  `sinh_cosh(x)` (both at once), `where(cond, a, b)`;
+- numerical guards, which the math assumes away and `SYM` therefore drops: `clip(x, lo, hi)`
+  (identity in `SYM`), `safe_sqrt(x)` (√max(x, 0), with derivative 0 at 0), `inv_sqrt(q)`
+  (1/√q, and 0 at q = 0), `safe_div(a, b)` (a/b, and 0 where b = 0),
+  `drop_roundoff(x, scale)` (0 where x is within rounding error of 0);
+- `const(v)`: a Python number as the namespace's scalar (floats stay weakly typed in `JNP`;
+  `SYM` turns short decimals and fractions into exact rationals);
+- `broadcast(x, *like)`: `x` with the broadcast shape and float dtype of `like`;
+- `symbolic`: False for `JNP`, True for `SYM`.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import sympy
+from jax import lax
+from jax.scipy.special import erf as _jerf
+
+
+@jax.custom_jvp
+def _safe_sqrt(x):
+    return jnp.sqrt(jnp.maximum(x, 0.0))
+
+
+@_safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = _safe_sqrt(x)
+    pos = y > 0
+    # at 0 the one-sided derivative is infinite; the kernel formulas that call safe_sqrt are
+    # arranged so that its coefficient vanishes there, and 0 is the correct contribution
+    return y, jnp.where(pos, dx / (2 * jnp.where(pos, y, 1.0)), 0.0)
+
+
+class _Jnp:
+    """jax.numpy, with the guards that keep kernels finite and differentiable."""
+
+    symbolic = False
+    pi = math.pi
+    sqrt = staticmethod(jnp.sqrt)
+    rsqrt = staticmethod(lax.rsqrt)
+    exp = staticmethod(jnp.exp)
+    log = staticmethod(jnp.log)
+    sin = staticmethod(jnp.sin)
+    cos = staticmethod(jnp.cos)
+    arcsin = staticmethod(jnp.arcsin)
+    arccos = staticmethod(jnp.arccos)
+    arctan2 = staticmethod(jnp.arctan2)
+    erf = staticmethod(_jerf)
+    abs = staticmethod(jnp.abs)
+    sign = staticmethod(jnp.sign)
+    square = staticmethod(jnp.square)
+    maximum = staticmethod(jnp.maximum)
+    minimum = staticmethod(jnp.minimum)
+    where = staticmethod(jnp.where)
+    safe_sqrt = staticmethod(_safe_sqrt)
+
+    @staticmethod
+    def sinh_cosh(x):
+        """(sinh x, cosh x) from one expm1, accurate for small |x|."""
+        em = jnp.expm1(x)
+        inv = 1.0 / (1.0 + em)
+        return 0.5 * em * (1.0 + inv), 0.5 * (1.0 + em + inv)
+
+    @staticmethod
+    def clip(x, lo, hi):
+        """x limited to [lo, hi]; the derivative passes through unchanged at the bounds."""
+        return jnp.where(x < lo, lo, jnp.where(x > hi, hi, x))
+
+    @staticmethod
+    def inv_sqrt(q):
+        """1/√q for q > 0, else 0 (a zero-variance input has correlation 0 with anything)."""
+        pos = q > 0
+        return jnp.where(pos, lax.rsqrt(jnp.where(pos, q, 1.0)), 0.0)
+
+    @staticmethod
+    def safe_div(a, b):
+        """a/b where b ≠ 0, else 0."""
+        nz = b != 0
+        return jnp.where(nz, a / jnp.where(nz, b, 1.0), 0.0)
+
+    @staticmethod
+    def drop_roundoff(x, scale):
+        """x, or 0 where x ≤ 64 ulps of `scale`: below the rounding error of a difference of
+        terms of size `scale` (e.g. q1·q2 - c12² for a pair whose inputs agree to a few ulps)."""
+        eps = jnp.finfo(jnp.result_type(x, float)).eps
+        return jnp.where(x > (64 * eps) * scale, x, 0.0)
+
+    @staticmethod
+    def const(v):
+        return float(v)
+
+    @staticmethod
+    def broadcast(x, *like):
+        shape = jnp.broadcast_shapes(*(jnp.shape(a) for a in like))
+        dtype = jnp.result_type(*like, float)
+        return jnp.broadcast_to(jnp.asarray(x, dtype), shape)
+
+    def __repr__(self):
+        return 'JNP'
+
+
+def _sym_const(v):
+    if isinstance(v, sympy.Basic):
+        return v
+    if isinstance(v, (int, Fraction)):
+        return sympy.Rational(Fraction(v).numerator, Fraction(v).denominator)
+    r = Fraction(v).limit_denominator(1000)
+    return sympy.Rational(r.numerator, r.denominator) if float(r) == v else sympy.Float(v)
+
+
+class _Sym:
+    """sympy, with the numerical guards removed (the math assumes valid inputs)."""
+
+    symbolic = True
+    pi = sympy.pi
+    sqrt = staticmethod(sympy.sqrt)
+    exp = staticmethod(sympy.exp)
+    log = staticmethod(sympy.log)
+    sin = staticmethod(sympy.sin)
+    cos = staticmethod(sympy.cos)
+    arcsin = staticmethod(sympy.asin)
+    arccos = staticmethod(sympy.acos)
+    arctan2 = staticmethod(sympy.atan2)
+    erf = staticmethod(sympy.erf)
+    abs = staticmethod(sympy.Abs)
+    sign = staticmethod(sympy.sign)
+    maximum = staticmethod(sympy.Max)
+    minimum = staticmethod(sympy.Min)
+    safe_sqrt = staticmethod(sympy.sqrt)
+    const = staticmethod(_sym_const)
+
+    @staticmethod
+    def rsqrt(x):
+        return 1 / sympy.sqrt(x)
+
+    @staticmethod
+    def inv_sqrt(q):
+        return 1 / sympy.sqrt(q)
+
+    @staticmethod
+    def square(x):
+        return x**2
+
+    @staticmethod
+    def sinh_cosh(x):
+        return sympy.sinh(x), sympy.cosh(x)
+
+    @staticmethod
+    def where(cond, a, b):
+        return sympy.Piecewise((a, cond), (b, True))
+
+    @staticmethod
+    def clip(x, lo, hi):
+        return x
+
+    @staticmethod
+    def safe_div(a, b):
+        return a / b
+
+    @staticmethod
+    def drop_roundoff(x, scale):
+        return x
+
+    @staticmethod
+    def broadcast(x, *like):
+        return sympy.sympify(x)
+
+    def __repr__(self):
+        return 'SYM'
+
+
+JNP = _Jnp()
+SYM = _Sym()
