@@ -1,0 +1,126 @@
+"""The public entry points that tie the stages together: `compile`, and the
+``init_fn, apply_fn, kernel_fn`` triple every `Net` unpacks into."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+
+from .errors import InputError, ShapeError
+from .ir.net import Net
+from .ir.types import TensorType
+from .lower import finite
+from .passes import KERNEL_NAMES, Options, run_passes
+from .passes.check import check
+from .passes.infer_types import infer_types
+from .plan import KernelPlan
+
+
+def normalize_get(get) -> tuple[tuple[str, ...], str]:
+    """(names, form): the kernels asked for and how to return them ('one', 'tuple', 'kernel')."""
+    if get is None:
+        return KERNEL_NAMES, 'kernel'
+    names = (get,) if isinstance(get, str) else tuple(get)
+    if not names:
+        raise InputError('get is empty', hint=f'ask for some of {", ".join(KERNEL_NAMES)}')
+    for name in names:
+        if name not in KERNEL_NAMES:
+            raise InputError(f'get={get!r} names an unknown kernel {name!r}',
+                             hint=f'choose from {", ".join(KERNEL_NAMES)}')
+    return names, ('one' if isinstance(get, str) else 'tuple')
+
+
+def input_type(net: Net, input_shape: Sequence[int]) -> TensorType:
+    """The TensorType of the input: batch/channel axes from the first layer that names them."""
+    shape = tuple(None if d is None or d < 0 else int(d) for d in input_shape)
+    if len(shape) < 2:
+        raise ShapeError(f'input shape {tuple(input_shape)} needs a batch axis and a channel axis',
+                         hint='pass (N, features) or (N, spatial..., channels)')
+    batch_axis, channel_axis = 0, -1
+    for node in net.graph().nodes():
+        axes = getattr(node.op, 'input_axes', None)
+        if axes is not None:
+            batch_axis, channel_axis = axes(len(shape))
+            break
+    shape = tuple(None if i == batch_axis % len(shape) else d for i, d in enumerate(shape))
+    try:
+        return TensorType(shape=shape, batch_axis=batch_axis, channel_axis=channel_axis)
+    except ValueError as e:
+        raise ShapeError(f'input shape {tuple(input_shape)}: {e}') from None
+
+
+def typed_graph(net: Net, t: TensorType, checked: bool = True):
+    """The net's graph with types inferred (and the architecture checked, if `checked`)."""
+    g = net.graph().copy()
+    g.replace(g.input_nodes()[0], ttype=t)
+    g = infer_types(g, Options())
+    return check(g, Options()) if checked else g
+
+
+def compile(net: Net, input_shape: Sequence[int], get=('nngp', 'ntk'), *,  # noqa: A001
+            reference: bool = False, force_full: bool = False, verify: bool = True,
+            dtype=jnp.float32) -> KernelPlan:
+    """Compile `net` into a KernelPlan for inputs of `input_shape` (batch entry ignored).
+
+    `reference=True` gives the reference plan (joint Gram matrix, FULL layouts, no folding), the
+    semantic oracle every optimisation must reproduce; `force_full=True` keeps FULL spatial
+    layouts everywhere.
+    """
+    names, _ = normalize_get(get)
+    t = input_type(net, input_shape)
+    opts = Options(get=names, reference=reference, force_full=force_full)
+    g = net.graph().copy()
+    g.replace(g.input_nodes()[0], ttype=t)
+    graph = run_passes(g, opts, check_ir=verify)
+    source = typed_graph(net, t)
+    return KernelPlan(graph, t, opts, source, dtype_bytes=jnp.dtype(dtype).itemsize)
+
+
+def make_kernel_fn(net: Net):
+    """NT's `kernel_fn(x1, x2=None, get=None, **kwargs)` for `net`, traceable under jax.jit."""
+    cache = net._cache.setdefault('plans', {})
+
+    def kernel_fn(x1, x2=None, get=None, **kwargs):
+        names, form = normalize_get(get)
+        x1 = jnp.asarray(x1)
+        x2 = None if x2 is None else jnp.asarray(x2)
+        if x2 is not None and (x1.ndim != x2.ndim or x1.shape[1:] != x2.shape[1:]):
+            raise InputError(f'x1 has shape {x1.shape} and x2 has shape {x2.shape}: they must '
+                             'have the same feature shape (all axes but the batch axis)')
+        key = (x1.shape[1:], x1.ndim, names)
+        if key not in cache:
+            cache[key] = compile(net, x1.shape, names, dtype=x1.dtype)
+        plan = cache[key]
+        if form == 'kernel':
+            return plan.kernel(x1, x2)
+        return plan(x1, x2)
+
+    kernel_fn.net = net
+    return kernel_fn
+
+
+def make_init_fn(net: Net):
+    """NT's `init_fn(rng, input_shape) -> (output_shape, params)`."""
+    def init_fn(rng, input_shape):
+        t = input_type(net, input_shape)
+        g = typed_graph(net, t, checked=False)
+        out = g.node(g.output).ttype
+        out_shape = tuple(-1 if d is None else d for d in out.shape)
+        return out_shape, finite.init_params(g, rng)
+
+    return init_fn
+
+
+def make_apply_fn(net: Net):
+    """NT's `apply_fn(params, inputs, rng=None, **kwargs)`: the finite network."""
+    cache = net._cache.setdefault('typed', {})
+
+    def apply_fn(params, inputs, rng=None, **kwargs):
+        x = jnp.asarray(inputs)
+        key = x.shape[1:]
+        if key not in cache:
+            cache[key] = typed_graph(net, input_type(net, x.shape), checked=False)
+        return finite.apply(cache[key], params, x, rng=rng, **kwargs)
+
+    return apply_fn

@@ -1,0 +1,190 @@
+"""The `ntc` command line: plan, kernel, predict, demo, bench, schema.
+
+Every argument error prints one line (no traceback) and exits with status 2; an `NtcError`
+prints one line and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from .errors import NtcError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage plus traceback
+        self.exit(2, f'{self.prog}: error: {message}\n')
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') \
+            from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(',') if v.strip())
+
+
+def load_net(source: str):
+    """(net, document) from a spec file (.yaml/.yml/.json), a Python file, or a module name
+    that defines `net`."""
+    from . import spec
+    from .ir.net import Net
+    path = Path(source)
+    if path.suffix in ('.yaml', '.yml', '.json'):
+        doc = spec.load_document(path)
+        return doc['net'], doc
+    if path.suffix == '.py':
+        if not path.exists():
+            raise NtcError(f'{path} does not exist')
+        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(source)
+        except ImportError as e:
+            raise NtcError(f'cannot import {source!r}: {e}',
+                           hint='pass a spec file (.yaml/.json), a .py file or a module name')
+    net = getattr(module, 'net', None)
+    if not isinstance(net, Net):
+        raise NtcError(f'{source} defines no `net` built with ntc.stax')
+    return net, {'net': net, 'input_shape': getattr(module, 'input_shape', None)}
+
+
+def _load_array(path: str, what: str):
+    import numpy as np
+    p = Path(path)
+    if not p.exists():
+        raise NtcError(f'{what} file {p} does not exist')
+    return np.load(p, mmap_mode='r')
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_plan(args) -> int:
+    from .api import compile as compile_plan
+    net, doc = load_net(args.spec)
+    shape = args.input_shape or doc.get('input_shape')
+    if shape is None:
+        raise NtcError('no input shape', hint='pass --input-shape, e.g. 32,32,3')
+    shape = tuple(shape) if len(shape) and shape[0] == -1 else (-1, *shape)
+    plan = compile_plan(net, shape, args.get)
+    if args.format == 'json':
+        print(json.dumps(plan_json(plan), indent=1))
+    elif args.format == 'dot':
+        print(plan_dot(plan))
+    else:
+        print(plan.explain(args.n, args.n) if args.n else plan.explain())
+    return 0
+
+
+def plan_json(plan) -> dict:
+    nodes = []
+    for n in plan.graph.nodes():
+        c = plan.costs[n.id]
+        nodes.append(dict(id=n.id, op=n.op.kind, label=n.op.label(), path=n.path,
+                          inputs=plan.graph.inputs(n.id), shape=n.ttype.describe(),
+                          layout=n.cov.model_dump(mode='json'), materialize=n.materialize,
+                          flops=str(c.flops), bytes=str(c.bytes)))
+    return dict(get=list(plan.opts.get), input=plan.input_type.describe(), nodes=nodes,
+                transposes=plan.transposes, fingerprint=plan.fingerprint())
+
+
+def plan_dot(plan) -> str:
+    lines = ['digraph plan {', '  rankdir=TB; node [shape=box, fontname="monospace"];']
+    for n in plan.graph.nodes():
+        label = f'{n.op.label()}\\n{n.ttype.describe()} {n.cov.describe()}'.replace('"', "'")
+        style = ', style=filled, fillcolor="#ffe0b0"' if n.op.kind == 'Transpose' else ''
+        lines.append(f'  n{n.id} [label="{label}"{style}];')
+        for i in plan.graph.inputs(n.id):
+            lines.append(f'  n{i} -> n{n.id};')
+    lines.append('}')
+    return '\n'.join(lines)
+
+
+def cmd_kernel(args) -> int:
+    import numpy as np
+
+    from .runtime.batching import batch
+    net, _ = load_net(args.spec)
+    x1 = np.asarray(_load_array(args.x1, '--x1'))
+    x2 = None if args.x2 is None else np.asarray(_load_array(args.x2, '--x2'))
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise NtcError(f'cannot write {out}: the directory {out.parent} does not exist',
+                       hint='create it first')
+    store = args.store or f'{out}.tiles'
+    fn = batch(net.kernel_fn, args.tile, store_on_device=False, progress=args.progress,
+               store=store, resume=args.resume)
+    fn(x1, x2, args.get if len(args.get) > 1 else args.get[0], out=out)
+    s = fn.stats
+    print(f'wrote {out} ({", ".join(args.get)}): {s.tiles_computed} tiles computed, '
+          f'{s.tiles_resumed} resumed, {s.tiles_skipped_symmetric} skipped by symmetry, '
+          f'tile {s.tile}', file=sys.stderr)
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from .spec import json_schema
+    print(json.dumps(json_schema(), indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog='ntc', description='The neural tangents compiler: infinite-width NNGP and '
+                'NTK kernels as compiled, inspectable JAX programs.')
+    sub = p.add_subparsers(dest='command', required=True, parser_class=_Parser)
+
+    q = sub.add_parser('plan', help='print the compiled plan (EXPLAIN table, JSON or Graphviz)')
+    q.add_argument('spec', help='spec file (.yaml/.json), Python file or module defining `net`')
+    q.add_argument('--input-shape', type=_shape, help='input shape without the batch, e.g. '
+                   '32,32,3 (default: the spec\'s input_shape)')
+    q.add_argument('--get', type=_names, default=('nngp', 'ntk'), help='kernels, e.g. nngp,ntk')
+    q.add_argument('--format', choices=('table', 'json', 'dot'), default='table')
+    q.add_argument('--n', type=int, help='evaluate costs at N1 = N2 = n')
+    q.set_defaults(fn=cmd_plan)
+
+    k = sub.add_parser('kernel', help='compute a kernel in tiles, resumably, into a .npy file')
+    k.add_argument('spec', help='spec file (.yaml/.json), Python file or module defining `net`')
+    k.add_argument('--x1', required=True, help='inputs x1 (.npy)')
+    k.add_argument('--x2', help='inputs x2 (.npy); default: x1 (symmetric)')
+    k.add_argument('--out', required=True, help='output .npy (one file per kernel when several)')
+    k.add_argument('--get', type=_names, default=('nngp',), help='kernels, e.g. nngp,ntk')
+    k.add_argument('--tile', type=int, help='tile size (default: from the plan\'s memory model)')
+    k.add_argument('--resume', action='store_true', help='continue a job from its tile store')
+    k.add_argument('--store', help='tile store directory (default: OUT.tiles)')
+    k.add_argument('--progress', action=argparse.BooleanOptionalAction, default=None,
+                   help='show a progress bar (default: when on a terminal)')
+    k.set_defaults(fn=cmd_kernel)
+
+    s = sub.add_parser('schema', help='print the JSON Schema of spec files')
+    s.set_defaults(fn=cmd_schema)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, 'tile', None) is not None and args.tile <= 0:
+        parser.error(f'--tile must be a positive integer, got {args.tile}')
+    try:
+        return args.fn(args)
+    except NtcError as e:
+        print(f'ntc: error: {e}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

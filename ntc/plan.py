@@ -1,0 +1,188 @@
+"""`KernelPlan`: a compiled, inspectable kernel program.
+
+`ntc.compile(net, input_shape, get)` returns one.  `plan(x1, x2)` runs it (one jitted function),
+`plan.explain()` prints an EXPLAIN-style table of its nodes, and `plan.symbolic()` gives the
+output kernels as sympy expressions for networks whose rules all have closed forms.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+
+import jax.numpy as jnp
+import sympy
+
+from .errors import InputError
+from .ir.graph import Graph
+from .ir.types import TensorType
+from .lower.kernel import Kernel
+from .passes import Options
+from .passes.cost import N1, N2, NodeCost, cost
+
+_RESULT_TYPES: dict[tuple[str, ...], type] = {}
+
+
+def result_type(get: tuple[str, ...]) -> type:
+    """The namedtuple returned for a tuple `get` (fields in the order asked)."""
+    if get not in _RESULT_TYPES:
+        _RESULT_TYPES[get] = collections.namedtuple('Kernel', get)
+    return _RESULT_TYPES[get]
+
+
+class KernelPlan:
+    """A compiled kernel program for one input feature shape and one set of requested kernels."""
+
+    def __init__(self, graph: Graph, input_type: TensorType, opts: Options, source: Graph,
+                 dtype_bytes: int = 4):
+        self.graph = graph
+        self.input_type = input_type
+        self.opts = opts
+        self.source = source  # the typed, checked graph before optimisation
+        self.costs: dict[int, NodeCost] = cost(graph, opts, dtype_bytes)
+        self._fn = None
+
+    # -- running ------------------------------------------------------------------------------
+
+    @property
+    def fn(self):
+        """The lowered, jitted function (x1, x2) -> {name: array}."""
+        if self._fn is None:
+            from .lower.lower import lower
+            self._fn = lower(self.graph, self.opts)
+        return self._fn
+
+    def check_inputs(self, x1, x2) -> None:
+        t = self.input_type
+        for name, x in (('x1', x1), ('x2', x2)):
+            if x is None:
+                continue
+            if x.ndim != t.ndim:
+                raise InputError(f'{name} has rank {x.ndim} but the plan was compiled for '
+                                 f'inputs of rank {t.ndim} {t.describe()}')
+            feat = tuple(d for i, d in enumerate(x.shape) if i != t.batch)
+            want = tuple(d for i, d in enumerate(t.shape) if i != t.batch)
+            if feat != want:
+                raise InputError(f'{name} has feature shape {feat} but the plan was compiled '
+                                 f'for {want}', hint='compile a plan for this input shape')
+
+    def raw(self, x1, x2=None) -> dict:
+        """Run the plan: {name: array} for every name in `get`."""
+        x1 = jnp.asarray(x1)
+        x2 = None if x2 is None else jnp.asarray(x2)
+        self.check_inputs(x1, x2)
+        return self.fn(x1, x2)
+
+    def __call__(self, x1, x2=None):
+        """The requested kernels: an array for one name, a namedtuple for several."""
+        out = self.raw(x1, x2)
+        get = self.opts.get
+        if len(get) == 1:
+            return out[get[0]]
+        return result_type(get)(*(out[g] for g in get))
+
+    def kernel(self, x1, x2=None) -> Kernel:
+        """All kernels as a `Kernel` (what `kernel_fn(x1, x2, get=None)` returns)."""
+        out = self.raw(x1, x2)
+        return Kernel(nngp=out.get('nngp'), ntk=out.get('ntk'), cov1=out.get('cov1'),
+                      cov2=out.get('cov2'), layout=self.graph.node(self.graph.output).cov,
+                      x1_is_x2=x2 is None)
+
+    # -- inspecting ------------------------------------------------------------------------
+
+    @property
+    def transposes(self) -> int:
+        """Number of explicit Transpose nodes left in the plan."""
+        return sum(1 for n in self.graph.nodes() if n.op.kind == 'Transpose')
+
+    def total(self, field: str, n1: int, n2: int) -> float:
+        """Total FLOPs or bytes ('flops'/'bytes'), or peak live bytes ('live'), at n1 × n2."""
+        vals = [getattr(c, field).subs({N1: n1, N2: n2}) for c in self.costs.values()]
+        return float(max(vals) if field == 'live' else sum(vals))
+
+    def peak_bytes(self, n1: int, n2: int) -> float:
+        """Peak live bytes of the covariances for an n1 × n2 kernel (the memory model)."""
+        return self.total('live', n1, n2)
+
+    def explain(self, n1: int | None = None, n2: int | None = None) -> str:
+        """An EXPLAIN table: one row per node in execution order, then totals.  With n1/n2 the
+        costs are evaluated; otherwise they are shown as expressions in N1 and N2."""
+        rows = [('id', 'op', 'in', 'layout', 'shape', 'FLOPs', 'bytes', 'path')]
+        for node in self.graph.nodes():
+            c = self.costs[node.id]
+            ins = ','.join(f'%{i}' for i in self.graph.inputs(node.id)) or '-'
+            layout = node.cov.describe() + (' [mat]' if node.materialize else '')
+            rows.append((f'%{node.id}', node.op.label(), ins, layout, node.ttype.describe(),
+                         _fmt(c.flops, n1, n2), _fmt(c.bytes, n1, n2), node.path))
+        widths = [min(max(len(r[i]) for r in rows), 44) for i in range(len(rows[0]))]
+        lines = []
+        for j, r in enumerate(rows):
+            cells = [r[i][:widths[i]].ljust(widths[i]) for i in range(len(r))]
+            lines.append('  '.join(cells).rstrip())
+            if j == 0:
+                lines.append('  '.join('-' * w for w in widths))
+        tot_f = sum((c.flops for c in self.costs.values()), sympy.Integer(0))
+        tot_b = sum((c.bytes for c in self.costs.values()), sympy.Integer(0))
+        peak = self.costs[max(self.costs, key=lambda i: _at(self.costs[i].live, 1000, 1000))].live
+        lines.append('')
+        lines.append(f'get={",".join(self.opts.get)}  input {self.input_type.describe()}  '
+                     f'nodes {len(self.graph)}  transposes {self.transposes}  '
+                     f'materialised {sum(n.materialize for n in self.graph.nodes())}')
+        lines.append(f'total FLOPs {_fmt(tot_f, n1, n2)}   bytes written {_fmt(tot_b, n1, n2)}   '
+                     f'peak live {_fmt(peak, n1, n2)}')
+        return '\n'.join(lines)
+
+    def __repr__(self) -> str:
+        return f'KernelPlan({len(self.graph)} nodes, get={self.opts.get})'
+
+    def fingerprint(self) -> str:
+        """A stable hash of the optimised plan (graph, options and input type)."""
+        try:
+            body = json.dumps(self.graph.to_dict(), sort_keys=True)
+        except Exception:  # noqa: BLE001  (ops holding Python functions)
+            body = str(self.graph) + ''.join(_fn_id(n.op) for n in self.graph.nodes())
+        body += repr(self.opts) + self.input_type.model_dump_json()
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def symbolic(self):
+        """The output NNGP and NTK as sympy expressions of k11, k12, k22 and the layers'
+        σw, σb (see `ntc.lower.symbolic`)."""
+        from .lower.symbolic import symbolic_kernels
+        return symbolic_kernels(self.source, self.opts)
+
+
+def _fn_id(op) -> str:
+    parts = []
+    for v in op.args().values():
+        code = getattr(v, '__code__', None)
+        if code is not None:
+            parts.append(hashlib.sha256(code.co_code).hexdigest()[:16])
+    return ''.join(parts)
+
+
+def _at(expr, n1, n2) -> float:
+    return float(sympy.sympify(expr).subs({N1: n1, N2: n2}))
+
+
+def _units(v: float) -> str:
+    for unit, scale in (('T', 1e12), ('G', 1e9), ('M', 1e6), ('k', 1e3)):
+        if abs(v) >= scale:
+            return f'{v / scale:.3g}{unit}'
+    return f'{v:.3g}'
+
+
+def _fmt(expr, n1, n2) -> str:
+    expr = sympy.sympify(expr)
+    if n1 is not None:
+        return _units(_at(expr, n1, n2 if n2 is not None else n1))
+    if expr == 0:
+        return '0'
+    poly = sympy.Poly(sympy.expand(expr), N1, N2)
+    terms = []
+    for (p1, p2), coef in poly.terms():
+        mono = '·'.join([f'N1^{p1}' if p1 > 1 else 'N1'] * (p1 > 0)
+                        + [f'N2^{p2}' if p2 > 1 else 'N2'] * (p2 > 0))
+        c = _units(float(coef))
+        terms.append(f'{c}·{mono}' if mono else c)
+    return ' + '.join(terms)
