@@ -1,0 +1,1 @@
+"""Runtime: running plans at scale, inference, Monte-Carlo and empirical kernels."""

@@ -1,0 +1,315 @@
+"""`ntc.batch`: compute an N1×N2 kernel in tiles, sharded across devices, resumable.
+
+- Tiles are square, `batch_size` rows by `batch_size` columns.  Ragged edges are padded by
+  repeating the last example (so every tile has one shape and one compilation, and no padding
+  row can produce a NaN), and the padding is cut off the result.
+- Each step sends one tile to every device of a 1-D mesh with `jax.shard_map`; the next step is
+  dispatched before the previous one is fetched, so transfers overlap compute.
+- When x2 is None (or is x1) only the tiles on and above the diagonal are computed; each is
+  mirrored (batch axes and every spatial pair swapped).  Diagonal tiles go through the
+  `x2=None` path, so their semantics are those of the un-tiled call.
+- `batch_size=None` picks the largest tile whose peak memory, from the plan's cost model, fits
+  in the free memory of a device; a tile that still runs out of memory is halved.
+- With a `TileStore`, each finished tile is saved atomically and a rerun with `resume=True`
+  skips it.  `out=` assembles the result in a memory-mapped `.npy` file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ..api import compile as compile_plan
+from ..api import normalize_get
+from ..errors import InputError, StoreError
+from ..plan import KernelPlan, result_type
+from .store import Job, TileStore, array_hash
+
+AXIS = 'tiles'
+MEMORY_SAFETY = 3.0  # XLA temporaries beyond the covariances the cost model counts
+
+
+@dataclass
+class BatchStats:
+    """What a batched call did: the tile grid, tiles computed, skipped and resumed, and how
+    many tiles each device computed."""
+
+    tile: int = 0
+    grid: tuple[int, int] = (0, 0)
+    tiles_total: int = 0
+    tiles_computed: int = 0
+    tiles_skipped_symmetric: int = 0
+    tiles_resumed: int = 0
+    per_device: Counter = field(default_factory=Counter)
+
+
+def _as_dict(res, names) -> dict:
+    """Normalise a kernel function's result (array, namedtuple, Kernel or dict) to a dict."""
+    if isinstance(res, dict):
+        return {n: res[n] for n in names}
+    if len(names) == 1 and not hasattr(res, names[0]):
+        return {names[0]: res}
+    return {n: getattr(res, n) for n in names}
+
+
+def _mirror(x):
+    """K(x2, x1) from K(x1, x2): swap the batch axes and the two sides of every spatial pair."""
+    axes = [1, 0] + [a for p in range(2, x.ndim, 2) for a in (p + 1, p)]
+    return np.transpose(x, axes[:x.ndim])
+
+
+def _pad_rows(x, n):
+    if x.shape[0] == n:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], n - x.shape[0], axis=0)])
+
+
+def free_device_bytes(device) -> float:
+    """Free memory of a device (host memory for CPU devices)."""
+    stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+    if stats and 'bytes_limit' in stats:
+        return float(stats['bytes_limit'] - stats.get('bytes_in_use', 0))
+    try:
+        with open('/proc/meminfo') as f:
+            info = dict(line.split(':', 1) for line in f)
+        avail = float(info['MemAvailable'].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        avail = 4e9
+    n_cpu = max(1, sum(d.platform == 'cpu' for d in jax.devices()))
+    return avail / n_cpu
+
+
+def auto_tile(plan: KernelPlan, n: int, device) -> int:
+    """The largest tile (≤ n) whose modelled peak memory fits in the device's free memory."""
+    budget = free_device_bytes(device) / MEMORY_SAFETY
+    lo, hi = 1, max(1, n)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if plan.peak_bytes(mid, mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class BatchedKernelFn:
+    """A kernel function computed in tiles; same call signature as the function it wraps."""
+
+    def __init__(self, kernel_fn, batch_size=None, devices=None, store_on_device=True,
+                 progress=None, store=None, resume=False, fingerprint=None):
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
+            raise InputError(f'batch_size must be a positive integer, got {batch_size!r}')
+        self.kernel_fn = kernel_fn
+        self.batch_size = batch_size
+        self.devices = list(devices) if devices is not None else jax.local_devices()
+        self.store_on_device = store_on_device
+        self.progress = progress
+        self.store = TileStore(store) if isinstance(store, (str, os.PathLike)) else store
+        self.resume = resume
+        self.fingerprint = fingerprint
+        self.stats = BatchStats()
+        self._steps: dict = {}
+
+    # -- what to compute -------------------------------------------------------------------------
+
+    def _plan(self, x1, names) -> KernelPlan | None:
+        if isinstance(self.kernel_fn, KernelPlan):
+            return self.kernel_fn
+        net = getattr(self.kernel_fn, 'net', None)
+        return None if net is None else compile_plan(net, x1.shape, names, dtype=x1.dtype)
+
+    def _call(self, a, b, names, kwargs):
+        if isinstance(self.kernel_fn, KernelPlan):
+            out = self.kernel_fn.raw(a, b)
+            return {n: out[n] for n in names}
+        get = names[0] if len(names) == 1 else names
+        return _as_dict(self.kernel_fn(a, b, get, **kwargs), names)
+
+    def _step(self, names, symmetric_tile: bool, kwargs):
+        """A jitted function computing one tile per device: (D, b, ...) inputs -> outputs."""
+        key = (names, symmetric_tile, tuple(sorted(kwargs.items())) if kwargs else ())
+        if key not in self._steps:
+            mesh = Mesh(np.array(self.devices), (AXIS,))
+            spec = PartitionSpec(AXIS)
+
+            def one(a, b):
+                out = self._call(a[0], None if symmetric_tile else b[0], names, kwargs)
+                return {n: v[None] for n, v in out.items()}
+
+            fn = jax.shard_map(one, mesh=mesh, in_specs=(spec, spec), out_specs=spec,
+                               check_vma=False)
+            self._steps[key] = (jax.jit(fn), NamedSharding(mesh, spec))
+        return self._steps[key]
+
+    # -- the call ----------------------------------------------------------------------------------
+
+    def __call__(self, x1, x2=None, get=None, *, out=None, **kwargs):
+        names, form = normalize_get(get)
+        if isinstance(self.kernel_fn, KernelPlan) and get is None:
+            names, form = self.kernel_fn.opts.get, 'tuple'
+        x1 = np.asarray(x1)
+        symmetric = x2 is None or x2 is x1
+        x2n = x1 if symmetric else np.asarray(x2)
+        if x2n.shape[1:] != x1.shape[1:]:
+            raise InputError(f'x1 has shape {x1.shape} and x2 has shape {x2n.shape}: they must '
+                             'have the same feature shape (all axes but the batch axis)')
+        n1, n2 = x1.shape[0], x2n.shape[0]
+        plan = self._plan(x1, names)
+        tile = self.batch_size or (auto_tile(plan, max(n1, n2), self.devices[0]) if plan
+                                   else min(256, max(n1, n2)))
+        tile = min(tile, max(n1, n2))
+        while True:
+            try:
+                return self._run(x1, x2n, symmetric, names, form, tile, plan, out, kwargs)
+            except jax.errors.JaxRuntimeError as e:
+                if ('RESOURCE_EXHAUSTED' not in str(e) or self.batch_size is not None
+                        or tile == 1 or self.stats.tiles_computed):
+                    raise
+                tile = max(1, tile // 2)  # a smaller tile fits: never fail for memory
+
+    def _job(self, x1, x2, symmetric, names, tile, plan) -> Job:
+        if self.fingerprint is not None:
+            fp = self.fingerprint
+        elif plan is not None:
+            fp = plan.fingerprint()
+        else:
+            code = getattr(self.kernel_fn, '__code__', None)
+            fp = getattr(self.kernel_fn, '__qualname__', repr(self.kernel_fn)) + (
+                code.co_code.hex() if code is not None else '')
+        return Job(plan=fp, x1=array_hash(x1), x2='x1' if symmetric else array_hash(x2),
+                   dtype=str(x1.dtype), get=list(names), n1=x1.shape[0], n2=x2.shape[0],
+                   tile=tile, symmetric=symmetric)
+
+    def _run(self, x1, x2, symmetric, names, form, tile, plan, out, kwargs):
+        n1, n2 = x1.shape[0], x2.shape[0]
+        t1, t2 = math.ceil(n1 / tile), math.ceil(n2 / tile)
+        x1p, x2p = _pad_rows(x1, t1 * tile), _pad_rows(x2, t2 * tile)
+        tiles = [(i, j) for i in range(t1) for j in range(t2) if not symmetric or j >= i]
+        self.stats = BatchStats(tile=tile, grid=(t1, t2), tiles_total=t1 * t2,
+                                tiles_skipped_symmetric=t1 * t2 - len(tiles))
+        if self.store is not None:
+            self.store.open(self._job(x1, x2, symmetric, names, tile, plan), self.resume)
+        result: dict[str, np.ndarray] = {}
+        todo = []
+        for i, j in tiles:
+            saved = self.store.load(i, j) if self.store is not None else None
+            if saved is not None:
+                self._place(result, saved, i, j, n1, n2, tile, symmetric, names, out)
+                self.stats.tiles_resumed += 1
+            else:
+                todo.append((i, j))
+        bar = _progress(len(tiles), self.stats.tiles_resumed, self.progress)
+        diag = [t for t in todo if symmetric and t[0] == t[1]]
+        rest = [t for t in todo if t not in diag]
+        for group, sym_tile in ((diag, True), (rest, False)):
+            self._run_group(group, sym_tile, x1p, x2p, tile, names, kwargs, result,
+                            (n1, n2, symmetric, out), bar)
+        bar.close()
+        return self._finish(result, names, form, symmetric)
+
+    def _run_group(self, group, sym_tile, x1p, x2p, tile, names, kwargs, result, place, bar):
+        if not group:
+            return
+        n_dev = len(self.devices)
+        step, sharding = self._step(names, sym_tile, kwargs)
+        chunks = [group[k:k + n_dev] for k in range(0, len(group), n_dev)]
+        pending = None
+        for chunk in chunks + [None]:
+            launched = None
+            if chunk is not None:
+                padded = chunk + [chunk[-1]] * (n_dev - len(chunk))
+                a = np.stack([x1p[i * tile:(i + 1) * tile] for i, _ in padded])
+                b = np.stack([x2p[j * tile:(j + 1) * tile] for _, j in padded])
+                launched = (chunk, step(jax.device_put(a, sharding), jax.device_put(b, sharding)))
+            if pending is not None:  # fetch the previous step while this one runs
+                self._collect(*pending, tile, names, result, place, bar)
+            pending = launched
+
+    def _collect(self, chunk, outs, tile, names, result, place, bar):
+        n1, n2, symmetric, out = place
+        device_of = {s.index[0].start or 0: s.device for s in outs[names[0]].addressable_shards}
+        host = {n: np.asarray(v) for n, v in outs.items()}
+        for d, (i, j) in enumerate(chunk):
+            arrays = {n: host[n][d] for n in names}
+            self.stats.per_device[str(device_of[d])] += 1
+            if self.store is not None:
+                self.store.save(i, j, arrays)
+            self._place(result, arrays, i, j, n1, n2, tile, symmetric, names, out)
+            self.stats.tiles_computed += 1
+            bar.update(1)
+
+    def _place(self, result, arrays, i, j, n1, n2, tile, symmetric, names, out):
+        r0, c0 = i * tile, j * tile
+        rows, cols = min(tile, n1 - r0), min(tile, n2 - c0)
+        for name in names:
+            x = np.asarray(arrays[name])
+            if name in ('nngp', 'ntk'):
+                full = result.get(name)
+                if full is None:
+                    full = result[name] = _allocate(out, name, names, (n1, n2) + x.shape[2:],
+                                                    x.dtype)
+                full[r0:r0 + rows, c0:c0 + cols] = x[:rows, :cols]
+                if symmetric and i != j:
+                    full[c0:c0 + cols, r0:r0 + rows] = _mirror(x[:rows, :cols])
+            elif name == 'cov1' or (name == 'cov2' and symmetric):
+                if j == (i if symmetric else 0):
+                    full = result.setdefault(name, np.zeros((n1,) + x.shape[1:], x.dtype))
+                    full[r0:r0 + rows] = x[:rows]
+            elif name == 'cov2' and i == 0:
+                full = result.setdefault(name, np.zeros((n2,) + x.shape[1:], x.dtype))
+                full[c0:c0 + cols] = x[:cols]
+
+    def _finish(self, result, names, form, symmetric):
+        for arr in result.values():
+            if isinstance(arr, np.memmap):
+                arr.flush()
+        if self.store_on_device:
+            result = {n: jnp.asarray(v) for n, v in result.items()}
+        if form == 'one':
+            return result[names[0]]
+        if form == 'kernel':
+            from ..lower.kernel import Kernel
+            return Kernel(nngp=result.get('nngp'), ntk=result.get('ntk'), cov1=result.get('cov1'),
+                          cov2=result.get('cov2'), x1_is_x2=symmetric)
+        return result_type(tuple(names))(*(result[n] for n in names))
+
+
+def _allocate(out, name, names, shape, dtype):
+    if out is None:
+        return np.zeros(shape, dtype)
+    path = os.fspath(out)
+    if len([n for n in names if n in ('nngp', 'ntk')]) > 1:
+        stem = path[:-4] if path.endswith('.npy') else path
+        path = f'{stem}.{name}.npy'
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise StoreError(f'cannot write {path}: the directory {parent} does not exist',
+                         hint='create the directory or choose another output path')
+    return np.lib.format.open_memmap(path, mode='w+', dtype=dtype, shape=shape)
+
+
+def _progress(total, done, progress):
+    from tqdm.auto import tqdm
+    show = progress if progress is not None else sys.stderr.isatty()
+    return tqdm(total=total, initial=done, unit='tile', desc='kernel tiles', disable=not show,
+                dynamic_ncols=True)
+
+
+def batch(kernel_fn, batch_size: int | None = None, devices=None, store_on_device: bool = True,
+          *, progress: bool | None = None, store=None, resume: bool = False,
+          fingerprint: str | None = None) -> BatchedKernelFn:
+    """Compute `kernel_fn` (an ntc kernel_fn, a KernelPlan, or any function with NT's signature
+    `kernel_fn(x1, x2, get, **kwargs)`, e.g. an empirical or Monte-Carlo one) in tiles of
+    `batch_size` × `batch_size`, spread over `devices`.  The result is assembled on device, in
+    host memory (`store_on_device=False`), or in a memory-mapped `.npy` (`out=` at call time).
+    `store` (a path or TileStore) with `resume=True` continues a crashed job."""
+    return BatchedKernelFn(kernel_fn, batch_size, devices, store_on_device, progress, store,
+                           resume, fingerprint)
