@@ -31,7 +31,7 @@ def test_symbolic_kernels_equal_the_numeric_ones(name):
     rng = np.random.RandomState(3)
     for _ in range(3):
         x1, x2 = rng.randn(1, 4), rng.randn(1, 4)
-        k11, k12, k22 = (float(a @ b.T / 4) for a, b in ((x1, x1), (x1, x2), (x2, x2)))
+        k11, k12, k22 = (float((a @ b.T / 4)[0, 0]) for a, b in ((x1, x1), (x1, x2), (x2, x2)))
         nngp, ntk = sk.evaluate(k11, k12, k22)
         num = net.kernel_fn(x1, x2, ('nngp', 'ntk'))
         np.testing.assert_allclose([nngp, ntk], [float(num.nngp[0, 0]), float(num.ntk[0, 0])],
