@@ -7,6 +7,20 @@ from .errors import NtcError
 from .ir.net import Net
 from .lower.kernel import Kernel
 from .plan import KernelPlan
+from .runtime import (
+    NtkImplementation,
+    TileStore,
+    batch,
+    empirical_kernel_fn,
+    empirical_nngp_fn,
+    empirical_ntk_fn,
+    linearize,
+    monte_carlo_kernel_fn,
+    predict,
+    taylor_expand,
+)
 
-__all__ = ['stax', 'compile', 'NtcError', 'Net', 'Kernel', 'KernelPlan']
+__all__ = ['stax', 'compile', 'NtcError', 'Net', 'Kernel', 'KernelPlan', 'predict', 'batch',
+           'TileStore', 'NtkImplementation', 'empirical_kernel_fn', 'empirical_nngp_fn',
+           'empirical_ntk_fn', 'monte_carlo_kernel_fn', 'linearize', 'taylor_expand']
 __version__ = '0.1.0'

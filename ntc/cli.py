@@ -53,7 +53,8 @@ def load_net(source: str):
             module = importlib.import_module(source)
         except ImportError as e:
             raise NtcError(f'cannot import {source!r}: {e}',
-                           hint='pass a spec file (.yaml/.json), a .py file or a module name')
+                           hint='pass a spec file (.yaml/.json), a .py file or a module',
+                           ) from None
     net = getattr(module, 'net', None)
     if not isinstance(net, Net):
         raise NtcError(f'{source} defines no `net` built with ntc.stax')
