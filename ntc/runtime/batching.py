@@ -151,7 +151,8 @@ class BatchedKernelFn:
 
     # -- the call ----------------------------------------------------------------------------------
 
-    def __call__(self, x1, x2=None, get=None, *, out=None, **kwargs):
+    def _prepare(self, x1, x2, get):
+        """(x1, x2, symmetric, names, form, plan): the call's inputs, normalised and checked."""
         names, form = normalize_get(get)
         if isinstance(self.kernel_fn, KernelPlan) and get is None:
             names, form = self.kernel_fn.opts.get, 'tuple'
@@ -161,11 +162,16 @@ class BatchedKernelFn:
         if x2n.shape[1:] != x1.shape[1:]:
             raise InputError(f'x1 has shape {x1.shape} and x2 has shape {x2n.shape}: they must '
                              'have the same feature shape (all axes but the batch axis)')
-        n1, n2 = x1.shape[0], x2n.shape[0]
-        plan = self._plan(x1, names)
+        return x1, x2n, symmetric, names, form, self._plan(x1, names)
+
+    def _tile_size(self, plan, n1, n2) -> int:
         tile = self.batch_size or (auto_tile(plan, max(n1, n2), self.devices[0]) if plan
                                    else min(256, max(n1, n2)))
-        tile = min(tile, max(n1, n2))
+        return min(tile, max(n1, n2))
+
+    def __call__(self, x1, x2=None, get=None, *, out=None, **kwargs):
+        x1, x2n, symmetric, names, form, plan = self._prepare(x1, x2, get)
+        tile = self._tile_size(plan, x1.shape[0], x2n.shape[0])
         while True:
             try:
                 return self._run(x1, x2n, symmetric, names, form, tile, plan, out, kwargs)
@@ -192,7 +198,7 @@ class BatchedKernelFn:
         n1, n2 = x1.shape[0], x2.shape[0]
         t1, t2 = math.ceil(n1 / tile), math.ceil(n2 / tile)
         x1p, x2p = _pad_rows(x1, t1 * tile), _pad_rows(x2, t2 * tile)
-        tiles = [(i, j) for i in range(t1) for j in range(t2) if not symmetric or j >= i]
+        tiles = tile_grid(n1, n2, tile, symmetric)
         self.stats = BatchStats(tile=tile, grid=(t1, t2), tiles_total=t1 * t2,
                                 tiles_skipped_symmetric=t1 * t2 - len(tiles))
         if self.store is not None:
@@ -214,6 +220,20 @@ class BatchedKernelFn:
                             (n1, n2, symmetric, out), bar)
         bar.close()
         return self._finish(result, names, form, symmetric)
+
+    def _compute_share(self, x1, x2, symmetric, names, tile, share, kwargs):
+        """Compute the tiles `share` (a list of (i, j)) and save them to the store, without
+        assembling a result: one process's part of a multi-process job."""
+        t1, t2 = math.ceil(x1.shape[0] / tile), math.ceil(x2.shape[0] / tile)
+        x1p, x2p = _pad_rows(x1, t1 * tile), _pad_rows(x2, t2 * tile)
+        self.stats = BatchStats(tile=tile, grid=(t1, t2), tiles_total=t1 * t2)
+        bar = _progress(len(share), 0, self.progress)
+        diag = [t for t in share if symmetric and t[0] == t[1]]
+        rest = [t for t in share if t not in diag]
+        for group, sym_tile in ((diag, True), (rest, False)):
+            self._run_group(group, sym_tile, x1p, x2p, tile, names, kwargs, None,
+                            (x1.shape[0], x2.shape[0], symmetric, None), bar)
+        bar.close()
 
     def _run_group(self, group, sym_tile, x1p, x2p, tile, names, kwargs, result, place, bar):
         if not group:
@@ -242,7 +262,8 @@ class BatchedKernelFn:
             self.stats.per_device[str(device_of[d])] += 1
             if self.store is not None:
                 self.store.save(i, j, arrays)
-            self._place(result, arrays, i, j, n1, n2, tile, symmetric, names, out)
+            if result is not None:
+                self._place(result, arrays, i, j, n1, n2, tile, symmetric, names, out)
             self.stats.tiles_computed += 1
             bar.update(1)
 
@@ -280,6 +301,13 @@ class BatchedKernelFn:
             return Kernel(nngp=result.get('nngp'), ntk=result.get('ntk'), cov1=result.get('cov1'),
                           cov2=result.get('cov2'), x1_is_x2=symmetric)
         return result_type(tuple(names))(*(result[n] for n in names))
+
+
+def tile_grid(n1: int, n2: int, tile: int, symmetric: bool) -> list[tuple[int, int]]:
+    """The tiles (i, j) of an n1 × n2 kernel in `tile` × `tile` blocks, row by row; only the
+    upper triangle (j ≥ i) when the kernel is symmetric."""
+    t1, t2 = math.ceil(n1 / tile), math.ceil(n2 / tile)
+    return [(i, j) for i in range(t1) for j in range(t2) if not symmetric or j >= i]
 
 
 def _allocate(out, name, names, shape, dtype):

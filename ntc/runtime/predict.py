@@ -26,6 +26,8 @@ C right-hand sides; the (N·C)×(N·C) matrix is never formed.  The train kernel
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections import namedtuple
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -38,7 +40,7 @@ from jax.experimental import ode
 
 from ..errors import InputError, NumericalError
 
-__all__ = ['Gaussian', 'ODEState', 'gp_inference', 'gradient_descent_mse',
+__all__ = ['Gaussian', 'ODEState', 'CGInfo', 'cg_solve', 'gp_inference', 'gradient_descent_mse',
            'gradient_descent_mse_ensemble', 'gradient_descent', 'max_learning_rate',
            'marginal_log_likelihood']
 
@@ -274,6 +276,7 @@ class _Factor:
     def __init__(self, mat, diag_reg, absolute, what):
         self.raw = mat
         self.mat = _regularize(mat, diag_reg, absolute)
+        self.dtype = self.mat.dtype
         self.what = what
         self._chol = None
         self._eig = None
@@ -510,11 +513,281 @@ def _steady_state(rhs, state, t0, k_td, max_doublings):
 
 
 # ---------------------------------------------------------------------------------------------
+# conjugate gradients on kernels too big for one device's Cholesky
+
+
+class CGInfo(NamedTuple):
+    """How a conjugate-gradient solve went: iterations, the largest relative residual
+    ``‖b - A x‖ / ‖b‖`` over the right-hand sides after each iteration (recursive) and at the
+    end (recomputed), whether it converged, and a Lanczos estimate of the condition number of
+    the preconditioned matrix."""
+
+    iterations: int
+    residuals: np.ndarray
+    residual: float
+    converged: bool
+    condition_estimate: float
+    preconditioner: str
+    seconds: float
+
+
+class _DenseOperator:
+    """A kernel matrix held as one (possibly row-block-sharded) `jax.Array`; products run as
+    one jitted program, so a sharded matrix multiplies where its rows live and the vector is
+    replicated on every device of the mesh (one process or several)."""
+
+    def __init__(self, mat):
+        self.mat = mat
+        self.n = mat.shape[0]
+        self.dtype = mat.dtype
+        sharding = getattr(mat, 'sharding', None)
+        mesh = getattr(sharding, 'mesh', None)
+        if mesh is not None and hasattr(sharding, 'spec'):
+            from jax.sharding import NamedSharding, PartitionSpec
+            rep = NamedSharding(mesh, PartitionSpec())
+            self.replicated = rep
+            self._mv = jax.jit(lambda k, v: k @ v, out_shardings=rep)
+            self._diag = jax.jit(jnp.diagonal, out_shardings=rep)
+        else:
+            self.replicated = None
+            self._mv = jax.jit(lambda k, v: k @ v)
+            self._diag = jax.jit(jnp.diagonal)
+
+    def put(self, v):
+        v = jnp.asarray(v, self.dtype)
+        if self.replicated is not None and not self.replicated.is_fully_addressable:
+            host = np.asarray(v)
+            return jax.make_array_from_callback(host.shape, self.replicated, lambda i: host[i])
+        return v if self.replicated is None else jax.device_put(v, self.replicated)
+
+    def diag(self):
+        return self._diag(self.mat)
+
+    def matvec(self, v):
+        return self._mv(self.mat, v)
+
+
+class _TileOperator:
+    """A symmetric 2-D kernel kept as tiles in a `TileStore`: each product streams the
+    upper-triangle tiles from disk once (tile (i, j) contributes to rows i and, mirrored, j)."""
+
+    def __init__(self, store, name):
+        from .store import TileStore
+        self.store = store if isinstance(store, TileStore) else TileStore(store)
+        job = self.store.job
+        self.store.refresh()
+        if not job.symmetric:
+            raise InputError(f'the tile store {self.store.path} holds a kernel between two '
+                             'different inputs; a solve needs the train-train kernel (x2=None)')
+        if name not in job.get:
+            raise InputError(f'the tile store {self.store.path} holds {job.get}, not {name!r}: '
+                             f'compute it with get including {name!r}')
+        self.name, self.n, self.tile = name, job.n1, job.tile
+        self.dtype = jnp.dtype(job.dtype) if jnp.issubdtype(jnp.dtype(job.dtype),
+                                                           jnp.floating) else jnp.float64
+        self.t = math.ceil(self.n / self.tile)
+        self.replicated = None
+
+    def _tiles(self):
+        for i in range(self.t):
+            for j in range(i, self.t):
+                arrays = self.store.load(i, j)
+                if arrays is None:
+                    raise InputError(f'tile ({i}, {j}) is missing from {self.store.path}',
+                                     hint='finish the kernel job (resume=True) first')
+                k = arrays[self.name]
+                if k.ndim != 2:
+                    raise InputError(f'the {self.name} kernel in {self.store.path} has spatial '
+                                     f'axes {k.shape[2:]}; a solve needs a 2-D kernel')
+                r0, c0 = i * self.tile, j * self.tile
+                rows, cols = min(self.tile, self.n - r0), min(self.tile, self.n - c0)
+                yield i, j, r0, c0, k[:rows, :cols]
+
+    def put(self, v):
+        return np.asarray(v, self.dtype)
+
+    def diag(self):
+        d = np.empty(self.n, self.dtype)
+        for i, j, r0, _, k in self._tiles():
+            if i == j:
+                d[r0:r0 + k.shape[0]] = np.diagonal(k)
+        return d
+
+    def matvec(self, v):
+        v = np.asarray(v)
+        out = np.zeros(v.shape, np.result_type(v, self.dtype))
+        for i, j, r0, c0, k in self._tiles():
+            out[r0:r0 + k.shape[0]] += k @ v[c0:c0 + k.shape[1]]
+            if i != j:
+                out[c0:c0 + k.shape[1]] += k.T @ v[r0:r0 + k.shape[0]]
+        return out
+
+
+def _lanczos_condition(alphas, betas) -> float:
+    """Condition number of the Lanczos tridiagonal matrix built from CG's step sizes α_k and
+    β_k (Golub & Van Loan 2013, sec. 11.3.5): its extreme eigenvalues approach those of the
+    preconditioned matrix from inside, so this is a lower bound that tightens with iterations."""
+    m = len(alphas)
+    if m == 0:
+        return 1.0
+    a = np.asarray(alphas, np.float64)
+    b = np.asarray(betas[:m - 1], np.float64)
+    diag = 1.0 / a
+    diag[1:] += b / a[:-1]
+    off = np.sqrt(np.maximum(b, 0.0)) / a[:-1]
+    t = np.diag(diag) + np.diag(off, 1) + np.diag(off, -1)
+    ev = np.linalg.eigvalsh(t)
+    if not np.all(np.isfinite(ev)) or ev[0] <= 0:
+        return math.inf
+    return float(ev[-1] / ev[0])
+
+
+@jax.jit
+def _cg_update(x, r, p, q, rz, inv_d, bnorm):
+    """One CG update after the product q = A p: new x, r, search direction, rᵀz, and the
+    scalars the host looks at (min pᵀAp, max relative residual, α and β of column 0)."""
+    pq = jnp.sum(p * q, axis=0)
+    alpha = jnp.where(pq > 0, rz / jnp.where(pq > 0, pq, 1.0), 0.0)
+    x = x + alpha * p
+    r = r - alpha * q
+    z = r * inv_d
+    rz_new = jnp.sum(r * z, axis=0)
+    beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.0), 0.0)
+    rel = jnp.max(jnp.sqrt(jnp.sum(r * r, axis=0)) / bnorm)
+    stats = jnp.stack([jnp.min(pq), rel, alpha[0], beta[0]]).astype(jnp.float64
+                                                                    if x.dtype == jnp.float64
+                                                                    else jnp.float32)
+    return x, r, z + beta * p, rz_new, stats
+
+
+def cg_solve(op, b, shift: float = 0., tol: float = 1e-10, maxiter: int | None = None,
+             preconditioner: str | None = 'jacobi', what: str = 'kernel') -> tuple[Any, CGInfo]:
+    """Solve ``(K + shift I) X = B`` for all columns of ``B`` at once by preconditioned
+    conjugate gradients (Hestenes & Stiefel 1952; Saad 2003, alg. 9.1), where ``K`` is an
+    operator with ``matvec`` and ``diag``.  ``preconditioner='jacobi'`` divides by the diagonal
+    of ``K + shift I``; None uses none.  Stops when every column's relative residual is below
+    `tol`; raises `NumericalError` when the matrix is not positive definite, when the residual
+    stagnates or `maxiter` runs out, or when the Lanczos estimate of the condition number says
+    float arithmetic cannot deliver the solution (κ·ε > 0.01)."""
+    t0 = time.perf_counter()
+    dtype = op.dtype
+    eps = float(jnp.finfo(dtype).eps)
+    n = op.n
+    maxiter = maxiter or max(100, 10 * n)
+    b = op.put(b)
+    d = op.diag() + shift
+    if preconditioner in (None, 'none'):
+        inv_d = jnp.ones_like(d)[:, None]
+        pname = 'none'
+    elif preconditioner == 'jacobi':
+        if float(jnp.min(d)) <= 0:
+            raise NumericalError(f'the {what} has a non-positive diagonal entry '
+                                 f'({float(jnp.min(d)):.3g}): it is not positive definite',
+                                 hint=_FIX)
+        inv_d = (1.0 / d)[:, None]
+        pname = 'jacobi'
+    else:
+        raise InputError(f"preconditioner must be 'jacobi' or None, got {preconditioner!r}")
+
+    def apply(v):
+        return op.matvec(v) + shift * v
+
+    bnorm = jnp.sqrt(jnp.sum(b * b, axis=0))
+    bnorm = jnp.where(bnorm > 0, bnorm, 1.0)
+    x, r = b * 0, b
+    p = r * inv_d
+    rz = jnp.sum(r * p, axis=0)
+    history, alphas, betas = [], [], []
+    converged = False
+    best, best_at = math.inf, 0
+    stall = max(50, int(2 * math.sqrt(n)))
+    for it in range(1, maxiter + 1):
+        q = apply(p)
+        x, r, p, rz_new, stats = _cg_update(x, r, p, q, rz, inv_d, bnorm)
+        min_pq, rel, alpha0, beta0 = (float(v) for v in np.asarray(stats))
+        if min_pq <= 0 and float(jnp.max(jnp.abs(rz))) > 0:
+            raise NumericalError(
+                f'conjugate gradients met a direction of non-positive curvature (pᵀAp = '
+                f'{min_pq:.3g}) after {it} iterations: the {what} is not positive definite',
+                hint=_FIX)
+        rz = rz_new
+        history.append(rel)
+        alphas.append(alpha0)
+        betas.append(beta0)
+        if not math.isfinite(rel):
+            break
+        if rel <= tol:
+            converged = True
+            break
+        if rel < 0.5 * best:
+            best, best_at = rel, it
+        elif it - best_at > stall:
+            break
+    true = float(jnp.max(jnp.sqrt(jnp.sum((b - apply(x)) ** 2, axis=0)) / bnorm))
+    cond = _lanczos_condition(alphas, betas)
+    info = CGInfo(len(history), np.asarray(history), true, converged and true <= 10 * tol,
+                  cond, pname, time.perf_counter() - t0)
+    if not info.converged:
+        raise NumericalError(
+            f'conjugate gradients did not solve the {n}x{n} {what} system: relative residual '
+            f'{true:.3g} after {info.iterations} iterations (target {tol:g}); estimated '
+            f'condition number {cond:.3g}: the kernel is ill-conditioned',
+            hint=_FIX + ', or raise cg_maxiter / loosen cg_tol')
+    if cond * eps > 1e-2:
+        raise NumericalError(
+            f'the {n}x{n} {what} is ill-conditioned (estimated condition number {cond:.3g}, '
+            f'machine epsilon {eps:.3g}): its solution is not determined to useful accuracy',
+            hint=_FIX)
+    return x, info
+
+
+class _CGFactor:
+    """The `_Factor` interface (``solve``, ``dtype``) on top of conjugate gradients; every solve
+    appends its `CGInfo` to ``infos``."""
+
+    def __init__(self, op, diag_reg, absolute, what, tol, maxiter, preconditioner):
+        self.op = op
+        self.dtype = op.dtype
+        self.what = what
+        if absolute:
+            self.shift = float(diag_reg)
+        else:
+            self.shift = float(diag_reg) * float(jnp.sum(op.diag())) / op.n if diag_reg else 0.
+        self.tol, self.maxiter, self.preconditioner = tol, maxiter, preconditioner
+        self.infos: list[CGInfo] = []
+
+    def solve(self, b):
+        x, info = cg_solve(self.op, b, self.shift, self.tol, self.maxiter, self.preconditioner,
+                           self.what)
+        self.infos.append(info)
+        if self.op.replicated is not None and not self.op.replicated.is_fully_addressable:
+            x = np.asarray(x)  # replicated on every process: each takes its own copy
+        return jnp.asarray(x)
+
+
+def _cg_operator(k_train_train, g, layout):
+    """The operator of kernel `g` for conjugate gradients: a tile store (path) or an array."""
+    from .store import TileStore
+    if isinstance(k_train_train, (TileStore, str, os.PathLike)):
+        op = _TileOperator(k_train_train, g)
+    else:
+        k = _attr(k_train_train, g, 'k_train_train')
+        _check_train_kernel(k, layout)
+        op = _DenseOperator(k if k.ndim == 2 else _as_matrix(k))
+    if isinstance(op, _TileOperator) and layout.rest_shape != (op.n,):
+        raise InputError(f'y_train has {layout.rest_shape} rows but the {g} kernel is '
+                         f'{op.n}x{op.n}: the number of training targets must match it')
+    return op
+
+
+# ---------------------------------------------------------------------------------------------
 # GP inference
 
 
 def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
-                 diag_reg_absolute_scale: bool = False, trace_axes=(-1,)):
+                 diag_reg_absolute_scale: bool = False, trace_axes=(-1,), *,
+                 solver: str = 'cholesky', cg_tol: float = 1e-10, cg_maxiter: int | None = None,
+                 preconditioner: str | None = 'jacobi'):
     """Posterior of the NNGP, of the infinite-time NTK ensemble, or of the NTK-GP.
 
     ``nngp``: the Bayesian posterior ``N(K_td K^{-1} y, K_tt - K_td K^{-1} K_dt)``
@@ -528,14 +801,36 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
     ``predict_fn(get=None, k_test_train=None, k_test_test=None)`` giving the posterior mean, or
     a `Gaussian` when ``k_test_test`` is given; a namedtuple over ``get`` unless it is a string.
     ``k_test_train=None`` gives the (noise-free) train-set posterior ``N(y_train, 0)``.
+
+    ``solver='cg'`` replaces the Cholesky factor by preconditioned conjugate gradients
+    (`cg_solve`; Jacobi preconditioner by default), for kernels too big for one device's
+    Cholesky: ``k_train_train`` may then also be a `jax.Array` sharded row-block-wise over a
+    mesh of one or several processes (`ntc.runtime.distributed.row_sharded_kernel`), or a tile
+    store (`TileStore` or its path) whose symmetric 2-D tiles are streamed from disk for every
+    product.  Solves stop at relative residual ``cg_tol``; ``predict_fn.solver_info[g]`` lists a
+    `CGInfo` (iterations, residual history, condition estimate) per solve, and an
+    ill-conditioned kernel raises `NumericalError` instead of returning an inaccurate answer.
     """
+    if solver not in ('cholesky', 'cg'):
+        raise InputError(f"solver must be 'cholesky' or 'cg', got {solver!r}")
     y_train = jnp.asarray(y_train)
     layout = _Layout(y_train, trace_axes)
-    k0 = _first(k_train_train, 'k_train_train')
-    _check_train_kernel(k0, layout)
-    factors: dict[str, _Factor] = {}
+    factors: dict[str, Any] = {}
+    from .store import TileStore
+    on_disk = isinstance(k_train_train, (TileStore, str, os.PathLike))
+    if on_disk and solver != 'cg':
+        raise InputError('a kernel kept in a tile store can only be solved against with '
+                         "solver='cg'")
+    if not on_disk:
+        k0 = _first(k_train_train, 'k_train_train')
+        _check_train_kernel(k0, layout)
 
     def factor(g):
+        if g not in factors and solver == 'cg':
+            factors[g] = _CGFactor(_cg_operator(k_train_train, g, layout), diag_reg,
+                                   diag_reg_absolute_scale, f'train-train {g} kernel', cg_tol,
+                                   cg_maxiter, preconditioner)
+            predict_fn.solver_info[g] = factors[g].infos
         if g not in factors:
             k = _attr(k_train_train, g, 'k_train_train')
             _check_train_kernel(k, layout)
@@ -551,7 +846,7 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
         for g in names:
             base = 'ntk' if g == 'ntkgp' else g
             fac = factor(base)
-            dtype = fac.mat.dtype
+            dtype = fac.dtype
             y = y_train.astype(dtype)
             if k_test_train is None:
                 mean = y
@@ -569,6 +864,7 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
             out[g] = mean if cov is None else Gaussian(mean, cov)
         return _package(out, names, single, 'Gaussians')
 
+    predict_fn.solver_info = {}
     return predict_fn
 
 

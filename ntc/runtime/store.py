@@ -8,6 +8,11 @@ fsync, rename) before its journal line is appended (one O_APPEND write, fsynced)
 processes can share a store.  Opening a store for a different job raises `StoreError`; a tile
 whose file is missing, truncated or corrupted, or whose journal line is torn, is recomputed,
 never used.
+
+Several processes (`ntc.runtime.distributed`) share one store: one of them writes the manifest,
+the others `attach` to it, which checks that they run the same job, and each appends to its own
+journal `manifest.p<I>.log` (no two writers ever share a file, so the journal stays intact on
+file systems without atomic appends, such as NFS).  Readers take the union of all journals.
 """
 
 from __future__ import annotations
@@ -56,7 +61,13 @@ class Job:
 @dataclass
 class Manifest:
     job: Job
-    done: dict[str, str] = field(default_factory=dict)  # tile key -> sha256 of its file
+    done: dict[str, set] = field(default_factory=dict)  # tile key -> sha256s of its file
+
+
+def differences(a: Job, b: Job) -> list[str]:
+    """The fields in which two jobs differ."""
+    da, db = asdict(a), asdict(b)
+    return [k for k in da if da[k] != db[k]]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -81,9 +92,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class TileStore:
     """A resumable store of kernel tiles at `path` (a directory)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, writer: int | None = None):
         self.path = Path(path)
+        self.writer = writer  # process id: each process appends to its own journal
         self.manifest: Manifest | None = None
+
+    @property
+    def journal(self) -> Path:
+        """The journal this store object appends to."""
+        return self.path / (JOURNAL if self.writer is None else f'manifest.p{self.writer}.log')
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -102,11 +119,32 @@ class TileStore:
         if not resume:
             raise StoreError(f'{self.path} already holds tiles of a job',
                              hint='pass resume=True to continue it, or use a new path')
-        mismatch = [k for k, v in asdict(job).items() if asdict(existing.job)[k] != v]
+        mismatch = differences(existing.job, job)
         if mismatch:
             raise StoreError(f'{self.path} holds tiles of another job (different '
                              f'{", ".join(mismatch)})', hint='use a new store path for this job')
         self.manifest = existing
+
+    def attach(self, job: Job) -> list[str]:
+        """Join the job whose manifest another process wrote; returns the fields of `job` that
+        disagree with the manifest (empty when this process runs the same job)."""
+        existing = self._read_manifest()
+        if existing is None:
+            raise StoreError(f'{self.path} has no manifest to attach to',
+                             hint='the process that opens the store (process 0) must run first')
+        self.manifest = existing
+        return differences(existing.job, job)
+
+    @property
+    def job(self) -> Job:
+        """The job the store's tiles belong to."""
+        if self.manifest is None:
+            existing = self._read_manifest()
+            if existing is None:
+                raise StoreError(f'{self.path} holds no tile store (no {MANIFEST})',
+                                 hint='compute the kernel into it with ntc.batch(store=...)')
+            self.manifest = existing
+        return self.manifest.job
 
     def _read_manifest(self) -> Manifest | None:
         f = self.path / MANIFEST
@@ -119,19 +157,23 @@ class TileStore:
                              hint='move the store aside and start a new one') from e
         return Manifest(job, self._read_journal())
 
-    def _read_journal(self) -> dict[str, str]:
-        done = {}
-        f = self.path / JOURNAL
-        if f.exists():
+    def _read_journal(self) -> dict[str, set]:
+        done: dict[str, set] = {}
+        for f in sorted(self.path.glob('manifest*.log')):
             for line in f.read_text(errors='replace').splitlines():
                 parts = line.split()
                 if len(parts) == 2 and len(parts[1]) == 64:  # a torn last line is skipped
-                    done[parts[0]] = parts[1]
+                    done.setdefault(parts[0], set()).add(parts[1])
         return done
 
     def refresh(self) -> None:
-        """Re-read the journal (tiles other processes finished meanwhile)."""
-        self.manifest.done.update(self._read_journal())
+        """Re-read the journals (tiles other processes finished meanwhile)."""
+        for key, digests in self._read_journal().items():
+            self.manifest.done.setdefault(key, set()).update(digests)
+
+    def recorded(self) -> int:
+        """Number of distinct tiles recorded in the journals (not yet verified)."""
+        return len(self.manifest.done)
 
     # -- tiles ---------------------------------------------------------------------------------
 
@@ -154,7 +196,7 @@ class TileStore:
         if want is None or not f.exists():
             return None
         data = f.read_bytes()
-        if hashlib.sha256(data).hexdigest() != want:
+        if hashlib.sha256(data).hexdigest() not in want:
             return None
         try:
             with np.load(io.BytesIO(data)) as z:
@@ -170,10 +212,10 @@ class TileStore:
         key = self.key(i, j)
         _atomic_write(self._file(key), data)
         digest = hashlib.sha256(data).hexdigest()
-        fd = os.open(self.path / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, f'{key} {digest}\n'.encode())
             os.fsync(fd)
         finally:
             os.close(fd)
-        self.manifest.done[key] = digest
+        self.manifest.done.setdefault(key, set()).add(digest)

@@ -1,0 +1,489 @@
+"""Multi-process kernel jobs on JAX's own distributed runtime (`jax.distributed`).
+
+A job is one kernel computed by N processes (typically one per GPU host) that share a tile store
+on a common file system:
+
+1. `initialize` joins the job: `jax.distributed.initialize(coordinator, N, I)`, from arguments or
+   from the environment (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`, or a
+   cluster JAX detects by itself, such as SLURM).  Arguments are checked before JAX sees them,
+   and a coordinator that does not answer within `connect_timeout` seconds is an error, not a
+   hang.
+2. Process 0 opens (or, with `resume`, continues) the store and writes its manifest; every other
+   process attaches to it, which compares its own job (plan fingerprint, input hashes, dtype,
+   kernels, tile grid) with the manifest.  The verdicts go through the coordination service's
+   key-value store, and if any process disagrees, every process raises `DistributedError`.
+3. Process 0 splits the tiles still to do (the upper triangle only, when x2 is x1) into one
+   share per process, balanced by cost: each tile's FLOPs from the plan's cost model, each
+   process's capacity from its number of local devices, greedy longest-first (Graham 1969).
+4. Every process computes its share with `ntc.batch`'s machinery (tiles spread over its local
+   devices with `jax.shard_map`) and saves each tile atomically to the store, in its own journal.
+5. After a barrier, process 0 assembles the result from the store; the others return None.
+
+A process that dies loses only the tile it was computing; JAX then stops the other processes
+(heartbeat timeout), and a rerun with `resume=True`, with any number of processes, computes only
+the tiles missing from the store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from ..errors import DistributedError, NtcError
+from .batching import BatchedKernelFn, BatchStats, tile_grid
+from .store import TileStore
+
+ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'
+ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
+ENV_PROCESS_ID = 'JAX_PROCESS_ID'
+_FOREVER_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """Where this process stands in a job: its id, the number of processes, the coordinator."""
+
+    process_id: int
+    num_processes: int
+    coordinator: str | None
+
+
+_INFO: ProcessInfo | None = None
+
+
+def _int_env(name: str):
+    v = os.environ.get(name)
+    if v is None or v == '':
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise DistributedError(f'the environment variable {name}={v!r} is not an integer') \
+            from None
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """(host, port) from 'HOST:PORT' ('[v6addr]:PORT' for IPv6)."""
+    host, sep, port = str(address).rpartition(':')
+    host = host.strip('[]')
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DistributedError(f'coordinator address {address!r} is not HOST:PORT',
+                               hint='e.g. --coordinator node001:12345')
+    return host, int(port)
+
+
+def wait_for_coordinator(address: str, timeout: float) -> None:
+    """Poll until a TCP connection to the coordinator succeeds; DistributedError after
+    `timeout` seconds.  (JAX itself aborts the process when the coordinator stays silent.)"""
+    host, port = parse_address(address)
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(2.0, max(timeout, 0.1))):
+                return
+        except OSError as e:
+            last = e
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    raise DistributedError(
+        f'cannot reach the coordinator at {address} after {timeout:g} s '
+        f'({getattr(last, "strerror", None) or last})',
+        hint='start process 0 (it runs the coordinator) on that host and port, check the '
+             'address and the firewall, or raise the connection timeout')
+
+
+def _check_coordinator_port(address: str) -> None:
+    """Process 0 runs the coordinator service on the address's port: it must be free here."""
+    _, port = parse_address(address)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(('', port))
+        except OSError as e:
+            raise DistributedError(f'process 0 cannot run the coordinator on port {port}: '
+                                   f'{e.strerror or e}',
+                                   hint='choose a free port for --coordinator') from None
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, connect_timeout: float = 60.,
+               initialization_timeout: int = 300, heartbeat_timeout: int = 100) -> ProcessInfo:
+    """Join a multi-process job with `jax.distributed.initialize`.
+
+    Unset arguments come from `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and
+    `JAX_PROCESS_ID`; with none of them set, JAX's cluster detection (SLURM, Open MPI, ...) is
+    tried, and failing that the process runs alone.  One process (N = 1) needs no runtime.  On
+    CPU the gloo collectives are selected, so that cross-process computations work on loopback.
+    A process whose peer dies is stopped by JAX after `heartbeat_timeout` seconds.
+    """
+    global _INFO
+    coordinator = coordinator or os.environ.get(ENV_COORDINATOR) or None
+    num_processes = num_processes if num_processes is not None else _int_env(ENV_NUM_PROCESSES)
+    process_id = process_id if process_id is not None else _int_env(ENV_PROCESS_ID)
+    if coordinator is None and num_processes is None and process_id is None:
+        return _auto_initialize()
+    if num_processes is None or (num_processes > 1 and (coordinator is None
+                                                        or process_id is None)):
+        raise DistributedError(
+            'a multi-process job needs the coordinator address, the number of processes and '
+            'this process\'s id',
+            hint='pass --coordinator HOST:PORT --num-processes N --process-id I, or set '
+                 f'{ENV_COORDINATOR}, {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID}')
+    if not isinstance(num_processes, int) or num_processes < 1:
+        raise DistributedError(f'the number of processes must be a positive integer, got '
+                               f'{num_processes!r}')
+    process_id = 0 if process_id is None else process_id
+    if not isinstance(process_id, int) or not 0 <= process_id < num_processes:
+        raise DistributedError(
+            f'process id {process_id!r} is out of range for {num_processes} processes',
+            hint=f'process ids run from 0 to {num_processes - 1}')
+    info = ProcessInfo(process_id, num_processes, coordinator)
+    if _INFO is not None:
+        if info != _INFO:
+            raise DistributedError(f'this process already joined a job as {_INFO}, not {info}',
+                                   hint='one process takes part in one job')
+        return _INFO
+    if num_processes == 1:
+        _INFO = info
+        return info
+    parse_address(coordinator)
+    if process_id == 0:
+        _check_coordinator_port(coordinator)
+    else:
+        wait_for_coordinator(coordinator, connect_timeout)
+    _use_gloo_on_cpu()
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id,
+                                   initialization_timeout=int(initialization_timeout),
+                                   heartbeat_timeout_seconds=int(heartbeat_timeout))
+    except RuntimeError as e:
+        raise DistributedError(f'jax.distributed.initialize failed: {e}',
+                               hint='call ntc.distributed.initialize before any JAX '
+                                    'computation in this process') from None
+    _INFO = info
+    return info
+
+
+def _auto_initialize() -> ProcessInfo:
+    global _INFO
+    if _INFO is not None:
+        return _INFO
+    from jax._src.clusters import ClusterEnv
+    detected = [env for env in ClusterEnv._cluster_types
+                if env.opt_in_only_method is False and env.is_env_present()]
+    if not detected or jax.distributed.is_initialized():
+        _INFO = ProcessInfo(jax.process_index(), jax.process_count(), None)
+        return _INFO
+    _use_gloo_on_cpu()
+    jax.distributed.initialize()
+    _INFO = ProcessInfo(jax.process_index(), jax.process_count(), None)
+    return _INFO
+
+
+def _use_gloo_on_cpu() -> None:
+    platforms = os.environ.get('JAX_PLATFORMS', '') or str(jax.config.jax_platforms or '')
+    if platforms.split(',')[0] in ('', 'cpu'):
+        jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+
+
+def process_info() -> ProcessInfo:
+    """This process's place in the job (process 0 of 1 when no job was joined)."""
+    return _INFO or ProcessInfo(jax.process_index(), jax.process_count(), None)
+
+
+# ----------------------------------------------------------------------------- coordination
+
+
+class _Coordinator:
+    """Key-value exchange and barriers through JAX's coordination service (a dict when alone)."""
+
+    def __init__(self, info: ProcessInfo, timeout_s: float):
+        self.info = info
+        self.timeout_ms = int(min(timeout_s, _FOREVER_S) * 1000)
+        self.local: dict[str, str] = {}
+        self.client = None
+        if info.num_processes > 1:
+            from jax._src import distributed as jd
+            self.client = jd.global_state.client
+            if self.client is None:
+                raise DistributedError('this process has not joined the job',
+                                       hint='call ntc.runtime.distributed.initialize first')
+
+    def set(self, key: str, value) -> None:
+        text = json.dumps(value)
+        if self.client is None:
+            self.local[key] = text
+        else:
+            self.client.key_value_set(key, text, allow_overwrite=True)
+
+    def get(self, key: str, who: str):
+        if self.client is None:
+            return json.loads(self.local[key])
+        try:
+            return json.loads(self.client.blocking_key_value_get(key, self.timeout_ms))
+        except jax.errors.JaxRuntimeError as e:
+            raise DistributedError(f'no answer from {who} within {self.timeout_ms / 1000:g} s '
+                                   f'({str(e).splitlines()[0][:200]})',
+                                   hint='check that process\'s log; rerun with resume') from None
+
+    def barrier(self, name: str) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.wait_at_barrier(name, self.timeout_ms)
+        except jax.errors.JaxRuntimeError as e:
+            raise DistributedError(f'the processes did not all reach {name!r} '
+                                   f'({str(e).splitlines()[0][:200]})',
+                                   hint='a process failed or died: rerun with resume') from None
+
+
+# ----------------------------------------------------------------------------- shares
+
+
+def partition_tiles(costs, capacities) -> list[list[int]]:
+    """Split tiles with the given costs among processes with the given capacities (work per
+    second, e.g. local device counts): longest processing time first, each tile to the
+    process that would finish it earliest (Graham 1969; within 4/3 of the optimal makespan).
+    Returns the tile indices of each process, in increasing order."""
+    caps = [float(c) for c in capacities]
+    if not caps or min(caps) <= 0:
+        raise DistributedError(f'process capacities must be positive, got {capacities}')
+    load = [0.0] * len(caps)
+    shares: list[list[int]] = [[] for _ in caps]
+    for t in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
+        p = min(range(len(caps)), key=lambda q: ((load[q] + costs[t]) / caps[q], q))
+        load[p] += costs[t]
+        shares[p].append(t)
+    return [sorted(s) for s in shares]
+
+
+def tile_cost(plan, tile: int) -> float:
+    """Modelled FLOPs of one tile (its padded rows are computed too, so every tile of a grid
+    costs the same); tile² when the kernel function has no plan."""
+    if plan is None:
+        return float(tile * tile)
+    return max(plan.total('flops', tile, tile), 1.0)
+
+
+@dataclass
+class DistributedStats:
+    """What a multi-process call did: this process's tiles, every process's share, and the
+    time spent computing and waiting."""
+
+    process_id: int = 0
+    num_processes: int = 1
+    tile: int = 0
+    tiles_total: int = 0
+    tiles_resumed: int = 0
+    share: list = field(default_factory=list)
+    share_sizes: list = field(default_factory=list)
+    share_costs: list = field(default_factory=list)
+    tiles_computed: int = 0
+    per_device: Counter = field(default_factory=Counter)
+    seconds_setup: float = 0.
+    seconds_compute: float = 0.
+    seconds_wait: float = 0.
+    seconds_assemble: float = 0.
+
+
+class DistributedKernelFn:
+    """A kernel function computed by all processes of a job into a shared tile store."""
+
+    def __init__(self, kernel_fn, batch_size=None, *, store, resume=False, progress=None,
+                 devices=None, fingerprint=None, timeout=_FOREVER_S, store_on_device=False):
+        if store is None:
+            raise DistributedError('a multi-process kernel needs a tile store that every '
+                                   'process can reach', hint='pass store=PATH on a shared '
+                                   'file system')
+        self.inner = BatchedKernelFn(kernel_fn, batch_size, devices, store_on_device, progress,
+                                     None, resume, fingerprint)
+        self.store_path = store.path if isinstance(store, TileStore) else store
+        self.resume = resume
+        self.timeout = timeout
+        self.stats = DistributedStats()
+        self._calls = 0
+
+    def __call__(self, x1, x2=None, get=None, *, out=None, **kwargs):
+        info = process_info()
+        coord = _Coordinator(info, self.timeout)
+        self._calls += 1
+        key = f'ntc/kernel/{self._calls}'
+        me, n_proc = info.process_id, info.num_processes
+        t0 = time.perf_counter()
+        inner = self.inner
+        x1, x2n, symmetric, names, form, plan = inner._prepare(x1, x2, get)
+        n1, n2 = x1.shape[0], x2n.shape[0]
+
+        # 1. process 0 opens the store; the others attach and compare their job with it
+        store = TileStore(self.store_path, writer=me)
+        if me == 0:
+            try:
+                tile = inner._tile_size(plan, n1, n2)
+                job = inner._job(x1, x2n, symmetric, names, tile, plan)
+                store.open(job, self.resume)
+            except NtcError as e:
+                coord.set(f'{key}/setup', {'error': str(e)})
+                raise
+            coord.set(f'{key}/setup', {'tile': tile})
+        setup = coord.get(f'{key}/setup', 'process 0')
+        if 'error' in setup:
+            raise DistributedError(f'process 0 could not start the job: {setup["error"]}')
+        tile = setup['tile']
+        job = inner._job(x1, x2n, symmetric, names, tile, plan)
+        verdict = {'devices': len(inner.devices), 'differ': []}
+        if me != 0:
+            try:
+                verdict['differ'] = store.attach(job)
+            except NtcError as e:
+                verdict['error'] = str(e)
+        coord.set(f'{key}/verdict/{me}', verdict)
+        verdicts = [coord.get(f'{key}/verdict/{p}', f'process {p}') for p in range(n_proc)]
+        _check_verdicts(verdicts, self.store_path)
+
+        # 2. process 0 splits the tiles left to do into cost-balanced shares
+        grid = tile_grid(n1, n2, tile, symmetric)
+        if me == 0:
+            store.refresh()
+            todo = [t for t in grid if not store.has(*t)]
+            cost = tile_cost(plan, tile)
+            parts = partition_tiles([cost] * len(todo), [v['devices'] for v in verdicts])
+            shares = [[list(todo[k]) for k in part] for part in parts]
+            coord.set(f'{key}/shares', {'shares': shares, 'cost': cost,
+                                        'resumed': len(grid) - len(todo)})
+        plan_msg = coord.get(f'{key}/shares', 'process 0')
+        shares = plan_msg['shares']
+        share = [tuple(t) for t in shares[me]]
+        self.stats = st = DistributedStats(
+            process_id=me, num_processes=n_proc, tile=tile, tiles_total=len(grid),
+            tiles_resumed=plan_msg['resumed'], share=share, share_sizes=[len(s) for s in shares],
+            share_costs=[len(s) * plan_msg['cost'] for s in shares])
+        st.seconds_setup = time.perf_counter() - t0
+
+        # 3. every process computes its share into the store
+        t1 = time.perf_counter()
+        inner.store = store
+        try:
+            if share:
+                inner._compute_share(x1, x2n, symmetric, names, tile, share, kwargs)
+                st.tiles_computed = inner.stats.tiles_computed
+                st.per_device = inner.stats.per_device
+        finally:
+            inner.store = None
+        st.seconds_compute = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        coord.barrier(f'{key}/computed')
+        st.seconds_wait = time.perf_counter() - t2
+        if me != 0:
+            return None
+
+        # 4. process 0 assembles the result from the store (any tile still missing, for
+        #    instance one whose file was damaged, is recomputed here rather than used)
+        t3 = time.perf_counter()
+        inner.store, inner.resume = store, True
+        try:
+            result = inner._run(x1, x2n, symmetric, names, form, tile, plan, out, kwargs)
+        finally:
+            inner.store, inner.resume = None, self.resume
+        st.tiles_computed += inner.stats.tiles_computed
+        st.seconds_assemble = time.perf_counter() - t3
+        return result
+
+
+def _check_verdicts(verdicts, path) -> None:
+    bad = []
+    for p, v in enumerate(verdicts):
+        if v.get('error'):
+            bad.append(f'process {p}: {v["error"]}')
+        elif v['differ']:
+            bad.append(f'process {p} has a different {", ".join(v["differ"])}')
+    if bad:
+        raise DistributedError(
+            f'the processes disagree with the job in {path}/manifest.json (written by process '
+            f'0): {"; ".join(bad)}',
+            hint='every process must run the same network, inputs, kernels and tile size')
+
+
+def distributed_batch(kernel_fn, batch_size: int | None = None, *, store, resume: bool = False,
+                      progress: bool | None = None, devices=None, fingerprint: str | None = None,
+                      timeout: float = _FOREVER_S) -> DistributedKernelFn:
+    """`ntc.batch` across all processes of a job (see `initialize`): every process calls the
+    result with the same arguments; each computes a cost-balanced share of the tiles into the
+    shared `store` (a directory every process can reach), and process 0 returns the assembled
+    kernel (in host memory, or in `out=`), the others None.  `timeout` bounds every wait for
+    another process, in seconds."""
+    return DistributedKernelFn(kernel_fn, batch_size, store=store, resume=resume,
+                               progress=progress, devices=devices, fingerprint=fingerprint,
+                               timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- kernels on meshes
+
+
+def load_rows(store: TileStore | str | os.PathLike, name: str, r0: int, r1: int) -> np.ndarray:
+    """Rows r0:r1 of the 2-D kernel `name` kept as tiles in a store (mirrored tiles of a
+    symmetric job included)."""
+    store = TileStore(store) if not isinstance(store, TileStore) else store
+    job = store.job
+    store.refresh()
+    if name not in job.get:
+        raise DistributedError(f'the store {store.path} holds {job.get}, not {name!r}')
+    tile = job.tile
+    rows = None
+    for i in range(r0 // tile, math.ceil(r1 / tile)):
+        lo, hi = max(r0, i * tile), min(r1, (i + 1) * tile)
+        for j in range(math.ceil(job.n2 / tile)):
+            a, b = (i, j) if not job.symmetric or j >= i else (j, i)
+            arrays = store.load(a, b)
+            if arrays is None:
+                raise DistributedError(f'tile ({a}, {b}) is missing from {store.path}',
+                                       hint='finish the kernel job with resume first')
+            t = arrays[name]
+            if t.ndim != 2:
+                raise DistributedError(f'the kernel {name!r} has shape {t.shape[2:]} per pair; '
+                                       'only 2-D kernels can be solved against')
+            if (a, b) != (i, j):
+                t = t.T
+            c0, c1 = j * tile, min(job.n2, (j + 1) * tile)
+            block = t[lo - i * tile:hi - i * tile, :c1 - c0]
+            if rows is None:
+                rows = np.empty((r1 - r0, job.n2), block.dtype)
+            rows[lo - r0:hi - r0, c0:c1] = block
+    return rows
+
+
+def row_sharded_kernel(source, name: str = 'nngp', mesh=None):
+    """The kernel as a `jax.Array` sharded row-block-wise over `mesh` (default: every device of
+    every process).  `source` is an array (every process holds it) or a tile store; from a store
+    each process reads only the rows of its own devices."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    mesh = mesh or Mesh(np.array(jax.devices()), ('rows',))
+    axis = mesh.axis_names[0]
+    sharding = NamedSharding(mesh, PartitionSpec(axis, None))
+    if isinstance(source, (TileStore, str, os.PathLike)):
+        store = TileStore(source) if not isinstance(source, TileStore) else source
+        n = store.job.n1
+        if store.job.n1 != store.job.n2:
+            raise DistributedError(f'the kernel in {store.path} is {store.job.n1}x'
+                                   f'{store.job.n2}: a solve needs the square train kernel')
+
+        def rows(idx):
+            sl = idx[0]
+            return load_rows(store, name, sl.start or 0, n if sl.stop is None else sl.stop)
+        return jax.make_array_from_callback((n, n), sharding, rows)
+    k = np.asarray(source)
+    return jax.make_array_from_callback(k.shape, sharding, lambda idx: k[idx])
+
+
+__all__ = ['initialize', 'process_info', 'ProcessInfo', 'distributed_batch',
+           'DistributedKernelFn', 'DistributedStats', 'partition_tiles', 'tile_cost',
+           'row_sharded_kernel', 'load_rows', 'wait_for_coordinator', 'BatchStats']
