@@ -10,6 +10,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -117,6 +118,15 @@ def cmd_kernel(args) -> int:
     import numpy as np
 
     from .runtime.batching import batch
+    from .runtime.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+    multi = any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)) \
+        or any(os.environ.get(v) for v in (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID))
+    if multi:  # join the job before JAX initialises its backend
+        from .runtime import distributed
+        info = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                      connect_timeout=args.connect_timeout,
+                                      heartbeat_timeout=args.heartbeat_timeout)
+        multi = info.num_processes > 1
     net, _ = load_net(args.spec)
     x1 = np.asarray(_load_array(args.x1, '--x1'))
     x2 = None if args.x2 is None else np.asarray(_load_array(args.x2, '--x2'))
@@ -125,13 +135,32 @@ def cmd_kernel(args) -> int:
         raise NtcError(f'cannot write {out}: the directory {out.parent} does not exist',
                        hint='create it first')
     store = args.store or f'{out}.tiles'
+    get = args.get if len(args.get) > 1 else args.get[0]
+    if multi:
+        return _kernel_multi(net, x1, x2, get, out, store, args, info)
     fn = batch(net.kernel_fn, args.tile, store_on_device=False, progress=args.progress,
                store=store, resume=args.resume)
-    fn(x1, x2, args.get if len(args.get) > 1 else args.get[0], out=out)
+    fn(x1, x2, get, out=out)
     s = fn.stats
     print(f'wrote {out} ({", ".join(args.get)}): {s.tiles_computed} tiles computed, '
           f'{s.tiles_resumed} resumed, {s.tiles_skipped_symmetric} skipped by symmetry, '
           f'tile {s.tile}', file=sys.stderr)
+    return 0
+
+
+def _kernel_multi(net, x1, x2, get, out, store, args, info) -> int:
+    from .runtime.distributed import distributed_batch
+    fn = distributed_batch(net.kernel_fn, args.tile, store=store, resume=args.resume,
+                           progress=args.progress)
+    fn(x1, x2, get, out=out)
+    s = fn.stats
+    print(f'process {s.process_id} of {s.num_processes}: {s.tiles_computed} tiles computed '
+          f'(share {s.share_sizes[s.process_id]} of shares {s.share_sizes}), '
+          f'{s.tiles_resumed} resumed, tile {s.tile}, {s.seconds_compute:.2f} s computing, '
+          f'{s.seconds_wait:.2f} s waiting', file=sys.stderr)
+    if info.process_id == 0:
+        print(f'wrote {out} ({", ".join(args.get)}): {sum(s.share_sizes)} tiles computed by '
+              f'{s.num_processes} processes, {s.tiles_resumed} resumed', file=sys.stderr)
     return 0
 
 
@@ -164,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument('--tile', type=int, help='tile size (default: from the plan\'s memory model)')
     k.add_argument('--resume', action='store_true', help='continue a job from its tile store')
     k.add_argument('--store', help='tile store directory (default: OUT.tiles)')
+    k.add_argument('--coordinator', metavar='HOST:PORT', help='join a multi-process job: '
+                   'address of process 0 (default: $JAX_COORDINATOR_ADDRESS)')
+    k.add_argument('--num-processes', type=int, metavar='N',
+                   help='processes in the job (default: $JAX_NUM_PROCESSES)')
+    k.add_argument('--process-id', type=int, metavar='I',
+                   help='this process, 0..N-1 (default: $JAX_PROCESS_ID)')
+    k.add_argument('--connect-timeout', type=float, default=60., metavar='S',
+                   help='seconds to wait for the coordinator to answer (default 60)')
+    k.add_argument('--heartbeat-timeout', type=int, default=100, metavar='S',
+                   help='seconds after which a silent process counts as dead (default 100)')
     k.add_argument('--progress', action=argparse.BooleanOptionalAction, default=None,
                    help='show a progress bar (default: when on a terminal)')
     k.set_defaults(fn=cmd_kernel)
