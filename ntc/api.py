@@ -93,8 +93,8 @@ def make_kernel_fn(net: Net):
             cache[key] = compile(net, x1.shape, names, dtype=x1.dtype)
         plan = cache[key]
         if form == 'kernel':
-            return plan.kernel(x1, x2)
-        return plan(x1, x2)
+            return plan.kernel(x1, x2, **kwargs)
+        return plan(x1, x2, **kwargs)
 
     kernel_fn.net = net
     return kernel_fn

@@ -67,24 +67,26 @@ class KernelPlan:
                 raise InputError(f'{name} has feature shape {feat} but the plan was compiled '
                                  f'for {want}', hint='compile a plan for this input shape')
 
-    def raw(self, x1, x2=None) -> dict:
-        """Run the plan: {name: array} for every name in `get`."""
+    def raw(self, x1, x2=None, **kwargs) -> dict:
+        """Run the plan: {name: array} for every name in `get`.  `kwargs` are NT's extra
+        kernel_fn inputs, e.g. ``pattern=(pattern1, pattern2)`` for `Aggregate`."""
         x1 = jnp.asarray(x1)
         x2 = None if x2 is None else jnp.asarray(x2)
         self.check_inputs(x1, x2)
-        return self.fn(x1, x2)
+        inputs = kernel_inputs(kwargs, x1, x2)
+        return self.fn(x1, x2, inputs) if inputs else self.fn(x1, x2)
 
-    def __call__(self, x1, x2=None):
+    def __call__(self, x1, x2=None, **kwargs):
         """The requested kernels: an array for one name, a namedtuple for several."""
-        out = self.raw(x1, x2)
+        out = self.raw(x1, x2, **kwargs)
         get = self.opts.get
         if len(get) == 1:
             return out[get[0]]
         return result_type(get)(*(out[g] for g in get))
 
-    def kernel(self, x1, x2=None) -> Kernel:
+    def kernel(self, x1, x2=None, **kwargs) -> Kernel:
         """All kernels as a `Kernel` (what `kernel_fn(x1, x2, get=None)` returns)."""
-        out = self.raw(x1, x2)
+        out = self.raw(x1, x2, **kwargs)
         return Kernel(nngp=out.get('nngp'), ntk=out.get('ntk'), cov1=out.get('cov1'),
                       cov2=out.get('cov2'), layout=self.graph.node(self.graph.output).cov,
                       x1_is_x2=x2 is None)
@@ -150,6 +152,23 @@ class KernelPlan:
         σw, σb (see `ntc.lower.symbolic`)."""
         from .lower.symbolic import symbolic_kernels
         return symbolic_kernels(self.source, self.opts)
+
+
+def kernel_inputs(kwargs: dict, x1, x2) -> dict:
+    """Normalise kernel_fn's extra keyword inputs (NT passes them to every layer's kernel_fn)
+    through the `KERNEL_INPUTS` table; None values count as absent, unknown names are an error
+    (NT would silently ignore a misspelt one)."""
+    from .lower import lower as _  # noqa: F401  (fills the rule tables)
+    from .lower.registry import KERNEL_INPUTS
+    out = {}
+    for name, value in kwargs.items():
+        if value is None:
+            continue
+        if name not in KERNEL_INPUTS:
+            raise InputError(f'kernel_fn got an unknown keyword argument {name!r}',
+                             hint=f'known inputs: {", ".join(sorted(KERNEL_INPUTS))}')
+        out[name] = KERNEL_INPUTS[name](value, x1, x2)
+    return out
 
 
 def _fn_id(op) -> str:

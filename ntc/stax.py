@@ -275,3 +275,103 @@ def LayerNorm(axis: int | Sequence[int] = -1, eps: float = 1e-12, batch_axis: in
 def Dropout(rate: float, mode: str = 'train') -> Net:
     """Dropout keeping each unit with probability `rate`."""
     return _make(ops.Dropout, rate=rate, mode=mode)
+
+
+# ----------------------------------------------------------------------------- linear maps
+
+
+def Aggregate(aggregate_axis: int | Sequence[int] | None = None, batch_axis: int = 0,
+              channel_axis: int = -1, to_dense: Callable | None = None,
+              implementation: str = 'DENSE') -> Net:
+    """Graph aggregation: each vertex becomes the weighted sum of its predecessors under the
+    per-example adjacency `pattern` (apply_fn(..., pattern=A), kernel_fn(..., pattern=(A1, A2)));
+    K' = A1ᵀ K A2 per pair of examples (Du et al. 2019).  `implementation='DENSE'` takes
+    `(N, *V, *V)` weighted adjacency tensors (through `to_dense` if given); 'SPARSE' takes
+    integer edge lists `(N, n_edges, K, 2)` of (sender, receiver) vertices, negative entries
+    being padding."""
+    axis = aggregate_axis if aggregate_axis is None or isinstance(aggregate_axis, int) \
+        else tuple(aggregate_axis)
+    return _make(ops.Aggregate, aggregate_axis=axis, batch_axis=batch_axis,
+                 channel_axis=channel_axis, to_dense=to_dense, implementation=implementation)
+
+
+def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), precision=None,
+               batch_axis: int = 0, channel_axis: int = -1) -> Net:
+    """`lax.dot_general` of the input with a constant `lhs` or `rhs` (not trained): a fixed
+    linear map M of the non-channel axes, whose kernel is M K Mᵀ on the position indices."""
+    return _make(ops.DotGeneral, lhs=lhs, rhs=rhs, dimension_numbers=dimension_numbers,
+                 precision=precision, batch_axis=batch_axis, channel_axis=channel_axis)
+
+
+class _Slice:
+    """`Slice[1:10, :, ::-1]` returns its index, to pass as `Index(idx=...)`."""
+
+    def __getitem__(self, idx):
+        return idx
+
+    def __repr__(self) -> str:
+        return 'Slice'
+
+
+Slice = _Slice()
+
+
+def _index_item(i):
+    if i is Ellipsis or i == '...':
+        return '...'
+    if isinstance(i, slice):
+        return (i.start, i.stop, i.step)
+    if isinstance(i, tuple) and len(i) == 3:
+        return i
+    if i is None:
+        raise ValidationError('Index: None (numpy newaxis) is not supported',
+                              hint='index with ints, slices and ... only')
+    try:
+        return int(i.__index__())
+    except (AttributeError, TypeError):
+        raise ValidationError(f'Index: cannot index with {i!r}', hint='index with ints, '
+                              'slices and ... (use stax.Slice[...])') from None
+
+
+def Index(idx, batch_axis: int = 0, channel_axis: int = -1) -> Net:
+    """numpy basic indexing `x[idx]` (`idx=stax.Slice[...]`): K'[o, o'] = K[sel(o), sel(o')].
+    Slices of the batch axis select examples; an int drops a spatial axis; the channel axis
+    can only be indexed trivially (`:` or `...`) in the kernel."""
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return _make(ops.Index, idx=tuple(_index_item(i) for i in items), batch_axis=batch_axis,
+                 channel_axis=channel_axis)
+
+
+def ImageResize(shape: Sequence[int], method, antialias: bool = True, precision='HIGHEST',
+                batch_axis: int = 0, channel_axis: int = -1) -> Net:
+    """`jax.image.resize` of the spatial axes (entries -1 keep an axis).  The kernel applies
+    the same (linear) resize to both position indices of K; it supports the 'linear' and
+    'nearest' methods (the others work in apply_fn only)."""
+    return _make(ops.ImageResize, shape=tuple(shape), method=method, antialias=antialias,
+                 precision=precision, batch_axis=batch_axis, channel_axis=channel_axis)
+
+
+def ConvLocal(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int] | None = None,
+              padding: str = 'VALID', W_std: float = 1.0, b_std: float | None = None,
+              dimension_numbers: tuple[str, str, str] | None = None,
+              parameterization: str = 'ntk', s: tuple[int, int] = (1, 1)) -> Net:
+    """Unshared (locally connected) convolution: independent weights and biases at every
+    output position, so the output kernel is spatially diagonal, K'[o, o] = W_std²·A(K)[o, o] +
+    b_std² with A the conv window mean (Novak et al. 2019, sec. 5.1)."""
+    return _make(ops.ConvLocal, out_chan=out_chan, filter_shape=_tuple(filter_shape),
+                 strides=_tuple(strides), padding=padding, W_std=W_std, b_std=b_std,
+                 dimension_numbers=_tuple(dimension_numbers), parameterization=parameterization,
+                 s=_tuple(s))
+
+
+__all__ += ['Aggregate', 'DotGeneral', 'Index', 'Slice', 'ImageResize', 'ConvLocal']
+
+
+# ----------------------------------------------------------------------------- loops
+
+
+def repeat(layer: Net, n: int) -> Net:
+    """`layer` applied `n` times (each time with its own weights), like
+    ``serial(*[layer] * n)`` but compiled as one `lax.scan` loop: compile time and program size
+    do not grow with `n`.  `layer` must keep the shape of its input."""
+    return _make(ops.Repeat, layer=as_net(layer, 'repeat'), n=n)

@@ -748,6 +748,428 @@ class Dropout(Op):
     mode: Literal['train', 'test'] = 'train'
 
 
+# ----------------------------------------------------------------------------- linear maps
+# Layers that apply a fixed (or per-example) linear map to the non-channel axes.  Channels stay
+# independent, so the covariance transforms as K -> M K Mᵀ on every pair of positions.
+
+
+def _const(v):
+    """A constant array as nested tuples of floats (hashable, JSON-safe); scalars as floats."""
+    if v is None or isinstance(v, (int, float)):
+        return None if v is None else float(v)
+    import numpy as np
+    arr = np.asarray(v, dtype=float)
+    if arr.ndim == 0:
+        return float(arr)
+
+    def tup(a):
+        return tuple(tup(x) for x in a) if a.ndim > 1 else tuple(float(x) for x in a)
+    return tup(arr)
+
+
+def _precision_name(v):
+    if v is None or isinstance(v, str):
+        return v
+    return getattr(v, 'name', str(v))
+
+
+class Aggregate(Op):
+    """Graph aggregation (Du et al. 2019, "Graph Neural Tangent Kernel"): every vertex becomes
+    the weighted sum of its predecessors, out[n, j] = Σ_i x[n, i]·A[n, i, j], with the
+    per-example adjacency `pattern` given to apply_fn / kernel_fn.  Kernel:
+    K'[n1, n2, j, j'] = Σ_{i,i'} A1[n1, i, j]·K[n1, n2, i, i']·A2[n2, i', j']."""
+
+    op: Literal['Aggregate'] = 'Aggregate'
+    aggregate_axis: int | tuple[int, ...] | None = None
+    batch_axis: int = 0
+    channel_axis: int = -1
+    to_dense: Callable | None = None
+    implementation: Literal['DENSE', 'SPARSE'] = 'DENSE'
+
+    @field_validator('implementation', mode='before')
+    @classmethod
+    def _impl_upper(cls, v):
+        v = getattr(v, 'value', v)
+        return v.upper() if isinstance(v, str) else v
+
+    @property
+    def serializable(self) -> bool:  # type: ignore[override]
+        return self.to_dense is None
+
+    def input_axes(self, ndim: int) -> tuple[int, int]:
+        return self.batch_axis % ndim, self.channel_axis % ndim
+
+    def agg_axes(self, t: TensorType, path: str = '') -> tuple[int, ...]:
+        """Tensor positions of the aggregated axes."""
+        if self.aggregate_axis is None:
+            return t.spatial_axes
+        axes = (self.aggregate_axis,) if isinstance(self.aggregate_axis, int) \
+            else self.aggregate_axis
+        out = tuple(a % t.ndim for a in axes)
+        for a in out:
+            if a not in t.spatial_axes:
+                raise ShapeError(f'aggregate_axis={self.aggregate_axis} names axis {a}, which is '
+                                 f'the batch or channel axis of {t.describe()}', path=path,
+                                 hint='aggregate over spatial (vertex) axes only')
+        return out
+
+    def infer(self, ins, path):
+        t = ins[0]
+        if not t.spatial_axes:
+            raise ShapeError(f'Aggregate needs vertex (spatial) axes, got {t.describe()}',
+                             path=path, hint='give the input shape (N, vertices..., channels)')
+        self.agg_axes(t, path)
+        return t
+
+    def spatial_need(self, out, in_type):
+        return 'FULL'  # mixes vertices
+
+    def marginal_need(self, out, in_type):
+        return None if out is None else 'FULL'
+
+    def out_order(self, in_order, in_type, out_type):
+        return tuple(range(len(out_type.spatial_axes)))
+
+    def entry_flops(self, in_types, out_type):
+        t = in_types[0]
+        return 4.0 * math.prod(t.shape[a] for a in self.agg_axes(t))
+
+
+DimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]],
+                         tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+class DotGeneral(Op):
+    """`lax.dot_general` with a constant `lhs` or `rhs` (the other operand is the input): a
+    fixed linear map of the non-channel axes, so K -> M K Mᵀ on both position indices."""
+
+    op: Literal['DotGeneral'] = 'DotGeneral'
+    lhs: Any = None
+    rhs: Any = None
+    dimension_numbers: DimensionNumbers = (((), ()), ((), ()))
+    precision: str | None = None
+    batch_axis: int = 0
+    channel_axis: int = -1
+
+    @field_validator('lhs', 'rhs', mode='before')
+    @classmethod
+    def _to_const(cls, v):
+        return _const(v)
+
+    @field_validator('precision', mode='before')
+    @classmethod
+    def _prec(cls, v):
+        return _precision_name(v)
+
+    @field_validator('dimension_numbers', mode='before')
+    @classmethod
+    def _dims(cls, v):
+        (lc, rc), (lb, rb) = v
+        return ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))
+
+    def model_post_init(self, __context):
+        if self.lhs is not None and self.rhs is not None:
+            raise ValueError('at most one of lhs and rhs can be given: the other operand is '
+                             'the layer input')
+
+    def input_axes(self, ndim: int) -> tuple[int, int]:
+        return self.batch_axis % ndim, self.channel_axis % ndim
+
+    @property
+    def is_lhs(self) -> bool:
+        """True when the constant is the left operand (the input is the right one)."""
+        return self.rhs is None and self.lhs is not None
+
+    def constant(self):
+        import numpy as np
+        c = self.lhs if self.is_lhs else self.rhs
+        return None if c is None else np.asarray(c, dtype=float)
+
+    def is_local(self) -> bool:
+        """A scalar constant (or none): a per-position rescaling."""
+        c = self.constant()
+        return c is None or c.ndim == 0
+
+    def input_dims(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(contracting, batch) dimensions of the input operand."""
+        (lc, rc), (lb, rb) = self.dimension_numbers
+        return (rc, rb) if self.is_lhs else (lc, lb)
+
+    def axis_after(self, i: int, ndim: int) -> int | None:
+        """Output position of input axis i (None: contracted away)."""
+        (lc, rc), (lb, rb) = self.dimension_numbers
+        c = self.constant()
+        cnd = 0 if c is None else c.ndim
+        contract, batch = self.input_dims()
+        if i in contract:
+            return None
+        if i in batch:
+            return batch.index(i)
+        free = [a for a in range(ndim) if a not in contract and a not in batch]
+        if self.is_lhs:
+            return len(batch) + (cnd - len(lc) - len(lb)) + free.index(i)
+        return len(batch) + free.index(i)
+
+    def infer(self, ins, path):
+        t = ins[0]
+        c = self.constant()
+        if c is None:
+            return t
+        contract, batch = self.input_dims()
+        for dims in (contract, batch):
+            for a in dims:
+                if not 0 <= a < t.ndim:
+                    raise ShapeError(f'dimension_numbers name axis {a} of an input of rank '
+                                     f'{t.ndim} {t.describe()}', path=path)
+        if t.channel in contract or t.channel in batch:
+            raise ShapeError('DotGeneral cannot contract or batch the channel axis: it is '
+                             'infinite in the kernel limit', path=path,
+                             hint='contract spatial axes only, or set channel_axis')
+        if t.batch in contract or t.batch in batch:
+            raise ShapeError('DotGeneral over the batch axis mixes examples; no later layer '
+                             'could use the result', path=path,
+                             hint='contract spatial axes only, or set batch_axis')
+        import jax
+        import numpy as np
+        shape = tuple(1 if d is None else d for d in t.shape)
+        try:
+            out = jax.eval_shape(self.apply_to, jax.ShapeDtypeStruct(shape, np.float32))
+        except (TypeError, ValueError) as e:
+            raise ShapeError(f'DotGeneral: {e}', path=path) from None
+        b, ch = self.axis_after(t.batch, t.ndim), self.axis_after(t.channel, t.ndim)
+        oshape = tuple(None if i == b else d for i, d in enumerate(out.shape))
+        return TensorType(shape=oshape, batch_axis=b, channel_axis=ch,
+                          is_gaussian=t.is_gaussian, is_fresh=t.is_fresh)
+
+    def apply_to(self, x, precision=None):
+        """The finite map on an activation-form array x."""
+        import jax.numpy as jnp
+        from jax import lax
+        c = self.constant()
+        if c is None:
+            return x
+        c = jnp.asarray(c, dtype=x.dtype)
+        prec = precision if precision is not None else (
+            None if self.precision is None else lax.Precision[self.precision])
+        args = (c, x) if self.is_lhs else (x, c)
+        return lax.dot_general(*args, self.dimension_numbers, prec)
+
+    def spatial_need(self, out, in_type):
+        if self.is_local():
+            return super().spatial_need(out, in_type)
+        return 'FULL' if in_type.spatial_axes else 'NONE'
+
+    def marginal_need(self, out, in_type):
+        if self.is_local() or out is None:
+            return super().marginal_need(out, in_type)
+        return 'FULL' if in_type.spatial_axes else 'NONE'
+
+    def out_order(self, in_order, in_type, out_type):
+        if self.is_local():
+            return in_order
+        return tuple(range(len(out_type.spatial_axes)))
+
+    def entry_flops(self, in_types, out_type):
+        c = self.constant()
+        return 1.0 if c is None or c.ndim == 0 else 4.0 * c.size
+
+    def label(self):
+        c = self.constant()
+        what = 'none' if c is None else ('lhs' if self.is_lhs else 'rhs') + str(c.shape)
+        return f'DotGeneral({what}, dims={self.dimension_numbers})'
+
+
+# One entry of an Index: an int, '...' (Ellipsis) or a slice as (start, stop, step).
+IndexItem = Union[int, Literal['...'], tuple[Union[int, None], Union[int, None], Union[int, None]]]  # noqa: UP007
+
+
+class Index(Op):
+    """numpy-style basic indexing `x[idx]` (build idx with `stax.Slice[...]`).  Slicing is
+    spatially local: K'[o, o'] = K[sel(o), sel(o')]; an integer drops a spatial axis, a slice
+    of the batch axis selects examples."""
+
+    op: Literal['Index'] = 'Index'
+    idx: tuple[IndexItem, ...]
+    batch_axis: int = 0
+    channel_axis: int = -1
+
+    def input_axes(self, ndim: int) -> tuple[int, int]:
+        return self.batch_axis % ndim, self.channel_axis % ndim
+
+    def python_index(self) -> tuple:
+        """The index as Python objects (slices, ints, Ellipsis)."""
+        return tuple(Ellipsis if i == '...' else slice(*i) if isinstance(i, tuple) else i
+                     for i in self.idx)
+
+    def per_axis(self, ndim: int, path: str = '') -> list:
+        """One int or slice per input axis (Ellipsis expanded, missing trailing axes ':')."""
+        idx = list(self.python_index())
+        if idx.count(Ellipsis) > 1:
+            raise ShapeError('an index can have only one ellipsis (...)', path=path)
+        n_real = len(idx) - idx.count(Ellipsis)
+        if n_real > ndim:
+            raise ShapeError(f'index {self.idx} has {n_real} entries for an input of rank '
+                             f'{ndim}', path=path)
+        if Ellipsis in idx:
+            k = idx.index(Ellipsis)
+            idx[k:k + 1] = [slice(None)] * (ndim - n_real)
+        return idx + [slice(None)] * (ndim - len(idx))
+
+    def kept(self, t: TensorType) -> list[int]:
+        """Input axes that survive (not removed by an integer)."""
+        return [i for i, s in enumerate(self.per_axis(t.ndim)) if not isinstance(s, int)]
+
+    def infer(self, ins, path):
+        t = ins[0]
+        per = self.per_axis(t.ndim, path)
+        if isinstance(per[t.batch], int):
+            raise ShapeError('an integer index on the batch axis removes it; the kernel needs '
+                             'a batch axis', path=path, hint='use a slice, e.g. Slice[3:4]')
+        if isinstance(per[t.channel], int):
+            raise ShapeError('an integer index on the channel axis removes it', path=path,
+                             hint='index spatial axes only')
+        shape = []
+        for i, (d, s) in enumerate(zip(t.shape, per)):
+            if isinstance(s, int):
+                if not -d <= s < d:
+                    raise ShapeError(f'index {s} is out of range for axis {i} of size {d}',
+                                     path=path)
+                continue
+            if d is None:
+                shape.append(None)
+                continue
+            n = len(range(*s.indices(d)))
+            if n == 0:
+                raise ShapeError(f'the slice {s} selects nothing of axis {i} (size {d})',
+                                 path=path)
+            shape.append(n)
+        kept = self.kept(t)
+        return TensorType(shape=tuple(shape), batch_axis=kept.index(t.batch),
+                          channel_axis=kept.index(t.channel), is_gaussian=t.is_gaussian,
+                          is_fresh=t.is_fresh)
+
+    def spatial_need(self, out, in_type):
+        if not in_type.spatial_axes:
+            return 'NONE'
+        return 'DIAG' if out == 'NONE' else out  # every axis dropped: the diagonal suffices
+
+    def marginal_need(self, out, in_type):
+        if out is None:
+            return None
+        return self.spatial_need(out, in_type)
+
+    def out_order(self, in_order, in_type, out_type):
+        per = self.per_axis(in_type.ndim)
+        keep = [j for j, a in enumerate(in_type.spatial_axes) if not isinstance(per[a], int)]
+        return tuple(keep.index(i) for i in in_order if i in keep)
+
+    def label(self):
+        parts = []
+        for i in self.idx:
+            if i == '...':
+                parts.append('...')
+            elif isinstance(i, tuple):
+                a, b, c = ('' if v is None else str(v) for v in i)
+                parts.append(f'{a}:{b}' + (f':{c}' if c else ''))
+            else:
+                parts.append(str(i))
+        return f'Index[{", ".join(parts)}]'
+
+
+RESIZE_METHODS = {
+    'nearest': 'nearest', 'linear': 'linear', 'bilinear': 'linear', 'trilinear': 'linear',
+    'triangle': 'linear', 'cubic': 'cubic', 'bicubic': 'cubic', 'tricubic': 'cubic',
+    'lanczos3': 'lanczos3', 'lanczos5': 'lanczos5',
+}
+
+
+class ImageResize(Op):
+    """`jax.image.resize` of the spatial axes (-1 keeps an axis).  Resizing is linear, so the
+    kernel is the resize applied to both position indices of K; the kernel supports the
+    'linear' and 'nearest' methods, as NT does."""
+
+    op: Literal['ImageResize'] = 'ImageResize'
+    shape: tuple[int, ...]
+    method: str
+    antialias: bool = True
+    precision: str | None = 'HIGHEST'
+    batch_axis: int = 0
+    channel_axis: int = -1
+
+    @field_validator('method', mode='before')
+    @classmethod
+    def _method(cls, v):
+        name = getattr(v, 'name', v)
+        name = name.lower() if isinstance(name, str) else name
+        if name not in RESIZE_METHODS:
+            raise ValueError(f'unknown resize method {v!r}; choose from '
+                             f'{", ".join(sorted(RESIZE_METHODS))}')
+        return RESIZE_METHODS[name]
+
+    @field_validator('precision', mode='before')
+    @classmethod
+    def _prec(cls, v):
+        return _precision_name(v)
+
+    def input_axes(self, ndim: int) -> tuple[int, int]:
+        return self.batch_axis % ndim, self.channel_axis % ndim
+
+    def out_shape(self, shape: tuple) -> tuple:
+        return tuple(d if s == -1 else s for d, s in zip(shape, self.shape))
+
+    def resized(self, t: TensorType) -> tuple[int, ...]:
+        """Spatial axes (tensor positions) whose size changes."""
+        return tuple(a for a in t.spatial_axes if self.shape[a] not in (-1, t.shape[a]))
+
+    def infer(self, ins, path):
+        t = ins[0]
+        if len(self.shape) != t.ndim:
+            raise ShapeError(f'shape {self.shape} has {len(self.shape)} entries for an input '
+                             f'of rank {t.ndim} {t.describe()}', path=path,
+                             hint='give one entry per axis, -1 to keep an axis')
+        if self.shape[t.batch] != -1:
+            raise ShapeError('ImageResize cannot resize the batch axis', path=path,
+                             hint=f'set shape[{t.batch}] = -1')
+        if any(s == 0 or s < -1 for s in self.shape):
+            raise ShapeError(f'shape {self.shape} has an entry that is neither -1 nor positive',
+                             path=path)
+        return t.model_copy(update=dict(shape=self.out_shape(t.shape)))
+
+    def spatial_need(self, out, in_type):
+        if self.resized(in_type):
+            return 'FULL'
+        return super().spatial_need(out, in_type)
+
+    def marginal_need(self, out, in_type):
+        if self.resized(in_type) and out is not None:
+            return 'FULL'
+        return super().marginal_need(out, in_type)
+
+    def out_order(self, in_order, in_type, out_type):
+        if self.resized(in_type):
+            return tuple(range(len(out_type.spatial_axes)))
+        return in_order
+
+    def entry_flops(self, in_types, out_type):
+        return 8.0 * len(self.resized(in_types[0]) or (0,))
+
+
+class ConvLocal(_ConvBase):
+    """Unshared ("locally connected") convolution: separate weights at every output position.
+    Different positions have independent weights, so the output covariance is spatially
+    diagonal: K'[o, o] = a·A(K)[o, o] + b with A the conv window mean of the input's diagonal,
+    and K'[o, o'] = 0 for o ≠ o' (Novak et al. 2019, sec. 5.1)."""
+
+    op: Literal['ConvLocal'] = 'ConvLocal'
+    natural_output: ClassVar[Spatial] = 'DIAG'  # as the network output: (N1, N2, H, W)
+
+    def spatial_need(self, out, in_type):
+        return 'DIAG'
+
+    def marginal_need(self, out, in_type):
+        return None if out is None else 'DIAG'
+
+
 # ----------------------------------------------------------------------------- the union
 
 OP_CLASSES: tuple[type[Op], ...] = (
@@ -756,6 +1178,7 @@ OP_CLASSES: tuple[type[Op], ...] = (
     ABRelu, Relu, LeakyRelu, Abs, Erf, Sigmoid_like, Gelu, Sin, Cos, Exp, ExpNormalized,
     Gaussian, Rbf, Sign, Gabor, Monomial, RectifiedMonomial, Polynomial, Hermite, Elementwise,
     ElementwiseNumerical, LayerNorm, Dropout,
+    Aggregate, DotGeneral, Index, ImageResize, ConvLocal,
 )
 OPS: dict[str, type[Op]] = {cls.model_fields['op'].default: cls for cls in OP_CLASSES}
 AnyOp = Annotated[Union[tuple(OP_CLASSES)], Field(discriminator='op')]  # noqa: UP007

@@ -21,7 +21,10 @@ from . import (  # noqa: F401  (fill the rule tables)
     rules_activation,
     rules_combinators,
     rules_conv,
+    rules_conv_local,
     rules_dense,
+    rules_graph,
+    rules_linear,
     rules_norm,
     rules_pool,
 )
@@ -37,6 +40,12 @@ class LowerCtx:
     graph: Graph
     xp: object
     want_ntk: bool
+    inputs: dict | None = None  # extra kernel_fn inputs (e.g. Aggregate's `pattern`), a pytree
+    x1_is_x2: bool = False
+
+    def extra(self, name: str, default=None):
+        """The extra kernel_fn input `name` (see `ntc.plan.kernel_inputs`)."""
+        return (self.inputs or {}).get(name, default)
 
     def in_types(self, node: Node):
         return [self.graph.node(i).ttype for i in self.graph.inputs(node.id)]
@@ -108,9 +117,11 @@ def input_kernel(node: Node, x1, x2) -> Kernel:
 # ----------------------------------------------------------------------------- the walk
 
 
-def evaluate(graph: Graph, opts: Options, x1, x2) -> Kernel:
-    """The output node's Kernel (in the node's layout) for inputs x1, x2 (x2 None: x1)."""
-    ctx = LowerCtx(graph=graph, xp=JNP, want_ntk=opts.want_ntk)
+def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None) -> Kernel:
+    """The output node's Kernel (in the node's layout) for inputs x1, x2 (x2 None: x1);
+    `inputs` holds extra kernel_fn inputs such as Aggregate's `pattern`."""
+    ctx = LowerCtx(graph=graph, xp=JNP, want_ntk=opts.want_ntk, inputs=inputs,
+                   x1_is_x2=x2 is None)
     env: dict[int, Kernel] = {}
     uses = {nid: len(graph.consumers(nid)) for nid in graph.order()}
     for node in graph.nodes():
@@ -160,7 +171,8 @@ def to_user(k: Kernel, opts: Options) -> dict:
 
 
 def lower(graph: Graph, opts: Options):
-    """One jitted function (x1, x2) -> {name: array} for the names in `opts.get`."""
-    def fn(x1, x2):
-        return to_user(evaluate(graph, opts, x1, x2), opts)
+    """One jitted function (x1, x2, inputs=None) -> {name: array} for the names in `opts.get`;
+    `inputs` is a dict (a pytree) of extra kernel_fn inputs (see `ntc.plan.kernel_inputs`)."""
+    def fn(x1, x2, inputs=None):
+        return to_user(evaluate(graph, opts, x1, x2, inputs), opts)
     return jax.jit(fn)

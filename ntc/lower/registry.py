@@ -15,6 +15,10 @@ from ..errors import NoClosedFormError, NtcError
 
 KERNEL_RULES: dict[str, Callable] = {}
 FINITE_RULES: dict[str, FiniteRule] = {}
+# extra keyword inputs of kernel_fn (e.g. Aggregate's `pattern`): name -> normaliser
+# `fn(value, x1, x2) -> pytree` run before the jitted kernel function; rules read the result
+# as `ctx.extra(name)`.
+KERNEL_INPUTS: dict[str, Callable] = {}
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,14 @@ def finite_rule(*kinds: str, init: Callable | None = None):
     def deco(fn):
         for kind in kinds:
             FINITE_RULES[kind] = FiniteRule(init=init or no_params, apply=fn)
+        return fn
+    return deco
+
+
+def kernel_input(name: str):
+    """Register the decorated function as the normaliser of kernel_fn's keyword input `name`."""
+    def deco(fn):
+        KERNEL_INPUTS[name] = fn
         return fn
     return deco
 

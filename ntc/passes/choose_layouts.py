@@ -30,10 +30,9 @@ from .options import Options
 def requirements(g: Graph, opts: Options) -> tuple[dict, dict]:
     """Per node: the spatial layout its consumers need of its cross kernel, and of its
     marginals (None: marginals not needed)."""
-    out = g.node(g.output).ttype
-    has_space = bool(out.spatial_axes)
-    need_x = {g.output: 'FULL' if has_space else 'NONE'}
-    need_m = {g.output: ('FULL' if has_space else 'NONE') if opts.want_marginals else None}
+    natural = output_spatial(g)
+    need_x = {g.output: natural}
+    need_m = {g.output: natural if opts.want_marginals else None}
     for nid in reversed(g.order()):
         node = g.node(nid)
         for src in g.inputs(nid):
@@ -44,6 +43,15 @@ def requirements(g: Graph, opts: Options) -> tuple[dict, dict]:
     return need_x, need_m
 
 
+def output_spatial(g: Graph) -> str:
+    """The layout the network returns: FULL while spatial axes remain, except after an op
+    whose output is naturally spatially diagonal (ConvLocal: NT returns (N1, N2, H, W))."""
+    node = g.node(g.output)
+    if not node.ttype.spatial_axes:
+        return 'NONE'
+    return getattr(node.op, 'natural_output', 'FULL')
+
+
 def choose_layouts(graph: Graph, opts: Options) -> Graph:
     g = graph.copy()
     need_x, need_m = requirements(g, opts)
@@ -52,8 +60,10 @@ def choose_layouts(graph: Graph, opts: Options) -> Graph:
         has_space = bool(t.spatial_axes)
         order = tuple(range(len(t.spatial_axes)))
         if opts.reference:
-            cov = CovType(batch='FULL', spatial='FULL' if has_space else 'NONE', marginal=None,
-                          axis_order=order)
+            spatial = 'FULL' if has_space else 'NONE'
+            if node.id == g.output:
+                spatial = output_spatial(g)
+            cov = CovType(batch='FULL', spatial=spatial, marginal=None, axis_order=order)
         else:
             spatial, marginal = need_x[node.id], need_m.get(node.id)
             if opts.force_full and has_space:
