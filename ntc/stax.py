@@ -365,13 +365,3 @@ def ConvLocal(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int]
 
 
 __all__ += ['Aggregate', 'DotGeneral', 'Index', 'Slice', 'ImageResize', 'ConvLocal']
-
-
-# ----------------------------------------------------------------------------- loops
-
-
-def repeat(layer: Net, n: int) -> Net:
-    """`layer` applied `n` times (each time with its own weights), like
-    ``serial(*[layer] * n)`` but compiled as one `lax.scan` loop: compile time and program size
-    do not grow with `n`.  `layer` must keep the shape of its input."""
-    return _make(ops.Repeat, layer=as_net(layer, 'repeat'), n=n)
