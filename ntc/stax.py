@@ -23,6 +23,7 @@ __all__ = [
     'Exp', 'ExpNormalized', 'Gaussian', 'Rbf', 'Sign', 'Gabor', 'Monomial', 'RectifiedMonomial',
     'Polynomial', 'Hermite', 'Elementwise', 'ElementwiseNumerical', 'LayerNorm', 'Dropout',
     'Conv', 'ConvTranspose', 'AvgPool', 'SumPool', 'GlobalAvgPool', 'GlobalSumPool', 'Flatten',
+    'GlobalSelfAttention', 'repeat',
 ]
 
 
@@ -277,6 +278,32 @@ def Dropout(rate: float, mode: str = 'train') -> Net:
     return _make(ops.Dropout, rate=rate, mode=mode)
 
 
+# ----------------------------------------------------------------------------- attention
+
+
+def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_heads: int,
+                        linear_scaling: bool = True, W_key_std: float = 1.0,
+                        W_value_std: float = 1.0, W_query_std: float = 1.0,
+                        W_out_std: float = 1.0, b_std: float | None = None,
+                        attention_mechanism: str = 'SOFTMAX', pos_emb_type: str = 'NONE',
+                        pos_emb_p_norm: float = 2, pos_emb_decay_fn: Callable | None = None,
+                        n_chan_pos_emb: int | None = None, W_pos_emb_std: float = 1.0,
+                        val_pos_emb: bool = False, batch_axis: int = 0,
+                        channel_axis: int = -1) -> Net:
+    """Multi-head self-attention over all spatial positions; kernel after Hron et al. 2020
+    ("Infinite attention: NNGP and NTK for deep attention networks").  With
+    `linear_scaling=True` (keys and queries tied, logits scaled by 1/n_chan_key) every
+    `attention_mechanism` has a closed form; with `linear_scaling=False` only 'IDENTITY' does."""
+    return _make(ops.GlobalSelfAttention, n_chan_out=n_chan_out, n_chan_key=n_chan_key,
+                 n_chan_val=n_chan_val, n_heads=n_heads, linear_scaling=linear_scaling,
+                 W_key_std=W_key_std, W_value_std=W_value_std, W_query_std=W_query_std,
+                 W_out_std=W_out_std, b_std=b_std, attention_mechanism=attention_mechanism,
+                 pos_emb_type=pos_emb_type, pos_emb_p_norm=pos_emb_p_norm,
+                 pos_emb_decay_fn=pos_emb_decay_fn, n_chan_pos_emb=n_chan_pos_emb,
+                 W_pos_emb_std=W_pos_emb_std, val_pos_emb=val_pos_emb, batch_axis=batch_axis,
+                 channel_axis=channel_axis)
+
+
 # ----------------------------------------------------------------------------- linear maps
 
 
@@ -365,3 +392,13 @@ def ConvLocal(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int]
 
 
 __all__ += ['Aggregate', 'DotGeneral', 'Index', 'Slice', 'ImageResize', 'ConvLocal']
+
+
+# ----------------------------------------------------------------------------- loops
+
+
+def repeat(layer: Net, n: int) -> Net:
+    """`layer` applied `n` times (each time with its own weights), like
+    ``serial(*[layer] * n)`` but compiled as one `lax.scan` loop: compile time and program size
+    do not grow with `n`.  `layer` must keep the shape of its input."""
+    return _make(ops.Repeat, layer=as_net(layer, 'repeat'), n=n)

@@ -18,7 +18,14 @@ import math
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_serializer,
+    field_validator,
+)
 
 from ..errors import ShapeError
 from .types import SPATIAL_RANK, Spatial, TensorType
@@ -758,6 +765,80 @@ def _const(v):
     if v is None or isinstance(v, (int, float)):
         return None if v is None else float(v)
     import numpy as np
+# ----------------------------------------------------------------------------- attention
+
+AttentionMechanism = Literal['SOFTMAX', 'IDENTITY', 'ABS', 'RELU']
+PositionalEmbedding = Literal['NONE', 'SUM', 'CONCAT']
+
+
+class GlobalSelfAttention(Op):
+    """Multi-head self-attention over all spatial positions (Hron et al. 2020, "Infinite
+    attention").  Mixes every pair of positions, so it needs FULL spatial covariances."""
+
+    op: Literal['GlobalSelfAttention'] = 'GlobalSelfAttention'
+    n_chan_out: PosInt
+    n_chan_key: PosInt
+    n_chan_val: PosInt
+    n_heads: PosInt
+    linear_scaling: bool = True
+    W_key_std: NonNegFloat = 1.0
+    W_value_std: NonNegFloat = 1.0
+    W_query_std: NonNegFloat = 1.0
+    W_out_std: NonNegFloat = 1.0
+    b_std: NonNegFloat | None = None
+    attention_mechanism: AttentionMechanism = 'SOFTMAX'
+    pos_emb_type: PositionalEmbedding = 'NONE'
+    pos_emb_p_norm: float = 2
+    pos_emb_decay_fn: Callable | None = None
+    n_chan_pos_emb: PosInt | None = None
+    W_pos_emb_std: NonNegFloat = 1.0
+    val_pos_emb: bool = False
+    batch_axis: int = 0
+    channel_axis: int = -1
+    creates_fresh: ClassVar[bool] = True
+
+    @field_validator('attention_mechanism', 'pos_emb_type', mode='before')
+    @classmethod
+    def _upper(cls, v):
+        return v.upper() if isinstance(v, str) else v
+
+    @property
+    def serializable(self) -> bool:  # type: ignore[override]
+        return self.pos_emb_decay_fn is None
+
+    def input_axes(self, ndim: int) -> tuple[int, int]:
+        return self.batch_axis % ndim, self.channel_axis % ndim
+
+    def pos_emb_channels(self, in_channels: int) -> int:
+        """Channels of the positional embedding (NT: the input's, unless given)."""
+        return in_channels if self.n_chan_pos_emb is None else self.n_chan_pos_emb
+
+    def infer(self, ins, path):
+        t = ins[0]
+        if not t.spatial_axes:
+            raise ShapeError(f'GlobalSelfAttention needs an input with spatial axes (positions '
+                             f'to attend over), got {t.describe()}', path=path,
+                             hint='give the input a sequence or image axis, e.g. (N, L, C)')
+        if self.pos_emb_type == 'SUM' and self.pos_emb_channels(t.channels) != t.channels:
+            raise ShapeError(f"pos_emb_type='SUM' adds embeddings of {self.n_chan_pos_emb} "
+                             f'channels to an input of {t.channels}', path=path,
+                             hint="leave n_chan_pos_emb=None, or use pos_emb_type='CONCAT'")
+        shape = list(t.shape)
+        shape[t.channel] = self.n_chan_out
+        return t.model_copy(update=dict(shape=tuple(shape), is_gaussian=True, is_fresh=True))
+
+    def spatial_need(self, out, in_type):
+        return 'FULL'  # every output position reads every pair of input positions
+
+    def marginal_need(self, out, in_type):
+        if self.linear_scaling:
+            return 'FULL'  # the attention weights are functions of each example's covariance
+        return None if out is None else 'FULL'
+
+    def entry_flops(self, in_types, out_type):
+        return 4.0 * math.prod(out_type.spatial_shape) + 2.0
+
+
     arr = np.asarray(v, dtype=float)
     if arr.ndim == 0:
         return float(arr)
@@ -1177,9 +1258,75 @@ OP_CLASSES: tuple[type[Op], ...] = (
     Conv, ConvTranspose, AvgPool, SumPool, GlobalAvgPool, GlobalSumPool, Flatten, Transpose,
     ABRelu, Relu, LeakyRelu, Abs, Erf, Sigmoid_like, Gelu, Sin, Cos, Exp, ExpNormalized,
     Gaussian, Rbf, Sign, Gabor, Monomial, RectifiedMonomial, Polynomial, Hermite, Elementwise,
-    ElementwiseNumerical, LayerNorm, Dropout,
+    ElementwiseNumerical, LayerNorm, Dropout, GlobalSelfAttention, Repeat,
     Aggregate, DotGeneral, Index, ImageResize, ConvLocal,
 )
+# ----------------------------------------------------------------------------- loops
+
+
+class Repeat(Op):
+    """`layer` applied `n` times, compiled as one loop (`lax.scan`) whose body is compiled once.
+    The layer must keep its input's shape; each iteration has weights of its own."""
+
+    op: Literal['Repeat'] = 'Repeat'
+    layer: Any
+    n: PosInt
+
+    @field_validator('layer', mode='before')
+    @classmethod
+    def _net(cls, v):
+        from .net import Net
+        if isinstance(v, Net):
+            return v
+        if isinstance(v, (dict, str)):
+            from ..spec import parse
+            return parse(v, 'Repeat.layer')
+        raise ValueError(f'expected an ntc.stax layer, got {type(v).__name__}')
+
+    @field_serializer('layer')
+    def _dump_net(self, v):
+        from ..spec import dump
+        return dump(v)
+
+    @property
+    def serializable(self) -> bool:  # type: ignore[override]
+        return all(n.op.serializable for n in self.layer.graph().nodes())
+
+    def _body(self, t: TensorType, path: str = 'repeat'):
+        from ..passes.repeat import carry_types, typed_body
+        return typed_body(self, carry_types(self, t, path)[-1], path)
+
+    def label(self) -> str:
+        return f'Repeat(n={self.n}, {len(self.layer.graph()) - 1} ops)'
+
+    @property
+    def creates_fresh(self) -> bool:  # type: ignore[override]
+        return True  # the output is fresh exactly when the body's is (see `infer`)
+
+    def infer(self, ins, path):
+        from ..passes.repeat import carry_types, typed_body
+        types = carry_types(self, ins[0], path)
+        g = typed_body(self, types[-1], path)
+        return g.node(g.output).ttype
+
+    def spatial_need(self, out, in_type):
+        from ..passes.repeat import carry_layout
+        return carry_layout(self, in_type, out, None)[0]
+
+    def marginal_need(self, out, in_type):
+        from ..passes.repeat import carry_layout
+        return carry_layout(self, in_type, 'NONE' if not in_type.spatial_axes else 'DIAG',
+                            out)[1]
+
+    def entry_flops(self, in_types, out_type):
+        g = self._body(in_types[0])
+        return self.n * sum(n.op.entry_flops([g.node(i).ttype for i in g.inputs(n.id)],
+                                             n.ttype) for n in g.nodes() if g.inputs(n.id))
+
+    def reads_neighbours(self) -> bool:
+        return any(n.op.reads_neighbours() for n in self.layer.graph().nodes())
+
+
 OPS: dict[str, type[Op]] = {cls.model_fields['op'].default: cls for cls in OP_CLASSES}
 AnyOp = Annotated[Union[tuple(OP_CLASSES)], Field(discriminator='op')]  # noqa: UP007
 OP_ADAPTER: TypeAdapter = TypeAdapter(AnyOp)

@@ -10,6 +10,7 @@ import jax
 
 from ..errors import NtcError
 from ..ir.graph import Graph
+from . import masking
 from .registry import get_finite_rule
 
 
@@ -20,6 +21,8 @@ class ApplyCtx:
     path: str
     rng: jax.Array | None
     kwargs: dict
+    mask: jax.Array | None = None  # position mask (N, *spatial) of input 0 (`lower.masking`)
+    in_types: tuple = ()  # the inputs' TensorTypes
 
 
 def init_params(graph: Graph, key) -> dict:
@@ -37,19 +40,39 @@ def init_params(graph: Graph, key) -> dict:
 
 
 def apply(graph: Graph, params: dict, x, rng=None, **kwargs):
-    """Run the finite network on `x`."""
-    env = {}
+    """Run the finite network on `x`.  With ``mask_constant=c``, entries of `x` equal to `c`
+    are masked (see `ntc.lower.masking`) and the output is a `MaskedArray` (NT's convention)."""
+    mask_constant = kwargs.pop('mask_constant', None)
+    mask = None
+    if mask_constant is not None:
+        x, mask = masking.mask_input(x, graph.node(graph.input_nodes()[0]).ttype, mask_constant)
+    out, out_mask = run(graph, params, x, rng, mask, kwargs)
+    if mask_constant is None:
+        return out
+    return masking.MaskedArray(out, masking.to_tensor(out_mask, graph.node(graph.output).ttype,
+                                                      out.shape))
+
+
+def run(graph: Graph, params: dict, x, rng, mask, kwargs: dict):
+    """(output, output position mask) of the finite network on `x` with position mask `mask`
+    (None: nothing masked); every layer's masked input positions are zeroed."""
+    env, masks = {}, {}
     nodes = list(graph.nodes())
     rngs = (jax.random.split(rng, len(nodes)) if rng is not None else [None] * len(nodes))
     for node, r in zip(nodes, rngs):
         if node.op.kind == 'Input':
-            env[node.id] = x
+            env[node.id], masks[node.id] = x, mask
             continue
         rule = get_finite_rule(node)
-        ins = [env[i] for i in graph.inputs(node.id)]
+        srcs = graph.inputs(node.id)
+        types = tuple(graph.node(i).ttype for i in srcs)
+        in_masks = [masks[i] for i in srcs]
+        ins = [masking.zero_tensor(env[i], m, t) for i, m, t in zip(srcs, in_masks, types)]
         try:
             p = params.get(node.path, ())
         except AttributeError:
             raise NtcError('params must be the dict returned by init_fn') from None
-        env[node.id] = rule.apply(node.op, p, ins, ApplyCtx(node.path, r, kwargs))
-    return env[graph.output]
+        env[node.id] = rule.apply(node.op, p, ins, ApplyCtx(node.path, r, kwargs, in_masks[0],
+                                                            types))
+        masks[node.id] = masking.propagate(node, in_masks, list(types))
+    return env[graph.output], masks[graph.output]

@@ -18,7 +18,9 @@ from ..ir.graph import Graph, Node
 from ..ir.types import CovType
 from ..passes.options import Options
 from . import (  # noqa: F401  (fill the rule tables)
+    masking,
     rules_activation,
+    rules_attention,
     rules_combinators,
     rules_conv,
     rules_conv_local,
@@ -27,6 +29,7 @@ from . import (  # noqa: F401  (fill the rule tables)
     rules_linear,
     rules_norm,
     rules_pool,
+    rules_repeat,
 )
 from .kernel import Kernel, adapt, batch_diag
 from .registry import get_kernel_rule
@@ -42,6 +45,7 @@ class LowerCtx:
     want_ntk: bool
     inputs: dict | None = None  # extra kernel_fn inputs (e.g. Aggregate's `pattern`), a pytree
     x1_is_x2: bool = False
+    masks: dict | None = None  # node id -> (mask1, mask2) position masks (`ntc.lower.masking`)
 
     def extra(self, name: str, default=None):
         """The extra kernel_fn input `name` (see `ntc.plan.kernel_inputs`)."""
@@ -120,18 +124,25 @@ def input_kernel(node: Node, x1, x2) -> Kernel:
 def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None) -> Kernel:
     """The output node's Kernel (in the node's layout) for inputs x1, x2 (x2 None: x1);
     `inputs` holds extra kernel_fn inputs such as Aggregate's `pattern`."""
+    mask_constant = (inputs or {}).get('mask_constant')
+    masks = None if mask_constant is None else {}
     ctx = LowerCtx(graph=graph, xp=JNP, want_ntk=opts.want_ntk, inputs=inputs,
-                   x1_is_x2=x2 is None)
+                   x1_is_x2=x2 is None, masks=masks)
     env: dict[int, Kernel] = {}
     uses = {nid: len(graph.consumers(nid)) for nid in graph.order()}
     for node in graph.nodes():
         srcs = graph.inputs(node.id)
         if node.op.kind == 'Input':
+            if masks is not None:
+                x1, x2, masks[node.id] = masking.mask_inputs(node.ttype, x1, x2, mask_constant)
             k = input_kernel(node, x1, x2)
         else:
             ins = [adapt(env[s], needed_input(node, graph.node(s))) for s in srcs]
             k = get_kernel_rule(node)(ctx, node, *ins)
             k = adapt(k, node.cov)
+            if masks is not None:
+                masks[node.id] = masking.output_masks(graph, node, masks)
+                k = masking.zero_masked(k, *masks[node.id])
         if node.materialize:
             k = jax.lax.optimization_barrier(k)
         env[node.id] = k

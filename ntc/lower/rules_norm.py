@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from ..errors import InputError
+from . import masking
 from .registry import finite_rule, kernel_rule
 
 
@@ -20,14 +21,15 @@ def layer_norm_kernel(ctx, node, k):
     # storage positions (after the batch axis) of the spatial axes being normalised over
     red = tuple(1 + order.index(i) for i, ax in enumerate(t.spatial_axes) if ax in axes)
     xp, eps = ctx.xp, node.op.eps
+    m1, m2 = masking.side_masks(k, *masking.input_masks(ctx, node))
 
-    def norm(v):
-        if red:
-            v = jnp.mean(v, axis=red, keepdims=True)
+    def norm(v, m):
+        if red:  # masked positions are left out of the mean
+            v = masking.masked_mean(v, m, order, red)
         return 1.0 / xp.sqrt(v + eps)
 
     v1, v2 = k.vars()
-    r1, r2 = norm(v1), norm(v2)
+    r1, r2 = norm(v1, m1), norm(v2, m2)
     c1, c2 = k.expand_cross(r1, r2)
     scale = c1 * c2
 
@@ -46,8 +48,14 @@ def layer_norm_kernel(ctx, node, k):
 def layer_norm_apply(op, params, inputs, ctx):
     (x,) = inputs
     axes = tuple(a % x.ndim for a in ((op.axis,) if isinstance(op.axis, int) else op.axis))
-    mean = jnp.mean(x, axis=axes, keepdims=True)
-    var = jnp.var(x, axis=axes, keepdims=True)
+    if getattr(ctx, 'mask', None) is None:
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        var = jnp.var(x, axis=axes, keepdims=True)
+    else:  # statistics over unmasked positions only
+        keep = jnp.broadcast_to(~masking.to_tensor(ctx.mask, ctx.in_types[0]), x.shape)
+        count = jnp.maximum(jnp.sum(keep, axis=axes, keepdims=True), 1).astype(x.dtype)
+        mean = jnp.sum(jnp.where(keep, x, 0.0), axis=axes, keepdims=True) / count
+        var = jnp.sum(jnp.where(keep, (x - mean) ** 2, 0.0), axis=axes, keepdims=True) / count
     return (x - mean) / jnp.sqrt(var + op.eps)
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..ir.ops import same_pads
+from . import masking
 from .registry import finite_rule, kernel_rule
 from .stencil import edge_counts, pad_axes, window_sum
 
@@ -68,8 +69,22 @@ def _reduce_spatial(k, fn):
 
 @kernel_rule('GlobalAvgPool')
 def global_avg_pool_kernel(ctx, node, k):
-    """K' = mean over all pairs of positions (needs FULL input)."""
-    return _reduce_spatial(k, jnp.mean)
+    """K' = mean over all pairs of positions (needs FULL input); with masked inputs, the mean
+    over pairs of unmasked positions."""
+    m1, m2 = masking.input_masks(ctx, node)
+    if m1 is None and m2 is None:
+        return _reduce_spatial(k, jnp.mean)
+    out = _reduce_spatial(k, jnp.sum)
+    ma, mb = masking.side_masks(k, m1, m2)
+    na, nb = masking.unmasked_counts(ma), masking.unmasked_counts(mb)
+    cross = (na[:, None] * nb[None, :]).astype(out.nngp.dtype)
+
+    def marg(x, m):
+        return None if x is None else x / masking.unmasked_counts(m).astype(x.dtype) ** 2
+
+    return out.replace(nngp=out.nngp / cross,
+                       ntk=None if out.ntk is None else out.ntk / cross,
+                       cov1=marg(out.cov1, m1), cov2=marg(out.cov2, m2))
 
 
 @kernel_rule('GlobalSumPool')
@@ -174,7 +189,11 @@ def _spatial_positions(op, x):
 @finite_rule('GlobalAvgPool')
 def global_avg_pool_apply(op, params, inputs, ctx):
     (x,) = inputs
-    y = jnp.mean(x, axis=_spatial_positions(op, x))
+    if getattr(ctx, 'mask', None) is None:
+        y = jnp.mean(x, axis=_spatial_positions(op, x))
+    else:  # mean over unmasked positions (masked ones are zero)
+        y = jnp.sum(x, axis=_spatial_positions(op, x))
+        y = y / masking.unmasked_counts(ctx.mask).astype(y.dtype)[:, None]
     return y if op.batch_axis % x.ndim < op.channel_axis % x.ndim else y.T
 
 

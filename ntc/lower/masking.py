@@ -1,0 +1,297 @@
+"""Masking: variable-length inputs via `mask_constant=` on `kernel_fn` and `apply_fn`.
+
+Semantics (those of neural_tangents' `mask_constant`): an input entry equal to `mask_constant`
+(or NaN when the constant is NaN) is masked.  A *position* (all channels at one spatial index of
+one example) is masked when every channel there is masked; masked entries of the input are
+replaced by 0.  Each layer then:
+
+- propagates the position mask to its output with its rule in `MASK_RULES` (elementwise and
+  channel-mixing layers keep it; strided windows keep the mask of each window's centre; global
+  pooling masks an example only when all its positions are; fan-ins mask a position masked in
+  every branch);
+- sees its masked input positions as zero activations: the covariance entries that involve a
+  masked position are zero (in the finite network every layer's input is zeroed there);
+- excludes masked positions from its statistics: GlobalAvgPool averages over unmasked
+  positions, LayerNorm normalises with the mean over unmasked positions, attention gives masked
+  keys zero weight (their logits are -1e20 under SOFTMAX, 0 otherwise).
+
+Masks are boolean arrays (N, *spatial) in the tensor's own spatial order ("canonical"); kernel
+code moves them to a covariance's storage order with `to_storage`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from ..errors import NtcError
+from ..ir.ops import same_pads
+from ..ir.types import TensorType
+from .kernel import Kernel, expand
+from .registry import kernel_input
+
+MASK_RULES: dict[str, Callable] = {}
+
+#: logit given to masked keys under SOFTMAX (finite, so an all-masked row stays defined)
+NEG_INF = -1e20
+
+
+def mask_rule(*kinds: str):
+    """Register `fn(op, masks, in_types, out_type) -> mask` as the mask rule of op kinds;
+    `masks` are the inputs' canonical position masks (None where an input is unmasked)."""
+    def deco(fn):
+        for kind in kinds:
+            MASK_RULES[kind] = fn
+        return fn
+    return deco
+
+
+@kernel_input('mask_constant')
+def _normalise_mask_constant(value, x1, x2):
+    return None if value is None else jnp.asarray(value, dtype=jnp.result_type(x1))
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class MaskedArray:
+    """An `apply_fn` output with its mask (neural_tangents' `MaskedArray`): `masked_value` is
+    the output, `mask` is True at masked entries (broadcastable to the output)."""
+
+    masked_value: jax.Array
+    mask: jax.Array
+
+
+def entry_mask(x, mask_constant):
+    """True where `x` equals `mask_constant` (or is NaN, for a NaN constant)."""
+    c = jnp.asarray(mask_constant, dtype=x.dtype)
+    return jnp.where(jnp.isnan(c), jnp.isnan(x), x == c)
+
+
+def mask_input(x, t: TensorType, mask_constant):
+    """(x with masked entries zeroed, its canonical position mask (N, *spatial))."""
+    entries = entry_mask(x, mask_constant)
+    x = jnp.where(entries, jnp.zeros((), x.dtype), x)
+    pos = jnp.all(entries, axis=t.channel)
+    return x, jnp.moveaxis(pos, t.batch if t.batch < t.channel else t.batch - 1, 0)
+
+
+def mask_inputs(t: TensorType, x1, x2, mask_constant):
+    """(x1, x2) with masked entries zeroed, and their position masks (m1, m2); m2 is m1 when
+    x2 is None."""
+    x1, m1 = mask_input(x1, t, mask_constant)
+    if x2 is None:
+        return x1, None, (m1, m1)
+    x2, m2 = mask_input(x2, t, mask_constant)
+    return x1, x2, (m1, m2)
+
+
+def output_masks(graph, node, masks: dict):
+    """(m1, m2) of `node`'s output from its inputs' entries in `masks`."""
+    srcs = graph.inputs(node.id)
+    pairs = [masks.get(s, (None, None)) for s in srcs]
+    types = [graph.node(s).ttype for s in srcs]
+    return (propagate(node, [p[0] for p in pairs], types),
+            propagate(node, [p[1] for p in pairs], types))
+
+
+def to_tensor(m, t: TensorType, shape=None):
+    """A canonical mask (N, *spatial) as a tensor mask: batch and a size-1 channel axis at
+    their positions in `t` (broadcast to `shape` when given)."""
+    m = jnp.moveaxis(m[..., None], (0, m.ndim), (t.batch, t.channel))
+    return m if shape is None else jnp.broadcast_to(m, shape)
+
+
+def zero_tensor(x, m, t: TensorType):
+    """`x` (a finite activation of type `t`) with its masked positions set to 0."""
+    if m is None:
+        return x
+    return jnp.where(to_tensor(m, t), jnp.zeros((), x.dtype), x)
+
+
+def to_storage(m, order: tuple[int, ...]):
+    """A canonical mask (N, *spatial) with its spatial axes in storage `order`."""
+    return jnp.transpose(m, (0,) + tuple(1 + i for i in order))
+
+
+def propagate(node, masks: list, in_types: list[TensorType]):
+    """The output position mask of `node` given its inputs' (None: nothing masked)."""
+    if all(m is None for m in masks):
+        return None
+    rule = MASK_RULES.get(node.op.kind)
+    if rule is not None:
+        return rule(node.op, masks, in_types, node.ttype)
+    t, out = in_types[0], node.ttype
+    if len(masks) == 1 and t.spatial_shape == out.spatial_shape:
+        return masks[0]  # spatially local, shape-preserving: every position keeps its mask
+    raise NtcError(f'masked inputs (mask_constant=...) cannot pass through {node.op.kind}: it has '
+                   'no rule saying which output positions are masked', path=node.path,
+                   hint='apply this layer before masking matters, or drop mask_constant')
+
+
+def zero_masked(k: Kernel, m1, m2) -> Kernel:
+    """Zero every covariance entry that involves a masked position (canonical masks m1 of x1
+    and m2 of x2; m2 is m1 when x2 is x1)."""
+    if m1 is None and m2 is None:
+        return k
+    lay = k.layout
+    ns = len(lay.axis_order)
+    ma, mb = side_masks(k, m1, m2)
+
+    def keep(m):
+        return None if m is None else ~to_storage(m, lay.axis_order)
+
+    ka, kb = keep(ma), keep(mb)
+
+    def cross(x):
+        if x is None or getattr(x, 'ndim', 0) == 0:
+            return x
+        w = True
+        if ka is not None:
+            w = w & expand(ka, ns, lay.spatial, side=0, lead=2)
+        if kb is not None:
+            w = w & expand(kb, ns, lay.spatial, side=1, lead=2)
+        return jnp.where(w, x, jnp.zeros((), x.dtype))
+
+    def marg(x, m):
+        if x is None or m is None:
+            return x
+        kk = keep(m)
+        w = (expand(kk, ns, lay.marginal, side=0, lead=1)
+             & expand(kk, ns, lay.marginal, side=1, lead=1))
+        return jnp.where(w, x, jnp.zeros((), x.dtype))
+
+    return k.replace(nngp=cross(k.nngp), ntk=cross(k.ntk), cov1=marg(k.cov1, m1),
+                     cov2=marg(k.cov2, m2))
+
+
+def side_masks(k: Kernel, m1, m2):
+    """Canonical masks of the rows and the columns of `k.nngp` (the joint layout stacks x1 and
+    x2 on both sides)."""
+    if not k.joint or (m1 is None and m2 is None):
+        return m1, m2
+    if m1 is None:
+        m1 = jnp.zeros_like(m2)
+    if m2 is None:
+        m2 = jnp.zeros_like(m1)
+    m = m1 if k.x1_is_x2 else jnp.concatenate([m1, m2])
+    return m, m
+
+
+# ----------------------------------------------------------------------------- mask rules
+
+
+def _axis_center_index(n_out: int, k: int, s: int, lo: int):
+    """Input index of each output's window centre: -lo + (k - 1)//2 + o·s."""
+    return -lo + (k - 1) // 2 + s * jnp.arange(n_out)
+
+
+def window_mask(m, in_type: TensorType, out_type: TensorType, windows):
+    """Mask of a strided window op: each output position takes its window centre's mask (the
+    identity for stride-1 SAME windows).  `windows` lists, per input spatial index i,
+    (i, output spatial index j, window size, stride, low padding)."""
+    perm = [0] * (1 + len(windows))
+    for i, j, k, s, lo in windows:
+        n_in, n_out = in_type.spatial_shape[i], out_type.spatial_shape[j]
+        perm[1 + j] = 1 + i
+        if n_in == n_out and s == 1 and lo == (k - 1) // 2:
+            continue
+        idx = jnp.clip(_axis_center_index(n_out, k, s, lo), 0, n_in - 1)
+        m = jnp.take(m, idx, axis=1 + i)
+    return jnp.transpose(m, perm)
+
+
+def _lo_pad(op, n: int, k: int, s: int) -> int:
+    return 0 if op.padding == 'VALID' else same_pads(n, k, s)[0]
+
+
+@mask_rule('Conv')
+def _conv_mask(op, masks, in_types, out_type):
+    (m,), (t,) = masks, in_types
+    return window_mask(m, t, out_type, [(i, j, k, s, _lo_pad(op, t.spatial_shape[i], k, s))
+                                        for i, j, k, s in op.axis_map(t)])
+
+
+@mask_rule('ConvTranspose')
+def _conv_transpose_mask(op, masks, in_types, out_type):
+    """An output position is masked when a masked input reaches it through the filter
+    (neural_tangents' transposed-convolution mask)."""
+    (m,), (t,) = masks, in_types
+    for i, j, k, s in op.axis_map(t):
+        n_out = out_type.spatial_shape[j]
+        total = (t.spatial_shape[i] - 1) * s + k
+        lo = 0 if op.padding == 'VALID' else (total - n_out) // 2
+        m = m.astype(jnp.float32)
+        spread = jnp.zeros(m.shape[:1 + i] + (total,) + m.shape[2 + i:], m.dtype)
+        for d in range(k):
+            idx = jnp.arange(t.spatial_shape[i]) * s + d
+            spread = spread.at[(slice(None),) * (1 + i) + (idx,)].add(m)
+        m = jax.lax.slice_in_dim(spread, lo, lo + n_out, axis=1 + i) > 0
+    return m
+
+
+@mask_rule('AvgPool', 'SumPool')
+def _pool_mask(op, masks, in_types, out_type):
+    (m,), (t,) = masks, in_types
+    return window_mask(m, t, out_type, [
+        (i, i, k, s, _lo_pad(op, t.spatial_shape[i], k, s))
+        for i, (k, s) in enumerate(zip(op.window_shape, op.stride_tuple()))])
+
+
+@mask_rule('GlobalAvgPool', 'GlobalSumPool', 'Flatten')
+def _global_mask(op, masks, in_types, out_type):
+    (m,) = masks
+    return jnp.all(m.reshape(m.shape[0], -1), axis=1)
+
+
+def _and(masks):
+    present = [m for m in masks if m is not None]
+    out = present[0]
+    for m in present[1:]:
+        out = out & m
+    return out
+
+
+@mask_rule('FanInSum', 'FanInProd')
+def _fan_in_mask(op, masks, in_types, out_type):
+    return _and(masks)
+
+
+@mask_rule('FanInConcat')
+def _concat_mask(op, masks, in_types, out_type):
+    t0 = in_types[0]
+    axis = op.axis % t0.ndim
+    if axis == t0.channel:
+        return _and(masks)
+    full = [jnp.zeros((m_ref.shape[0],) + t.spatial_shape, bool) if m is None else m
+            for m, t in zip(masks, in_types)
+            for m_ref in [next(x for x in masks if x is not None)]]
+    return jnp.concatenate(full, axis=1 + t0.spatial_axes.index(axis))
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def input_masks(ctx, node, slot: int = 0):
+    """Canonical masks (m1, m2) of `node`'s input in `slot` ((None, None): unmasked)."""
+    masks = getattr(ctx, 'masks', None)
+    if not masks:
+        return None, None
+    return masks.get(ctx.graph.inputs(node.id)[slot], (None, None))
+
+
+def masked_mean(v, m, order: tuple[int, ...], axes: tuple[int, ...]):
+    """Mean of `v` (N, s...) in storage `order` over `axes`, counting unmasked positions only
+    (at least one); masked entries of `v` must already be zero."""
+    if m is None:
+        return jnp.mean(v, axis=axes, keepdims=True)
+    keep = (~to_storage(m, order)).astype(v.dtype)
+    count = jnp.maximum(jnp.sum(keep, axis=axes, keepdims=True), 1)
+    return jnp.sum(v, axis=axes, keepdims=True) / count
+
+
+def unmasked_counts(m):
+    """Unmasked positions per example (N,) of a canonical mask, at least 1."""
+    return jnp.maximum(jnp.sum(~m.reshape(m.shape[0], -1), axis=1), 1)
