@@ -25,6 +25,7 @@ C right-hand sides; the (N·C)×(N·C) matrix is never formed.  The train kernel
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -654,10 +655,39 @@ def _cg_update(x, r, p, q, rz, inv_d, bnorm):
     rz_new = jnp.sum(r * z, axis=0)
     beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.0), 0.0)
     rel = jnp.max(jnp.sqrt(jnp.sum(r * r, axis=0)) / bnorm)
-    stats = jnp.stack([jnp.min(pq), rel, alpha[0], beta[0]]).astype(jnp.float64
-                                                                    if x.dtype == jnp.float64
-                                                                    else jnp.float32)
+    active = rz > 0  # columns not yet solved exactly (a zero column never is active)
+    min_pq = jnp.min(jnp.where(active, pq, jnp.inf)) if pq.size else jnp.inf
+    stats = jnp.stack([jnp.where(jnp.any(active), min_pq, 1.0), rel, alpha[0],
+                       beta[0]]).astype(x.dtype)
     return x, r, z + beta * p, rz_new, stats
+
+
+@functools.partial(jax.jit, static_argnums=(6, 7))
+def _cg_device_loop(mat, shift, b, inv_d, bnorm, tol, maxiter, stall):
+    """The CG iterations of `cg_solve` as one `lax.while_loop` (no host round trip per
+    iteration): stops at relative residual `tol`, at a non-finite residual, at non-positive
+    curvature, or after `stall` iterations without halving the best residual."""
+    def cond(c):
+        it, _, _, _, _, _, _, _, best_at, min_pq, rel = c
+        return ((it < maxiter) & (rel > tol) & jnp.isfinite(rel) & (min_pq > 0)
+                & (it - best_at <= stall))
+
+    def body(c):
+        it, x, r, p, rz, hist, ab, best, best_at, _, _ = c
+        q = mat @ p + shift * p
+        x, r, p, rz, stats = _cg_update(x, r, p, q, rz, inv_d, bnorm)
+        pq, rel = stats[0], stats[1]
+        improved = rel < 0.5 * best
+        return (it + 1, x, r, p, rz, hist.at[it].set(rel), ab.at[it].set(stats[2:]),
+                jnp.where(improved, rel, best), jnp.where(improved, it + 1, best_at), pq, rel)
+
+    dt = b.dtype
+    p = b * inv_d
+    init = (0, b * 0, b, p, jnp.sum(b * p, axis=0), jnp.zeros(maxiter, dt),
+            jnp.zeros((maxiter, 2), dt), jnp.asarray(jnp.inf, dt), 0, jnp.asarray(1.0, dt),
+            jnp.asarray(1.0, dt))
+    it, x, _, _, _, hist, ab, _, _, min_pq, _ = jax.lax.while_loop(cond, body, init)
+    return x, it, hist, ab, min_pq
 
 
 def cg_solve(op, b, shift: float = 0., tol: float = 1e-10, maxiter: int | None = None,
@@ -673,7 +703,7 @@ def cg_solve(op, b, shift: float = 0., tol: float = 1e-10, maxiter: int | None =
     dtype = op.dtype
     eps = float(jnp.finfo(dtype).eps)
     n = op.n
-    maxiter = maxiter or max(100, 10 * n)
+    maxiter = maxiter or max(100, min(10 * n, 20000))
     b = op.put(b)
     d = op.diag() + shift
     if preconditioner in (None, 'none'):
@@ -697,15 +727,31 @@ def cg_solve(op, b, shift: float = 0., tol: float = 1e-10, maxiter: int | None =
     x, r = b * 0, b
     p = r * inv_d
     rz = jnp.sum(r * p, axis=0)
-    history, alphas, betas = [], [], []
-    converged = False
+    stall = max(100, int(4 * math.sqrt(n)))
+    if isinstance(op, _DenseOperator):  # the whole loop as one program on the mesh
+        x, its, hist, ab, min_pq = _cg_device_loop(op.mat, shift, b, inv_d, bnorm, tol, maxiter,
+                                                   stall)
+        its = int(its)
+        history = [float(v) for v in np.asarray(hist)[:its]]
+        ab = np.asarray(ab)[:its]
+        alphas, betas = list(ab[:, 0]), list(ab[:, 1])
+        if float(min_pq) <= 0:
+            raise NumericalError(
+                f'conjugate gradients met a direction of non-positive curvature (pᵀAp = '
+                f'{float(min_pq):.3g}) after {its} iterations: the {what} is not positive '
+                'definite', hint=_FIX)
+        converged = bool(history) and history[-1] <= tol
+        its = maxiter + 1  # skip the host loop below
+    else:
+        history, alphas, betas = [], [], []
+        converged = False
+        its = 1
     best, best_at = math.inf, 0
-    stall = max(50, int(2 * math.sqrt(n)))
-    for it in range(1, maxiter + 1):
+    for it in range(its, maxiter + 1):
         q = apply(p)
         x, r, p, rz_new, stats = _cg_update(x, r, p, q, rz, inv_d, bnorm)
         min_pq, rel, alpha0, beta0 = (float(v) for v in np.asarray(stats))
-        if min_pq <= 0 and float(jnp.max(jnp.abs(rz))) > 0:
+        if min_pq <= 0:
             raise NumericalError(
                 f'conjugate gradients met a direction of non-positive curvature (pᵀAp = '
                 f'{min_pq:.3g}) after {it} iterations: the {what} is not positive definite',
@@ -761,7 +807,9 @@ class _CGFactor:
                            self.what)
         self.infos.append(info)
         if self.op.replicated is not None and not self.op.replicated.is_fully_addressable:
-            x = np.asarray(x)  # replicated on every process: each takes its own copy
+            # gather the solution onto every device; each process takes its local copy
+            x = np.asarray(jax.jit(lambda v: v, out_shardings=self.op.replicated)(x)
+                           .addressable_data(0))
         return jnp.asarray(x)
 
 
