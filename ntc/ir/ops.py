@@ -201,6 +201,16 @@ class _AffineBase(Op):
     parameterization: Parameterization = 'ntk'
     s: tuple[PosInt, PosInt] = (1, 1)
 
+    def width(self, n: int) -> int:
+        """Actual output channels for a nominal width n: standard parameterization scales the
+        layer's width by s[1] (Sohl-Dickstein et al. 2020; NT's `s`), NTK ignores `s`."""
+        return n * self.s[1] if self.parameterization == 'standard' else n
+
+    def weight_term(self, fan_in: int) -> float:
+        """The NTK's weight-gradient factor d in Θ' = c Θ + d K + e under the standard
+        parameterization: the base width fan_in / s[0] (Sohl-Dickstein et al. 2020)."""
+        return fan_in / self.s[0]
+
     @field_validator('parameterization', mode='before')
     @classmethod
     def _lower(cls, v):
@@ -226,14 +236,14 @@ class Dense(_AffineBase):
 
         NTK parameterization (Jacot et al. 2018): K' = σw² K + σb², Θ' = K' + σw² Θ.
         Standard parameterization (Sohl-Dickstein et al. 2020): the weights' gradients add
-        the un-normalised input Gram matrix, fan_in·K, and the bias adds 1.
+        the input Gram matrix scaled by the base width, (fan_in/s[0])·K, and the bias adds 1.
         """
         w2 = self.W_std ** 2
         b2 = 0.0 if self.b_std is None else self.b_std ** 2
         if self.parameterization == 'ntk':
             return w2, b2, w2, w2, b2
         has_bias = 0.0 if self.b_std is None else 1.0
-        return w2, b2, w2, float(self.s[0] * in_channels), has_bias
+        return w2, b2, w2, self.weight_term(in_channels), has_bias
 
     def infer(self, ins, path):
         t = ins[0]
@@ -241,7 +251,7 @@ class Dense(_AffineBase):
         if t.ndim < 2:
             raise ShapeError(f'Dense needs an input of rank >= 2, got {t.describe()}', path=path)
         channel = self.channel_axis % t.ndim
-        shape[channel] = self.out_dim
+        shape[channel] = self.width(self.out_dim)
         return TensorType(shape=tuple(shape), batch_axis=self.batch_axis % t.ndim,
                           channel_axis=channel, is_gaussian=True, is_fresh=True)
 
@@ -376,7 +386,7 @@ class _ConvBase(_WindowBase, _AffineBase):
         self.check_window(tuple(sizes), path, 'filter')
         shape = [0] * t.ndim
         shape[out.index('N')] = None
-        shape[out.index('C')] = self.out_chan
+        shape[out.index('C')] = self.width(self.out_chan)
         out_sp = [i for i, c in enumerate(out) if c not in 'NC']
         for (i, j, k, s) in self.axis_map(t):
             shape[out_sp[j]] = self.out_spatial(t.spatial_shape[i], k, s)
@@ -397,7 +407,7 @@ class _ConvBase(_WindowBase, _AffineBase):
         if self.parameterization == 'ntk':
             return w2, b2, w2, w2, b2
         has_bias = 0.0 if self.b_std is None else 1.0
-        return w2, b2, w2, float(self.s[0] * self.fan_in(in_channels)), has_bias
+        return w2, b2, w2, self.weight_term(self.fan_in(in_channels)), has_bias
 
     def entry_flops(self, in_types, out_type):
         return 2.0 * sum(self.filter_shape) + 2.0

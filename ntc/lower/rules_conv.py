@@ -15,12 +15,14 @@ from jax import lax
 
 from ..ir.ops import same_pads
 from .registry import finite_rule, kernel_rule
-from .stencil import diagonal_window_sum, pad_axes, window_sum
+from .stencil import diagonal_window_sum, fold_circular, pad_axes, window_sum
 
 
 def _pads(op, n: int, k: int, s: int) -> tuple[int, int, int]:
     """(low, high, interior) padding of one input axis before a stride-s window of size k."""
     if op.kind == 'ConvTranspose':
+        if op.padding == 'CIRCULAR':  # the full VALID output, wrapped by `_wrap` afterwards
+            return k - 1, k - 1, s - 1
         if op.padding == 'SAME':
             total = k + s - 2
             lo = k - 1 if s > k - 1 else -(-total // 2)
@@ -36,7 +38,8 @@ def _pads(op, n: int, k: int, s: int) -> tuple[int, int, int]:
 
 def window_mean(op, x, layout_spatial: str, order, lead: int, in_type):
     """A(x): the conv window mean of covariance `x` over every filter axis."""
-    circular = op.padding == 'CIRCULAR'
+    circular = op.padding == 'CIRCULAR' and op.kind == 'Conv'
+    wrap = op.padding == 'CIRCULAR' and op.kind == 'ConvTranspose'
     # process the outermost stored axis first (measured faster on CPU)
     dims = sorted(op.axis_map(in_type), key=lambda m: order.index(m[0]))
     for i, _, k, s in dims:
@@ -45,11 +48,21 @@ def window_mean(op, x, layout_spatial: str, order, lead: int, in_type):
         stride = 1 if op.kind == 'ConvTranspose' else s
         pos = order.index(i)
         if layout_spatial == 'FULL':
-            x = diagonal_window_sum(x, lead + 2 * pos, k, stride, lo, hi, circular, interior)
+            axes = (lead + 2 * pos, lead + 2 * pos + 1)
+            x = diagonal_window_sum(x, axes[0], k, stride, lo, hi, circular, interior)
         else:
-            x = window_sum(x, lead + pos, k, stride, lo, hi, circular, interior)
+            axes = (lead + pos,)
+            x = window_sum(x, axes[0], k, stride, lo, hi, circular, interior)
+        if wrap:
+            for ax in axes:
+                x = _wrap(x, ax, n * s)
         x = x / k
     return x
+
+
+def _wrap(x, axis: int, n_out: int):
+    """Wrap a full transposed-conv axis onto the n_out positions of CIRCULAR padding."""
+    return fold_circular(x, axis, n_out, (x.shape[axis] - n_out) // 2)
 
 
 @kernel_rule('Conv', 'ConvTranspose')
@@ -84,7 +97,7 @@ def conv_kernel(ctx, node, k):
 def _filter_shape(op, in_channels):
     lhs, rhs, out = op.specs()
     sizes = iter(op.filter_shape)
-    return tuple(in_channels if c == 'I' else op.out_chan if c == 'O' else next(sizes)
+    return tuple(in_channels if c == 'I' else op.width(op.out_chan) if c == 'O' else next(sizes)
                  for c in rhs)
 
 
@@ -93,8 +106,8 @@ def _conv_init(key, op, in_types):
     k1, k2 = jax.random.split(key)
     w = jax.random.normal(k1, _filter_shape(op, t.channels))
     if op.parameterization == 'standard':
-        w = w * op.W_std / jnp.sqrt(op.s[0] * op.fan_in(t.channels))
-    b = None if op.b_std is None else jax.random.normal(k2, (op.out_chan,))
+        w = w * op.W_std / jnp.sqrt(op.fan_in(t.channels))
+    b = None if op.b_std is None else jax.random.normal(k2, (op.width(op.out_chan),))
     if b is not None and op.parameterization == 'standard':
         b = b * op.b_std
     return (w, b)
@@ -106,7 +119,11 @@ def conv_apply(op, params, inputs, ctx):
     w, b = params
     lhs, rhs, out = op.specs()
     strides = op.stride_tuple()
-    if op.kind == 'ConvTranspose':
+    if op.kind == 'ConvTranspose' and op.padding == 'CIRCULAR':
+        y = lax.conv_transpose(x, w, strides, 'VALID', dimension_numbers=op.specs())
+        for c, s in zip([c for c in rhs if c not in 'IO'], strides):
+            y = _wrap(y, out.index(c), x.shape[lhs.index(c)] * s)
+    elif op.kind == 'ConvTranspose':
         y = lax.conv_transpose(x, w, strides, op.padding, dimension_numbers=op.specs())
     else:
         padding = op.padding

@@ -36,10 +36,11 @@ def identity_kernel(ctx, node, k):
 def _dense_init(key, op, in_types):
     (t,) = in_types
     k1, k2 = jax.random.split(key)
-    w = jax.random.normal(k1, (t.channels, op.out_dim))
+    width = op.width(op.out_dim)
+    w = jax.random.normal(k1, (t.channels, width))
     if op.parameterization == 'standard':
-        w = w * op.W_std / jnp.sqrt(op.s[0] * t.channels)
-    b = None if op.b_std is None else jax.random.normal(k2, (op.out_dim,))
+        w = w * op.W_std / jnp.sqrt(t.channels)
+    b = None if op.b_std is None else jax.random.normal(k2, (width,))
     if b is not None and op.parameterization == 'standard':
         b = b * op.b_std
     return (w, b)

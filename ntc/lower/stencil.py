@@ -60,6 +60,21 @@ def diagonal_window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, cir
     return out
 
 
+def fold_circular(x, axis: int, n: int, offset: int):
+    """Wrap axis of length F onto n positions: out[o] = Σ_{i ≡ o + offset (mod n)} x[i].
+
+    A circular transposed convolution is the VALID one with its overhang wrapped around
+    (offset = (F - n) // 2, as NT's finite network does it)."""
+    f = x.shape[axis]
+    front = (-offset) % n
+    chunks = -(-(front + f) // n)
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (front, chunks * n - front - f)
+    x = jnp.pad(x, widths)
+    x = x.reshape(x.shape[:axis] + (chunks, n) + x.shape[axis + 1:])
+    return x.sum(axis)
+
+
 def edge_counts(n: int, k: int, stride: int, lo: int, hi: int, dtype):
     """How many in-bounds positions each output window covers (for normalize_edges)."""
     return window_sum(jnp.ones((n,), dtype), 0, k, stride, lo, hi, False)
