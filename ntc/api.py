@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .errors import InputError, ShapeError
 from .ir.net import Net
@@ -77,12 +79,28 @@ def compile(net: Net, input_shape: Sequence[int], get=('nngp', 'ntk'), *,  # noq
     return KernelPlan(graph, t, opts, source, dtype_bytes=jnp.dtype(dtype).itemsize)
 
 
+def same_inputs(x1, x2) -> bool:
+    """Whether x2 is x1: the same object, or equal concrete arrays (traced values never are).
+
+    NT treats kernel_fn(x, x) as the symmetric kernel_fn(x, None); it matters for Dropout, whose
+    noise is shared only by an input and itself, and lets the runtime compute half the tiles."""
+    if x1 is x2:
+        return True
+    if isinstance(x1, jax.core.Tracer) or isinstance(x2, jax.core.Tracer):
+        return False
+    if np.shape(x1) != np.shape(x2):
+        return False
+    return bool(np.array_equal(np.asarray(x1), np.asarray(x2)))
+
+
 def make_kernel_fn(net: Net):
     """NT's `kernel_fn(x1, x2=None, get=None, **kwargs)` for `net`, traceable under jax.jit."""
     cache = net._cache.setdefault('plans', {})
 
     def kernel_fn(x1, x2=None, get=None, **kwargs):
         names, form = normalize_get(get)
+        if x2 is not None and same_inputs(x1, x2):
+            x2 = None  # NT's convention: kernel_fn(x, x) is kernel_fn(x, None)
         x1 = jnp.asarray(x1)
         x2 = None if x2 is None else jnp.asarray(x2)
         if x2 is not None and (x1.ndim != x2.ndim or x1.shape[1:] != x2.shape[1:]):
