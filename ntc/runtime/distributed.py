@@ -486,4 +486,72 @@ def row_sharded_kernel(source, name: str = 'nngp', mesh=None):
 
 __all__ = ['initialize', 'process_info', 'ProcessInfo', 'distributed_batch',
            'DistributedKernelFn', 'DistributedStats', 'partition_tiles', 'tile_cost',
-           'row_sharded_kernel', 'load_rows', 'wait_for_coordinator', 'BatchStats']
+           'row_sharded_kernel', 'load_rows', 'wait_for_coordinator', 'BatchStats', 'estimate',
+           'JobEstimate']
+
+
+# ----------------------------------------------------------------------------- planning a job
+
+
+@dataclass
+class JobEstimate:
+    """A kernel job's cost from the plan's cost model (see `estimate`)."""
+
+    n: int
+    devices: int
+    tile: int
+    tiles: int
+    tile_flops: float
+    tile_bytes: float
+    tile_seconds: float
+    device_hours: float
+    wall_hours: float
+    device_memory: float
+    store_bytes: float
+    output_bytes: float
+
+    def __str__(self) -> str:
+        return (f'n={self.n:,} on {self.devices} devices: tile {self.tile} '
+                f'({self.tiles:,} tiles, {self.tile_flops:.3g} FLOPs and {self.tile_bytes:.3g} '
+                f'bytes each, {self.tile_seconds:.3g} s), {self.device_hours:,.0f} device-hours, '
+                f'{self.wall_hours:,.1f} h wall, {_size(self.device_memory)} live per device, '
+                f'store {_size(self.store_bytes)}, output {_size(self.output_bytes)}')
+
+
+def _size(b: float) -> str:
+    for unit, scale in (('PB', 1e15), ('TB', 1e12), ('GB', 1e9), ('MB', 1e6)):
+        if b >= scale:
+            return f'{b / scale:,.3g} {unit}'
+    return f'{b:,.0f} B'
+
+
+def estimate(plan, n: int, devices: int, *, device_memory: float = 80e9,
+             device_flops: float = 60e12, device_bandwidth: float = 3.35e12,
+             efficiency: float = 0.5, memory_safety: float = 3.0, symmetric: bool = True,
+             dtype_bytes: int = 4) -> JobEstimate:
+    """Time, memory and disk of computing `plan`'s n × n kernel on `devices` devices, from the
+    plan's cost model: the tile is the largest whose modelled peak live bytes (times
+    `memory_safety`, as `ntc.batch` does) fit in `device_memory`; a tile takes the longer of
+    its FLOPs at `device_flops` and twice its bytes written (written once, read back once) at
+    `device_bandwidth`, both at `efficiency` (a roofline model); tiles are equal, so the wall
+    time is ⌈tiles / devices⌉ tiles.  The defaults describe an H100 SXM in float32."""
+    lo, hi = 1, max(1, n)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if plan.peak_bytes(mid, mid) * memory_safety <= device_memory:
+            lo = mid
+        else:
+            hi = mid - 1
+    tile = lo
+    t = math.ceil(n / tile)
+    tiles = t * (t + 1) // 2 if symmetric else t * t
+    flops, nbytes = plan.total('flops', tile, tile), plan.total('bytes', tile, tile)
+    seconds = max(flops / device_flops, 2 * nbytes / device_bandwidth) / efficiency
+    per_pair = len([g for g in plan.opts.get if g in ('nngp', 'ntk')]) * dtype_bytes
+    return JobEstimate(n=n, devices=devices, tile=tile, tiles=tiles, tile_flops=flops,
+                       tile_bytes=nbytes, tile_seconds=seconds,
+                       device_hours=tiles * seconds / 3600,
+                       wall_hours=math.ceil(tiles / devices) * seconds / 3600,
+                       device_memory=plan.peak_bytes(tile, tile),
+                       store_bytes=tiles * tile * tile * per_pair,
+                       output_bytes=float(n) * n * per_pair)
