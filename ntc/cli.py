@@ -10,7 +10,6 @@ import argparse
 import importlib
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -117,16 +116,14 @@ def plan_dot(plan) -> str:
 def cmd_kernel(args) -> int:
     import numpy as np
 
+    from .runtime import distributed
     from .runtime.batching import batch
-    from .runtime.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
-    multi = any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)) \
-        or any(os.environ.get(v) for v in (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID))
-    if multi:  # join the job before JAX initialises its backend
-        from .runtime import distributed
-        info = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                                      connect_timeout=args.connect_timeout,
-                                      heartbeat_timeout=args.heartbeat_timeout)
-        multi = info.num_processes > 1
+
+    # join the job (flags, JAX_* variables or a SLURM step) before JAX initialises its backend
+    info = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                  connect_timeout=args.connect_timeout,
+                                  heartbeat_timeout=args.heartbeat_timeout)
+    multi = info.num_processes > 1
     net, _ = load_net(args.spec)
     x1 = np.asarray(_load_array(args.x1, '--x1'))
     x2 = None if args.x2 is None else np.asarray(_load_array(args.x2, '--x2'))

@@ -125,6 +125,21 @@ def test_bad_launches_are_refused_before_jax_is_touched():
     assert time.monotonic() - t < 10
 
 
+def test_slurm_job_steps_supply_the_parameters(monkeypatch):
+    monkeypatch.setenv('SLURM_JOB_ID', '4242')
+    monkeypatch.setenv('SLURM_STEP_NODELIST', 'gpu[007-009],big1')
+    monkeypatch.setenv('SLURM_NTASKS', '3')
+    monkeypatch.setenv('SLURM_PROCID', '3')
+    with pytest.raises(DistributedError, match='process id 3 is out of range for 3'):
+        initialize()
+    monkeypatch.setenv('SLURM_PROCID', '1')
+    monkeypatch.setenv('JAX_COORDINATOR_PORT', str(free_port()))
+    with pytest.raises(DistributedError, match='cannot reach the coordinator at gpu007:'):
+        initialize(connect_timeout=0.3)
+    monkeypatch.setenv('SLURM_NTASKS', '1')  # a one-task step runs alone
+    assert initialize().num_processes == 1
+
+
 @pytest.fixture
 def job(tmp_path):
     (tmp_path / 'mynet.py').write_text(NET_MODULE)

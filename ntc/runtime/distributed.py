@@ -121,9 +121,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     """Join a multi-process job with `jax.distributed.initialize`.
 
     Unset arguments come from `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and
-    `JAX_PROCESS_ID`; with none of them set, JAX's cluster detection (SLURM, Open MPI, ...) is
-    tried, and failing that the process runs alone.  One process (N = 1) needs no runtime.  On
-    CPU the gloo collectives are selected, so that cross-process computations work on loopback.
+    `JAX_PROCESS_ID`; with none of them set, a SLURM job step with several tasks supplies them
+    as JAX's own SLURM detection does, and failing that the process runs alone.  One process
+    (N = 1) needs no runtime.  On CPU the gloo collectives are selected, so that cross-process
+    computations work on loopback.
     A process whose peer dies is stopped by JAX after `heartbeat_timeout` seconds.
     """
     global _INFO
@@ -131,7 +132,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     num_processes = num_processes if num_processes is not None else _int_env(ENV_NUM_PROCESSES)
     process_id = process_id if process_id is not None else _int_env(ENV_PROCESS_ID)
     if coordinator is None and num_processes is None and process_id is None:
-        return _auto_initialize()
+        slurm = _slurm_params()
+        if slurm is None:
+            if _INFO is None and jax.distributed.is_initialized():
+                _INFO = ProcessInfo(jax.process_index(), jax.process_count(), None)
+            return _INFO or ProcessInfo(0, 1, None)
+        coordinator, num_processes, process_id = slurm
     if num_processes is None or (num_processes > 1 and (coordinator is None
                                                         or process_id is None)):
         raise DistributedError(
@@ -174,20 +180,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return info
 
 
-def _auto_initialize() -> ProcessInfo:
-    global _INFO
-    if _INFO is not None:
-        return _INFO
-    from jax._src.clusters import ClusterEnv
-    detected = [env for env in ClusterEnv._cluster_types
-                if env.opt_in_only_method is False and env.is_env_present()]
-    if not detected or jax.distributed.is_initialized():
-        _INFO = ProcessInfo(jax.process_index(), jax.process_count(), None)
-        return _INFO
-    _use_gloo_on_cpu()
-    jax.distributed.initialize()
-    _INFO = ProcessInfo(jax.process_index(), jax.process_count(), None)
-    return _INFO
+def _slurm_params():
+    """(coordinator, N, I) of a SLURM job step with several tasks, as JAX derives them (first
+    node of SLURM_STEP_NODELIST, port from SLURM_JOB_ID or JAX_COORDINATOR_PORT); else None."""
+    need = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID')
+    if not all(os.environ.get(v) for v in need) or (_int_env('SLURM_NTASKS') or 1) <= 1:
+        return None
+    from jax._src.clusters.slurm_cluster import SlurmCluster
+    address = SlurmCluster.get_coordinator_address(None, os.environ.get('JAX_COORDINATOR_PORT'))
+    return address, _int_env('SLURM_NTASKS'), _int_env('SLURM_PROCID')
 
 
 def _use_gloo_on_cpu() -> None:
