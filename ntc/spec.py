@@ -19,12 +19,15 @@ rejected), and every error names its place, e.g. ``serial[3].Conv.padding: ...``
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pydantic
+import pydantic.json_schema
+import pydantic_core
 import yaml
 
 from .errors import ValidationError
@@ -41,6 +44,24 @@ def _err(path: str, msg: str) -> ValidationError:
     return ValidationError(f'{path}: {msg}' if path else msg)
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters so that an error stays on one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def _loc(parts) -> str:
+    """A pydantic error location as a spec path: ('filter_shape', 1) -> 'filter_shape[1]'."""
+    out = ''
+    for p in parts:
+        out += f'[{p}]' if isinstance(p, int) else (f'.{p}' if out else str(p))
+    return out
+
+
+def _accepts_bool(annotation) -> bool:
+    return 'bool' in str(annotation)
+
+
 def _read(source) -> Any:
     if isinstance(source, (dict, list, str)) and not _looks_like_path(source):
         return source
@@ -48,6 +69,9 @@ def _read(source) -> Any:
     if not path.exists():
         raise _err('', f'spec file {path} does not exist')
     text = path.read_text()
+    if not text.strip():
+        raise _err('', f'{path}: the spec file is empty (expected a layer or a document with '
+                   'a `net` key)')
     if path.suffix == '.json':
         try:
             return json.loads(text)
@@ -72,22 +96,46 @@ def _looks_like_path(x) -> bool:
         isinstance(x, os.PathLike) or x.endswith(('.yaml', '.yml', '.json')) or os.sep in x)
 
 
+DOCUMENT_KEYS = ('name', 'description', 'input_shape', 'net')
+
+
 def load_document(source) -> dict:
-    """The whole document: {'name', 'description', 'input_shape', 'net': Net}."""
+    """The whole document as a dict: 'net' (a `Net`) and, when the spec gives them, 'name',
+    'description' and 'input_shape' (a list of ints, -1 for the batch axis).  A spec that is a
+    bare layer gives {'net': Net}.  Errors from a file are prefixed with the file's name."""
     data = _read(source)
-    if isinstance(data, dict) and 'net' in data:
-        unknown = set(data) - {'name', 'description', 'input_shape', 'net'}
-        if unknown:
-            raise _err('', f'unknown top-level key(s) {sorted(unknown)}; expected name, '
-                       'description, input_shape, net')
-        doc = dict(data)
-        doc['net'] = parse(data['net'])
-        if 'input_shape' in doc and doc['input_shape'] is not None:
-            shape = doc['input_shape']
-            if not (isinstance(shape, list) and all(isinstance(d, int) for d in shape)):
-                raise _err('input_shape', f'must be a list of integers, got {shape!r}')
-        return doc
-    return {'net': parse(data)}
+    try:
+        return _document(data)
+    except ValidationError as e:
+        if _looks_like_path(source):
+            raise ValidationError(f'{os.fspath(source)}: {e}') from None
+        raise
+
+
+def _document(data) -> dict:
+    if not (isinstance(data, dict) and any(k in DOCUMENT_KEYS for k in data)):
+        return {'net': parse(data)}
+    unknown = sorted(set(data) - set(DOCUMENT_KEYS))
+    if unknown:
+        raise _err('', f'unknown top-level key(s) {", ".join(map(str, unknown))}; a spec '
+                   'document has the keys name, description, input_shape and net')
+    if 'net' not in data:
+        raise _err('', 'missing required key net (the network: a layer or serial/parallel '
+                   'list)')
+    doc = {'net': parse(data['net'], 'net')}
+    for key in ('name', 'description'):
+        if data.get(key) is not None:
+            if not isinstance(data[key], str):
+                raise _err(key, f'must be a string, got {_short(data[key])}')
+            doc[key] = data[key]
+    shape = data.get('input_shape')
+    if shape is not None:
+        if not (isinstance(shape, list) and shape and all(
+                isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+            raise _err('input_shape', f'must be a list of integers such as [-1, 32, 32, 3], '
+                       f'got {_short(shape)}')
+        doc['input_shape'] = shape
+    return doc
 
 
 def load(source) -> Net:
@@ -96,42 +144,64 @@ def load(source) -> Net:
 
 
 def parse(data: Any, path: str = '') -> Net:
-    """Build a Net from the plain-data form; `path` prefixes error locations."""
+    """Build a Net from the plain-data form (a layer name, a one-key mapping {Name: args}, or
+    {serial|parallel: [layers]}); `path` prefixes error locations.  Arguments are validated by
+    the op's pydantic model: unknown keys, wrong types and bad values raise a one-line
+    `ValidationError` naming the place, e.g. ``serial[3].Conv.padding: must be one of ...``."""
     if isinstance(data, str):
         data = {data: None}
     if not isinstance(data, dict) or len(data) != 1:
+        what = (f'a mapping with {len(data)} keys {", ".join(map(str, data))}'
+                if isinstance(data, dict) else _short(data))
         raise _err(path, f'a layer must be a name or a one-key mapping {{Name: args}}, got '
-                   f'{data!r}')
+                   f'{what}')
     (kind, args), = data.items()
     if kind in STRUCTURAL:
-        if not isinstance(args, list):
-            raise _err(f'{path}.{kind}' if path else kind, f'must be a list of layers, got '
-                       f'{type(args).__name__}')
         base = f'{path}.{kind}' if path else kind
+        if not isinstance(args, list):
+            raise _err(base, f'must be a list of layers, got {type(args).__name__}')
         return Net(kind, children=tuple(parse(c, f'{base}[{i}]') for i, c in enumerate(args)))
     where = f'{path}.{kind}' if path else str(kind)
     cls = LAYERS.get(kind)
     if cls is None:
-        raise _err(where, f'unknown layer {kind!r}; known layers: serial, parallel, '
+        close = difflib.get_close_matches(str(kind), list(LAYERS) + list(STRUCTURAL), n=1)
+        guess = f'did you mean {close[0]}? ' if close else ''
+        raise _err(where, f'unknown layer {kind!r}; {guess}known layers: serial, parallel, '
                    + ', '.join(sorted(LAYERS)))
     args = {} if args is None else args
     if not isinstance(args, dict):
-        raise _err(where, f'arguments must be a mapping, got {args!r}')
+        raise _err(where, f'arguments must be a mapping {{argument: value}}, got {_short(args)}')
+    for name, value in args.items():
+        field = cls.model_fields.get(name)
+        if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
+            raise _err(f'{where}.{name}', f'expected a number, got {str(value).lower()}')
     try:
         return layer(cls(**args))
     except pydantic.ValidationError as e:
-        msgs = []
+        msgs, seen = [], set()
         for err in e.errors():
-            loc = '.'.join(str(p) for p in err['loc'])
+            loc = _loc(p for p in err['loc'] if not _is_union_tag(p))
+            if loc in seen:  # one message per field (unions report each member)
+                continue
+            seen.add(loc)
             msg = err['msg']
             if err['type'] == 'literal_error':
                 msg = 'must be one of ' + err['ctx']['expected'].replace("'", '')
             elif err['type'] == 'extra_forbidden':
-                msg = 'unknown argument'
+                known = ', '.join(k for k in cls.model_fields if k != 'op')
+                msg = f'unknown argument (the arguments of {kind} are {known})'
             elif err['type'] == 'missing':
                 msg = 'missing required argument'
-            msgs.append(f'{where}.{loc}: {msg}')
+            if err['type'] not in ('missing', 'extra_forbidden') and 'input' in err:
+                msg = f'{msg} (got {_short(err["input"], 40)})'
+            msgs.append(f'{where}.{loc}: {msg}' if loc else f'{where}: {msg}')
         raise ValidationError('; '.join(msgs)) from None
+
+
+def _is_union_tag(part) -> bool:
+    """pydantic names the member of a union in the location (e.g. 'int', 'tuple[int, ...]')."""
+    return isinstance(part, str) and (part in ('int', 'float', 'str', 'bool', 'none')
+                                      or '[' in part or part.startswith(('function-', 'lax-')))
 
 
 def dump(net: Net) -> Any:
@@ -139,7 +209,7 @@ def dump(net: Net) -> Any:
     if net.kind in STRUCTURAL:
         return {net.kind: [dump(c) for c in net.children]}
     op = net.op
-    if not op.serializable:
+    if not op.serializable or any(callable(v) for v in op.args().values()):
         raise ValidationError(f'{op.kind} holds Python functions and cannot be written to a '
                               'spec; build it in Python with ntc.stax')
     defaults = {k: f.default for k, f in type(op).model_fields.items()}
@@ -149,18 +219,55 @@ def dump(net: Net) -> Any:
 
 
 def dumps(net: Net, fmt: str = 'yaml') -> str:
-    """Spec text (YAML or JSON) for a Net."""
-    data = dump(net)
+    """Spec text (YAML or JSON) for a Net; `loads` reads it back exactly."""
+    return _text(dump(net), fmt)
+
+
+def loads(text: str, fmt: str = 'yaml') -> Net:
+    """A Net from spec text (YAML, or JSON, which is YAML too), read with yaml.safe_load."""
+    try:
+        data = json.loads(text) if fmt == 'json' else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise _err('', f'cannot parse the spec text: {" ".join(str(e).split())}') from None
+    return _document(data)['net']
+
+
+def dump_document(net: Net, name: str | None = None, description: str | None = None,
+                  input_shape=None) -> dict:
+    """A spec document {name, description, input_shape, net} (keys that are None left out)."""
+    doc = {'name': name, 'description': description,
+           'input_shape': None if input_shape is None else [int(d) for d in input_shape],
+           'net': dump(net)}
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def save(net: Net, path, name: str | None = None, description: str | None = None,
+         input_shape=None) -> Path:
+    """Write a spec document to `path` (JSON for a .json suffix, YAML otherwise)."""
+    path = Path(path)
+    doc = dump_document(net, name, description, input_shape)
+    path.write_text(_text(doc, 'json' if path.suffix == '.json' else 'yaml'))
+    return path
+
+
+def _text(data, fmt: str) -> str:
     if fmt == 'json':
-        return json.dumps(data, indent=1)
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+        return json.dumps(data, indent=1) + '\n'
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+
+
+class _SchemaGen(pydantic.json_schema.GenerateJsonSchema):
+    """Leaves out what a spec cannot hold (Python callables): such fields stay at None."""
+
+    def handle_invalid_for_json_schema(self, schema, error_info):
+        raise pydantic_core.PydanticOmit
 
 
 def json_schema() -> dict:
     """A JSON Schema for spec documents, generated from the IR's op models."""
     layer_refs, defs = [], {}
     for kind, cls in sorted(LAYERS.items()):
-        schema = cls.model_json_schema(mode='validation')
+        schema = cls.model_json_schema(mode='validation', schema_generator=_SchemaGen)
         schema.get('properties', {}).pop('op', None)
         if 'required' in schema:
             schema['required'] = [r for r in schema['required'] if r != 'op']
