@@ -207,7 +207,7 @@ def _lo_pad(op, n: int, k: int, s: int) -> int:
     return 0 if op.padding == 'VALID' else same_pads(n, k, s)[0]
 
 
-@mask_rule('Conv')
+@mask_rule('Conv', 'ConvLocal')
 def _conv_mask(op, masks, in_types, out_type):
     (m,), (t,) = masks, in_types
     return window_mask(m, t, out_type, [(i, j, k, s, _lo_pad(op, t.spatial_shape[i], k, s))
@@ -230,6 +230,14 @@ def _conv_transpose_mask(op, masks, in_types, out_type):
             spread = spread.at[(slice(None),) * (1 + i) + (idx,)].add(m)
         m = jax.lax.slice_in_dim(spread, lo, lo + n_out, axis=1 + i) > 0
     return m
+
+
+@mask_rule('Index')
+def _index_mask(op, masks, in_types, out_type):
+    """The mask is indexed like the activations (the channel index is trivial)."""
+    (m,), (t,) = masks, in_types
+    per = op.per_axis(t.ndim)
+    return m[(per[t.batch],) + tuple(per[a] for a in t.spatial_axes)]
 
 
 @mask_rule('AvgPool', 'SumPool')

@@ -142,7 +142,7 @@ def attention_kernel(ctx, node, k):
             R12 = R * (keep1[:, None, :, None] & keep2[None, :, None, :])
 
     def interp(x, r):
-        return x if r is None else w_x * x + w_p * r
+        return x if (x is None or r is None) else w_x * x + w_p * r
 
     C1i, C2i, Ki = interp(C1, R11), interp(C2, R22), interp(K, R12)
     zero = jnp.zeros_like(K)
