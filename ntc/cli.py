@@ -161,6 +161,64 @@ def _kernel_multi(net, x1, x2, get, out, store, args, info) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """Predictions of the infinite ensemble (NNGP posterior, or NTK gradient descent at time
+    `--t`, infinity by default) from kernels computed in tiles (ntc.batch)."""
+    import numpy as np
+
+    from .runtime import predict
+    from .runtime.batching import batch
+    net, _ = load_net(args.spec)
+    x_train = np.asarray(_load_array(args.train[0], '--train X'))
+    y_train = np.asarray(_load_array(args.train[1], '--train Y'))
+    x_test = np.asarray(_load_array(args.test, '--test'))
+    if y_train.ndim == 1:
+        y_train = y_train[:, None]
+    if len(y_train) != len(x_train):
+        raise NtcError(f'--train: X has {len(x_train)} rows but Y has {len(y_train)}',
+                       hint='pass one target row per training input')
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise NtcError(f'--test has feature shape {x_test.shape[1:]} but --train X has '
+                       f'{x_train.shape[1:]}', hint='test and train inputs must match')
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise NtcError(f'cannot write {out}: the directory {out.parent} does not exist',
+                       hint='create it first')
+    kernel_fn = batch(net.kernel_fn, args.tile, store_on_device=False, progress=args.progress)
+    predict_fn = predict.gradient_descent_mse_ensemble(
+        kernel_fn, x_train, y_train, learning_rate=args.learning_rate, diag_reg=args.diag_reg)
+    res = predict_fn(t=args.t, x_test=x_test, get=args.get, compute_cov=args.cov)
+    mean = np.asarray(res.mean if args.cov else res)
+    np.save(out, mean)
+    written = [str(out)]
+    if args.cov:
+        cov_path = out.with_name(out.name[:-4] if out.name.endswith('.npy') else out.name)
+        cov_path = cov_path.with_name(cov_path.name + '.cov.npy')
+        np.save(cov_path, np.asarray(res.covariance))
+        written.append(str(cov_path))
+    when = 'infinite time' if args.t is None else f't = {args.t:g}'
+    what = 'NNGP' if args.get == 'nngp' else 'NTK'
+    print(f'wrote {" and ".join(written)}: {what} ensemble predictions at {when} for '
+          f'{len(x_test)} test inputs, shape {mean.shape}', file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from . import demo
+    demo.run(args.quick, args.out)
+    return 0
+
+
+def bench_main(argv) -> int:
+    """`ntc bench ...`: the benchmark driver in ntc.bench (imported lazily)."""
+    try:
+        from . import bench
+    except ImportError as e:
+        print(f'ntc: error: the benchmarks are not available ({e})', file=sys.stderr)
+        return 1
+    return bench.main(list(argv)) or 0
+
+
 def cmd_schema(args) -> int:
     from .spec import json_schema
     print(json.dumps(json_schema(), indent=1))
@@ -204,14 +262,56 @@ def build_parser() -> argparse.ArgumentParser:
                    help='show a progress bar (default: when on a terminal)')
     k.set_defaults(fn=cmd_kernel)
 
+    r = sub.add_parser('predict', help='predict test outputs with the infinite NNGP / NTK '
+                       'ensemble and write them to a .npy file')
+    r.add_argument('spec', help='spec file (.yaml/.json), Python file or module defining `net`')
+    r.add_argument('--train', nargs=2, required=True, metavar=('X', 'Y'),
+                   help='training inputs and targets (.npy)')
+    r.add_argument('--test', required=True, metavar='X', help='test inputs (.npy)')
+    r.add_argument('--get', choices=('nngp', 'ntk'), default='ntk',
+                   help='nngp: Bayesian posterior (or readout-only training at --t); ntk: '
+                   'gradient descent of the whole network (default)')
+    r.add_argument('--t', type=float, help='training time in steps of --learning-rate '
+                   '(default: infinite time)')
+    r.add_argument('--learning-rate', type=float, default=1., help='default 1')
+    r.add_argument('--diag-reg', type=float, default=0., help='diagonal regulariser, relative '
+                   'to the mean of the train kernel\'s diagonal (default 0)')
+    r.add_argument('--cov', action='store_true', help='also write the posterior covariance '
+                   'over the test inputs to OUT.cov.npy')
+    r.add_argument('--out', required=True, help='output .npy for the predicted means')
+    r.add_argument('--tile', type=int, help='kernel tile size (default: from the plan\'s '
+                   'memory model)')
+    r.add_argument('--progress', action=argparse.BooleanOptionalAction, default=None,
+                   help='show a progress bar (default: when on a terminal)')
+    r.set_defaults(fn=cmd_predict)
+
+    d = sub.add_parser('demo', help='the end-to-end demo on scikit-learn\'s digits (what `make '
+                       'demo` runs)', description='Compile two conv nets from specs/, compute '
+                       'their kernels on digits, compare with SGD and RBF baselines, reproduce '
+                       'the NT paper\'s Figure 1; writes PNGs under --out.')
+    d.add_argument('--quick', action='store_true', help='a reduced run, well under a minute')
+    d.add_argument('--out', default='demo_out', help='output folder (default: demo_out)')
+    d.set_defaults(fn=cmd_demo)
+
+    b = sub.add_parser('bench', add_help=False, help='benchmarks against neural-tangents '
+                       '(`ntc bench --help` for its options)')
+    b.set_defaults(fn=None)
+
     s = sub.add_parser('schema', help='print the JSON Schema of spec files')
     s.set_defaults(fn=cmd_schema)
     return p
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['bench']:   # everything after `bench` belongs to the benchmark driver
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, 'learning_rate', 1.) <= 0:
+        parser.error(f'--learning-rate must be positive, got {args.learning_rate}')
+    if getattr(args, 'diag_reg', 0.) < 0:
+        parser.error(f'--diag-reg must be non-negative, got {args.diag_reg}')
     if getattr(args, 'tile', None) is not None and args.tile <= 0:
         parser.error(f'--tile must be a positive integer, got {args.tile}')
     try:
