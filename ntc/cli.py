@@ -114,15 +114,23 @@ def plan_dot(plan) -> str:
 
 
 def cmd_kernel(args) -> int:
-    import numpy as np
-
     from .runtime import distributed
-    from .runtime.batching import batch
 
     # join the job (flags, JAX_* variables or a SLURM step) before JAX initialises its backend
     info = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                   connect_timeout=args.connect_timeout,
                                   heartbeat_timeout=args.heartbeat_timeout)
+    try:
+        return _kernel(args, info)
+    except Exception as e:
+        distributed.report_failure(f'{type(e).__name__}: {e}')  # the others stop waiting
+        raise
+
+
+def _kernel(args, info) -> int:
+    import numpy as np
+
+    from .runtime.batching import batch
     multi = info.num_processes > 1
     net, _ = load_net(args.spec)
     x1 = np.asarray(_load_array(args.x1, '--x1'))
@@ -166,6 +174,9 @@ def cmd_predict(args) -> int:
     `--t`, infinity by default) from kernels computed in tiles (ntc.batch)."""
     import numpy as np
 
+    if args.x64:
+        import jax
+        jax.config.update('jax_enable_x64', True)
     from .runtime import predict
     from .runtime.batching import batch
     net, _ = load_net(args.spec)
@@ -278,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
                    'to the mean of the train kernel\'s diagonal (default 0)')
     r.add_argument('--cov', action='store_true', help='also write the posterior covariance '
                    'over the test inputs to OUT.cov.npy')
+    r.add_argument('--x64', action='store_true', help='compute kernels and solves in float64 '
+                   '(inputs are used at their own precision otherwise)')
     r.add_argument('--out', required=True, help='output .npy for the predicted means')
     r.add_argument('--tile', type=int, help='kernel tile size (default: from the plan\'s '
                    'memory model)')

@@ -243,6 +243,17 @@ def test_processes_that_disagree_on_the_inputs_are_stopped(job):
     for rc, err in finish([p0, p1]):
         assert rc == 1, err[-3000:]
         assert 'disagree with the job in' in err and 'process 1 has a different x1' in err
+    # a process that fails (here: a missing input file) stops the others instead of hanging
+    coord = f'127.0.0.1:{free_port()}'
+    common[common.index('--coordinator') + 1] = coord
+    common[common.index('--out') + 1] = str(job / 'k2.npy')
+    p0 = launch(cli(job, *common, '--process-id', '0'))
+    args1 = cli(job, *common, '--process-id', '1')
+    args1[args1.index('--x1') + 1] = str(job / 'missing.npy')
+    p1 = launch(args1)
+    (rc0, err0), (rc1, err1) = finish([p0, p1], timeout=120)
+    assert rc1 == 1 and 'missing.npy does not exist' in err1
+    assert rc0 == 1 and 'process 1 failed' in err0 and 'missing.npy' in err0, err0[-2000:]
     # a bad process id from the command line: one line, exit 1
     bad = launch(cli(job, *common, '--process-id', '2'))
     rc, err = finish([bad])[0]

@@ -17,7 +17,9 @@ on a common file system:
    process's capacity from its number of local devices, greedy longest-first (Graham 1969).
 4. Every process computes its share with `ntc.batch`'s machinery (tiles spread over its local
    devices with `jax.shard_map`) and saves each tile atomically to the store, in its own journal.
-5. After a barrier, process 0 assembles the result from the store; the others return None.
+5. Once every process has reported its share done, process 0 assembles the result from the
+   store; the others wait for that and return None.  A process that fails reports it through
+   the key-value store, and the others raise instead of waiting for it.
 
 A process that dies loses only the tile it was computing; JAX then stops the other processes
 (heartbeat timeout), and a rerun with `resume=True`, with any number of processes, computes only
@@ -26,6 +28,7 @@ the tiles missing from the store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -176,6 +179,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise DistributedError(f'jax.distributed.initialize failed: {e}',
                                hint='call ntc.distributed.initialize before any JAX '
                                     'computation in this process') from None
+    # Start the backend now: its start is collective (every process publishes its devices),
+    # so a process that fails later cannot leave the others stuck inside it.
+    jax.devices()
     _INFO = info
     return info
 
@@ -228,24 +234,43 @@ class _Coordinator:
             self.client.key_value_set(key, text, allow_overwrite=True)
 
     def get(self, key: str, who: str):
+        """The value at `key`, waiting for it in one-second slices; between slices, a failure
+        another process reported (`report_failure`) is raised here, so no process waits for
+        one that has given up."""
         if self.client is None:
             return json.loads(self.local[key])
-        try:
-            return json.loads(self.client.blocking_key_value_get(key, self.timeout_ms))
-        except jax.errors.JaxRuntimeError as e:
-            raise DistributedError(f'no answer from {who} within {self.timeout_ms / 1000:g} s '
-                                   f'({str(e).splitlines()[0][:200]})',
-                                   hint='check that process\'s log; rerun with resume') from None
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        while True:
+            try:
+                return json.loads(self.client.blocking_key_value_get(key, 1000))
+            except jax.errors.JaxRuntimeError as e:
+                last = str(e).splitlines()[0][:200]
+            self.check_failures()
+            if time.monotonic() >= deadline:
+                raise DistributedError(f'no answer from {who} within {self.timeout_ms / 1000:g} '
+                                       f's ({last})',
+                                       hint='check that process\'s log; rerun with resume')
 
-    def barrier(self, name: str) -> None:
-        if self.client is None:
-            return
-        try:
-            self.client.wait_at_barrier(name, self.timeout_ms)
-        except jax.errors.JaxRuntimeError as e:
-            raise DistributedError(f'the processes did not all reach {name!r} '
-                                   f'({str(e).splitlines()[0][:200]})',
-                                   hint='a process failed or died: rerun with resume') from None
+    def check_failures(self) -> None:
+        failed = self.client.key_value_dir_get(f'{_FAILED}/')
+        if failed:
+            who, msg = sorted(failed)[0]
+            raise DistributedError(f'process {who.rsplit("/", 1)[-1]} failed: {msg}',
+                                   hint='fix that process\'s problem and rerun with resume')
+
+
+_FAILED = 'ntc/failed'
+
+
+def report_failure(message: str) -> None:
+    """Tell the other processes of the job that this one gives up (they raise instead of
+    waiting for it)."""
+    from jax._src import distributed as jd
+    client = jd.global_state.client
+    if client is not None and _INFO is not None:
+        with contextlib.suppress(jax.errors.JaxRuntimeError):  # the coordinator is gone
+            client.key_value_set(f'{_FAILED}/{_INFO.process_id}', str(message)[:2000],
+                                 allow_overwrite=True)
 
 
 # ----------------------------------------------------------------------------- shares
@@ -315,9 +340,18 @@ class DistributedKernelFn:
         self._calls = 0
 
     def __call__(self, x1, x2=None, get=None, *, out=None, **kwargs):
+        self._calls += 1
+        try:
+            return self._call(x1, x2, get, out, kwargs)
+        except DistributedError:
+            raise
+        except BaseException as e:
+            report_failure(f'{type(e).__name__}: {e}')
+            raise
+
+    def _call(self, x1, x2, get, out, kwargs):
         info = process_info()
         coord = _Coordinator(info, self.timeout)
-        self._calls += 1
         key = f'ntc/kernel/{self._calls}'
         me, n_proc = info.process_id, info.num_processes
         t0 = time.perf_counter()
@@ -382,10 +416,14 @@ class DistributedKernelFn:
             inner.store = None
         st.seconds_compute = time.perf_counter() - t1
         t2 = time.perf_counter()
-        coord.barrier(f'{key}/computed')
-        st.seconds_wait = time.perf_counter() - t2
-        if me != 0:
+        coord.set(f'{key}/computed/{me}', st.tiles_computed)
+        if me != 0:  # wait for the assembly, so that no process leaves the job early
+            coord.get(f'{key}/assembled', 'process 0')
+            st.seconds_wait = time.perf_counter() - t2
             return None
+        for p in range(n_proc):
+            coord.get(f'{key}/computed/{p}', f'process {p}')
+        st.seconds_wait = time.perf_counter() - t2
 
         # 4. process 0 assembles the result from the store (any tile still missing, for
         #    instance one whose file was damaged, is recomputed here rather than used)
@@ -397,6 +435,7 @@ class DistributedKernelFn:
             inner.store, inner.resume = None, self.resume
         st.tiles_computed += inner.stats.tiles_computed
         st.seconds_assemble = time.perf_counter() - t3
+        coord.set(f'{key}/assembled', True)
         return result
 
 
