@@ -114,15 +114,23 @@ def plan_dot(plan) -> str:
 
 
 def cmd_kernel(args) -> int:
-    import numpy as np
-
     from .runtime import distributed
-    from .runtime.batching import batch
 
     # join the job (flags, JAX_* variables or a SLURM step) before JAX initialises its backend
     info = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                   connect_timeout=args.connect_timeout,
                                   heartbeat_timeout=args.heartbeat_timeout)
+    try:
+        return _kernel(args, info)
+    except Exception as e:
+        distributed.report_failure(f'{type(e).__name__}: {e}')  # the others stop waiting
+        raise
+
+
+def _kernel(args, info) -> int:
+    import numpy as np
+
+    from .runtime.batching import batch
     multi = info.num_processes > 1
     net, _ = load_net(args.spec)
     x1 = np.asarray(_load_array(args.x1, '--x1'))
