@@ -51,10 +51,16 @@ def test_cg_matches_cholesky_means_and_covariances():
 def test_cg_on_a_row_sharded_kernel_and_on_tiles_on_disk(tmp_path):
     want = predict.gp_inference(K_DD.ntk, Y, diag_reg=REG)('ntk', K_TD.ntk)
     sharded = row_sharded_kernel(K_DD.ntk)
-    assert len(sharded.sharding.device_set) == 4 and sharded.addressable_shards[0].data.shape \
-        == (12, 48)
+    assert len(sharded.array.sharding.device_set) == 4
+    assert sharded.array.addressable_shards[0].data.shape == (12, 48)
     got = predict.gp_inference(sharded, Y, diag_reg=REG, solver='cg')('ntk', K_TD.ntk)
     assert rel_err(got, want) < 1e-6
+    # 46 rows do not split over 4 devices: an identity block pads them to 48
+    odd = row_sharded_kernel(K_DD.ntk[:46, :46])
+    assert odd.array.shape == (48, 48) and odd.shape == (46, 46)
+    want46 = predict.gp_inference(K_DD.ntk[:46, :46], Y[:46], diag_reg=REG)('ntk', K_TD.ntk[:, :46])
+    got46 = predict.gp_inference(odd, Y[:46], diag_reg=REG, solver='cg')('ntk', K_TD.ntk[:, :46])
+    assert got46.shape == (7, 3) and rel_err(got46, want46) < 1e-6
     store = tmp_path / 'tiles'
     tiled = batch(NET.kernel_fn, 10, progress=False, store=store)(X, None, GET)
     fn = predict.gp_inference(store, Y, diag_reg=REG, solver='cg')
@@ -107,3 +113,5 @@ def test_bad_solver_arguments(tmp_path):
         predict.gp_inference(store, Y, solver='cg')('nngp', K_TD)
     with pytest.raises(InputError, match="solver='cg'"):
         predict.gp_inference(store, Y)
+    with pytest.raises(InputError, match="sharded over a mesh.*solver='cg'"):
+        predict.gp_inference(row_sharded_kernel(K_DD.nngp), Y)

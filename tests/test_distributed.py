@@ -52,7 +52,8 @@ else:
     assert k is None
 # conjugate gradients on the NTK, row blocks read from the tiles by the process owning them
 K = distributed.row_sharded_kernel(f'{root}/store', 'ntk')
-assert len(K.addressable_shards) == 2 and K.addressable_shards[0].data.shape[0] == len(x) // 6
+shards = K.array.addressable_shards
+assert len(shards) == 2 and shards[0].data.shape[0] == len(x) // 6
 f = predict.gp_inference(K, y, diag_reg=1e-3, solver='cg')
 mean = f('ntk', net.kernel_fn(xt, x, 'ntk'))
 np.save(f'{root}/mean{pid}.npy', np.asarray(mean))

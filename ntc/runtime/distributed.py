@@ -501,10 +501,25 @@ def load_rows(store: TileStore | str | os.PathLike, name: str, r0: int, r1: int)
     return rows
 
 
-def row_sharded_kernel(source, name: str = 'nngp', mesh=None):
-    """The kernel as a `jax.Array` sharded row-block-wise over `mesh` (default: every device of
-    every process).  `source` is an array (every process holds it) or a tile store; from a store
-    each process reads only the rows of its own devices."""
+class ShardedKernel:
+    """An n × n kernel held row-block-wise across the devices of a mesh, as `array`: padded to
+    a multiple of the device count with an identity block (which decouples from the rest and
+    is cut off every solution), so any n splits over any number of devices."""
+
+    def __init__(self, array, n: int):
+        self.array = array
+        self.n = n
+        self.shape = (n, n)
+        self.dtype = array.dtype
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.array[:self.n, :self.n], dtype)
+
+
+def row_sharded_kernel(source, name: str = 'nngp', mesh=None) -> ShardedKernel:
+    """The kernel sharded row-block-wise over `mesh` (default: every device of every process),
+    for `gp_inference(..., solver='cg')`.  `source` is a square 2-D array (every process holds
+    it) or a tile store; from a store each process reads only the rows of its own devices."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
     mesh = mesh or Mesh(np.array(jax.devices()), ('rows',))
     axis = mesh.axis_names[0]
@@ -516,18 +531,40 @@ def row_sharded_kernel(source, name: str = 'nngp', mesh=None):
             raise DistributedError(f'the kernel in {store.path} is {store.job.n1}x'
                                    f'{store.job.n2}: a solve needs the square train kernel')
 
-        def rows(idx):
-            sl = idx[0]
-            return load_rows(store, name, sl.start or 0, n if sl.stop is None else sl.stop)
-        return jax.make_array_from_callback((n, n), sharding, rows)
-    k = np.asarray(source)
-    return jax.make_array_from_callback(k.shape, sharding, lambda idx: k[idx])
+        def read(r0, r1):
+            return load_rows(store, name, r0, r1)
+    else:
+        k = np.asarray(source)
+        if k.ndim != 2 or k.shape[0] != k.shape[1]:
+            raise DistributedError(f'row_sharded_kernel needs a square 2-D kernel, got shape '
+                                   f'{k.shape}')
+        n = k.shape[0]
+
+        def read(r0, r1):
+            return k[r0:r1]
+    size = mesh.shape[axis]
+    n_pad = -(-n // size) * size
+
+    def block(idx):
+        r0 = idx[0].start or 0
+        r1 = n_pad if idx[0].stop is None else idx[0].stop
+        rows = np.zeros((r1 - r0, n_pad), np.float64)
+        if r0 < n:
+            part = read(r0, min(r1, n))
+            rows = rows.astype(part.dtype)
+            rows[:part.shape[0], :n] = part
+        for r in range(max(r0, n), r1):
+            rows[r - r0, r] = 1.0
+        return rows
+    dtype = read(0, 1).dtype
+    return ShardedKernel(jax.make_array_from_callback((n_pad, n_pad), sharding,
+                                                      lambda idx: block(idx).astype(dtype)), n)
 
 
 __all__ = ['initialize', 'process_info', 'ProcessInfo', 'distributed_batch',
            'DistributedKernelFn', 'DistributedStats', 'partition_tiles', 'tile_cost',
-           'row_sharded_kernel', 'load_rows', 'wait_for_coordinator', 'BatchStats', 'estimate',
-           'JobEstimate']
+           'row_sharded_kernel', 'ShardedKernel', 'load_rows', 'wait_for_coordinator',
+           'BatchStats', 'estimate', 'JobEstimate', 'report_failure']
 
 
 # ----------------------------------------------------------------------------- planning a job

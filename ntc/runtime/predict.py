@@ -537,9 +537,10 @@ class _DenseOperator:
     one jitted program, so a sharded matrix multiplies where its rows live and the vector is
     replicated on every device of the mesh (one process or several)."""
 
-    def __init__(self, mat):
+    def __init__(self, mat, n: int | None = None):
         self.mat = mat
-        self.n = mat.shape[0]
+        self.n = mat.shape[0] if n is None else n   # rows beyond n: an identity padding block
+        self.pad = mat.shape[0] - self.n
         self.dtype = mat.dtype
         sharding = getattr(mat, 'sharding', None)
         mesh = getattr(sharding, 'mesh', None)
@@ -556,6 +557,8 @@ class _DenseOperator:
 
     def put(self, v):
         v = jnp.asarray(v, self.dtype)
+        if self.pad:
+            v = jnp.concatenate([v, jnp.zeros((self.pad,) + v.shape[1:], v.dtype)])
         if self.replicated is not None and not self.replicated.is_fully_addressable:
             host = np.asarray(v)
             return jax.make_array_from_callback(host.shape, self.replicated, lambda i: host[i])
@@ -563,6 +566,9 @@ class _DenseOperator:
 
     def diag(self):
         return self._diag(self.mat)
+
+    def trace(self) -> float:
+        return float(jnp.sum(self.diag())) - self.pad
 
     def matvec(self, v):
         return self._mv(self.mat, v)
@@ -606,6 +612,9 @@ class _TileOperator:
 
     def put(self, v):
         return np.asarray(v, self.dtype)
+
+    def trace(self) -> float:
+        return float(np.sum(self.diag()))
 
     def diag(self):
         d = np.empty(self.n, self.dtype)
@@ -798,7 +807,7 @@ class _CGFactor:
         if absolute:
             self.shift = float(diag_reg)
         else:
-            self.shift = float(diag_reg) * float(jnp.sum(op.diag())) / op.n if diag_reg else 0.
+            self.shift = float(diag_reg) * op.trace() / op.n if diag_reg else 0.
         self.tol, self.maxiter, self.preconditioner = tol, maxiter, preconditioner
         self.infos: list[CGInfo] = []
 
@@ -810,7 +819,7 @@ class _CGFactor:
             # gather the solution onto every device; each process takes its local copy
             x = np.asarray(jax.jit(lambda v: v, out_shardings=self.op.replicated)(x)
                            .addressable_data(0))
-        return jnp.asarray(x)
+        return jnp.asarray(x[:self.op.n])
 
 
 def _cg_operator(k_train_train, g, layout):
@@ -818,6 +827,11 @@ def _cg_operator(k_train_train, g, layout):
     from .store import TileStore
     if isinstance(k_train_train, (TileStore, str, os.PathLike)):
         op = _TileOperator(k_train_train, g)
+    elif hasattr(k_train_train, 'array') and hasattr(k_train_train, 'n'):  # ShardedKernel
+        op = _DenseOperator(k_train_train.array, k_train_train.n)
+        if layout.rest_shape != (op.n,):
+            raise InputError(f'y_train has {layout.rest_shape} rows but the sharded kernel is '
+                             f'{op.n}x{op.n}: the number of training targets must match it')
     else:
         k = _attr(k_train_train, g, 'k_train_train')
         _check_train_kernel(k, layout)
@@ -866,10 +880,11 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
     factors: dict[str, Any] = {}
     from .store import TileStore
     on_disk = isinstance(k_train_train, (TileStore, str, os.PathLike))
-    if on_disk and solver != 'cg':
-        raise InputError('a kernel kept in a tile store can only be solved against with '
-                         "solver='cg'")
-    if not on_disk:
+    sharded = hasattr(k_train_train, 'array') and hasattr(k_train_train, 'n')
+    if (on_disk or sharded) and solver != 'cg':
+        raise InputError(f'a kernel {"kept in a tile store" if on_disk else "sharded over a mesh"}'
+                         " can only be solved against with solver='cg'")
+    if not (on_disk or sharded):
         k0 = _first(k_train_train, 'k_train_train')
         _check_train_kernel(k0, layout)
 
