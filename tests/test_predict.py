@@ -500,6 +500,8 @@ NT_SIGNATURES = {
 def signature_of(fn):
     out = []
     for p in inspect.signature(fn).parameters.values():
+        if p.kind == p.KEYWORD_ONLY:  # ntc's own extensions (e.g. solver='cg'), not in NT
+            continue
         if p.kind == p.VAR_KEYWORD:
             out.append((p.name, 'VAR_KEYWORD'))
         else:
