@@ -69,7 +69,7 @@ _T0 = [time.perf_counter()]
 
 
 def _section(title: str) -> None:
-    stamp = f' [{time.perf_counter() - _T0[0]:.0f} s]'
+    stamp = f' [{time.perf_counter() - _T0[0]:.0f} s, CPU {time.process_time():.0f} s]'
     _say(f'\n== {title} ' + '=' * max(3, 80 - len(title)) + stamp)
 
 
@@ -442,7 +442,8 @@ def run(quick: bool = False, out: str | os.PathLike = 'demo_out') -> dict:
     res['accuracy_png'] = str(accuracy_plot(res, out_dir))
     res['seconds'] = time.perf_counter() - t_start
     (out_dir / 'results.json').write_text(json.dumps(res, indent=1, default=str))
-    _say(f'\nDone in {res["seconds"]:.0f} s.  Outputs in {out_dir.resolve()}:')
+    _say(f'\nDone in {res["seconds"]:.0f} s (CPU time {time.process_time():.0f} s).  Outputs in '
+         f'{out_dir.resolve()}:')
     for p in (fig1['png'], res['accuracy_png'], out_dir / 'results.json'):
         _say(f'  {p}')
     return res
