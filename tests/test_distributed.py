@@ -54,7 +54,7 @@ else:
 K = distributed.row_sharded_kernel(f'{root}/store', 'ntk')
 shards = K.array.addressable_shards
 assert len(shards) == 2 and shards[0].data.shape[0] == len(x) // 6
-f = predict.gp_inference(K, y, diag_reg=1e-3, solver='cg')
+f = predict.gp_inference(K, y, diag_reg=1e-3, solver='cg', preconditioner='pivchol8')
 mean = f('ntk', net.kernel_fn(xt, x, 'ntk'))
 np.save(f'{root}/mean{pid}.npy', np.asarray(mean))
 json.dump(f.solver_info['ntk'][0].iterations, open(f'{root}/cg{pid}.json', 'w'))
