@@ -935,7 +935,8 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
     ``k_test_train=None`` gives the (noise-free) train-set posterior ``N(y_train, 0)``.
 
     ``solver='cg'`` replaces the Cholesky factor by preconditioned conjugate gradients
-    (`cg_solve`; Jacobi preconditioner by default), for kernels too big for one device's
+    (`cg_solve`; ``preconditioner='jacobi'`` by default, ``'pivchol<rank>'`` for a low-rank
+    pivoted-Cholesky preconditioner), for kernels too big for one device's
     Cholesky: ``k_train_train`` may then also be a `jax.Array` sharded row-block-wise over a
     mesh of one or several processes (`ntc.runtime.distributed.row_sharded_kernel`), or a tile
     store (`TileStore` or its path) whose symmetric 2-D tiles are streamed from disk for every
