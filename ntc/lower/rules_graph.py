@@ -64,9 +64,10 @@ def aggregate(op, x, pattern, t, precision=None):
     b, c = t.batch, t.channel
     if op.implementation == 'DENSE':
         p = pattern if op.to_dense is None else op.to_dense(pattern)
-        if p.ndim != 2 * k + 1 or p.shape[0] != x.shape[b]:
-            raise InputError(f'Aggregate: pattern has shape {p.shape}, expected (batch, *V, *V) '
-                             f'= {(x.shape[b],) + tuple(x.shape[a] for a in axes) * 2}')
+        want = (x.shape[b],) + tuple(x.shape[a] for a in axes) * 2
+        if tuple(p.shape) != want:
+            raise InputError(f'Aggregate: pattern has shape {tuple(p.shape)}, expected '
+                             f'(batch, *V, *V) = {want}')
         dn = ((axes, tuple(range(1, k + 1))), ((b,), (0,)))
         y = lax.dot_general(x, p.astype(x.dtype), dn, precision=precision)
         # dot_general output: (batch, free axes of x in order, aggregated axes)

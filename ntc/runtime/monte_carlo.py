@@ -31,7 +31,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..errors import InputError
-from .empirical import DEFAULT_NTK_IMPLEMENTATION, _axes, _get, accepts_rng, empirical_kernel_fn
+from .empirical import (
+    DEFAULT_NTK_IMPLEMENTATION,
+    _axes,
+    _get,
+    _split_kwargs,
+    accepts_rng,
+    empirical_kernel_fn,
+)
 
 __all__ = ['monte_carlo_kernel_fn', 'monte_carlo_kernel_stats', 'MonteCarloStats']
 
@@ -169,8 +176,9 @@ class _Sampler:
             params = jax.eval_shape(lambda k: self.init_fn(k, shape)[1], self.key)
             n_params = sum(math.prod(p.shape) for p in _tree.tree_leaves(params))
             n_kernel = sum(math.prod(o.shape) for o in _tree.tree_leaves(outs))
-            n_out = sum(math.prod(o.shape) for x in (x1, x2) if x is not None
-                        for o in self.out_shapes(x, shape, kwargs))
+            per_input = zip((x1, x2), _split_kwargs(kwargs, x1, x2))  # pattern=(p1, p2) etc.
+            n_out = sum(math.prod(o.shape) for x, kw in per_input if x is not None
+                        for o in self.out_shapes(x, shape, kw))
             per = n_kernel + n_params * (n_out if 'ntk' in names else 1)
             size = max(1, min(_MAX_CHUNK, _MEMORY_BUDGET // max(per, 1)))
         # a power of two at least n_max (up to the budget): fewer distinct compilations
