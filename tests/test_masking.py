@@ -121,3 +121,24 @@ def test_monte_carlo_agreement_masked():
                                   get=('nngp',), chunk_size=64)
     z = (np.asarray(exact) - st.mean['nngp']) / st.stderr['nngp']
     assert np.abs(z).max() < z_threshold(z.size, 192)
+
+
+def test_masks_through_repeat_and_batching():
+    """A masked conv net with `repeat` equals its unrolled form, also computed in tiles."""
+    rs = np.random.RandomState(5)
+    x1, x2 = rs.randn(4, 6, 3), rs.randn(3, 6, 3)
+    x1[1, 4:] = C
+    x2[0, :2] = C
+    block = stax.serial(stax.Conv(4, (3,), padding='SAME', W_std=1.2, b_std=0.1), stax.Relu())
+
+    def net(*body):
+        return stax.serial(stax.Conv(4, (2,), padding='SAME'), stax.Relu(), *body,
+                           stax.Dense(4), stax.GlobalAvgPool(), stax.Dense(1))
+
+    looped = net(stax.repeat(block, 2)).kernel_fn
+    got = looped(x1, x2, ('nngp', 'ntk'), mask_constant=C)
+    want = net(block, block).kernel_fn(x1, x2, ('nngp', 'ntk'), mask_constant=C)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    tiled = ntc.batch(looped, 2)(x1, x2, 'nngp', mask_constant=C)
+    np.testing.assert_allclose(tiled, got[0], rtol=1e-12)
