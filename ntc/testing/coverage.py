@@ -1,0 +1,66 @@
+"""The coverage table: every op kind with a kernel rule, and the harness case that checks it.
+
+Generated from the rule tables themselves (`ntc.lower.registry.KERNEL_RULES`, `FINITE_RULES`),
+so a new rule without an entry in `ntc.testing.cases.CASES` shows up as MISSING.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..lower import lower as _lower  # noqa: F401  (fills the rule tables)
+from ..lower.registry import FINITE_RULES, KERNEL_RULES
+from .cases import CASES, harness_net
+from .layer import example_inputs
+
+# op kinds other issues are adding; listed as "pending" only while they have no kernel rule
+PENDING = ('Attention', 'Aggregate', 'DotGeneral', 'Index', 'ImageResize', 'ConvLocal',
+           'Repeat')
+
+
+@dataclass(frozen=True)
+class Row:
+    kind: str
+    kernel_rule: bool
+    finite_rule: bool
+    n_cases: int
+    status: str   # 'covered', 'MISSING', 'pending', 'no kernel rule'
+
+
+def case_kinds(case) -> set[str]:
+    """Op kinds present in a case's network: its source graph and its optimised plan (which
+    holds pass-made kinds such as Affine and Transpose)."""
+    from ..api import compile as compile_plan
+    net = harness_net(case)
+    kinds = {n.op.kind for n in net.graph().nodes()}
+    x1, _ = example_inputs(case.input_shape)
+    kinds |= {n.op.kind for n in compile_plan(net, x1.shape).graph.nodes()}
+    return kinds
+
+
+def coverage_table() -> list[Row]:
+    """One row per op kind with a kernel rule (plus pending kinds), sorted by kind."""
+    rows = []
+    for kind in sorted(set(KERNEL_RULES) | set(CASES) | set(PENDING)):
+        has_rule = kind in KERNEL_RULES
+        n = len(CASES.get(kind, ()))
+        if has_rule:
+            status = 'covered' if n else 'MISSING'
+        else:
+            status = 'pending' if kind in PENDING and not n else 'no kernel rule'
+        rows.append(Row(kind, has_rule, kind in FINITE_RULES, n, status))
+    return rows
+
+
+def format_table(rows: list[Row] | None = None) -> str:
+    """The coverage table as Markdown."""
+    rows = coverage_table() if rows is None else rows
+    lines = ['| op kind | kernel rule | finite rule | cases | status |',
+             '|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f'| {r.kind} | {"yes" if r.kernel_rule else "-"} | '
+                     f'{"yes" if r.finite_rule else "-"} | {r.n_cases} | {r.status} |')
+    return '\n'.join(lines)
+
+
+__all__ = ['coverage_table', 'format_table', 'case_kinds', 'Row', 'PENDING']
