@@ -17,6 +17,7 @@ def assert_monte_carlo_agrees(net, x1, x2, n_samples, get=('nngp', 'ntk'), alpha
     a pair (v1, v2) per input) to apply_fn.  Returns the largest |z|."""
     init_fn, apply_fn, kernel_fn = net
     analytic = kernel_fn(x1, x2, get, **kwargs)
+    analytic = analytic if isinstance(analytic, tuple) else (analytic,)
     st = monte_carlo_kernel_stats(init_fn, apply_fn, jax.random.PRNGKey(seed), x1, x2,
                                   n_samples, get=get, implementation=implementation, **kwargs)
     m = sum(np.size(a) for a in analytic)
