@@ -107,13 +107,24 @@ def accuracy(pred, labels) -> float:
 # ----------------------------------------------------------------------------- kernels
 
 
-def kernel_pair(kernel_fn, xtr, xte, tile: int, what: str):
-    """NNGP and NTK train-train (symmetric tiles) and test-train, batched with a progress bar.
-    Returns (k_train_train, k_test_train, seconds, µs per kernel entry)."""
+def batched(kernel_fn, xtr, xte, tile: int):
+    """`ntc.batch(kernel_fn)` with both of its tile programs (diagonal tiles, x2 = None, and
+    off-diagonal ones) compiled on one tile each.  Returns (batched fn, seconds compiling)."""
     import ntc
-    fn = ntc.batch(kernel_fn, tile, store_on_device=False, progress=True)
+    fn = ntc.batch(kernel_fn, tile, store_on_device=False, progress=False)
     t0 = time.perf_counter()
-    _say(f'{what}: train × train ({len(xtr)} × {len(xtr)}, upper-triangle tiles of {tile})')
+    fn(xtr[:tile], None, ('nngp', 'ntk'))
+    fn(xte[:tile], xtr[:tile], ('nngp', 'ntk'))
+    fn.progress = True
+    return fn, time.perf_counter() - t0
+
+
+def kernel_pair(fn, xtr, xte, what: str):
+    """NNGP and NTK train-train (upper-triangle tiles) and test-train with the batched `fn`,
+    with a progress bar.  Returns (k_train_train, k_test_train, seconds, µs per entry)."""
+    t0 = time.perf_counter()
+    _say(f'{what}: train × train ({len(xtr)} × {len(xtr)}, upper-triangle tiles of '
+         f'{fn.batch_size})')
     k_dd = fn(xtr, None, ('nngp', 'ntk'))
     _say(f'{what}: test × train ({len(xte)} × {len(xtr)})')
     k_td = fn(xte, xtr, ('nngp', 'ntk'))
@@ -223,8 +234,6 @@ def figure1(cfg: Config, out_dir: Path) -> dict:
     # half the largest stable step 2n / λ_max(Θ): discrete GD then tracks gradient flow
     lr = 0.5 * float(predict.max_learning_rate(infinite.kernel_fn(x_train, None, 'ntk'),
                                                y_train.size))
-    predict_fn = predict.gradient_descent_mse_ensemble(infinite.kernel_fn, x_train, y_train,
-                                                       learning_rate=lr, diag_reg=1e-4)
     every = max(1, cfg.ens_steps // 100)
     ts = jnp.arange(0, cfg.ens_steps + 1, every, dtype=jnp.float32)
 
@@ -232,9 +241,15 @@ def figure1(cfg: Config, out_dir: Path) -> dict:
         var = jnp.diagonal(g.covariance, axis1=-2, axis2=-1)[..., None]
         return 0.5 * jnp.mean((g.mean - y) ** 2 + var, axis=(-2, -1))
 
-    inf_train = expected_loss(predict_fn(ts, None, 'ntk', compute_cov=True), y_train)
-    g_test = predict_fn(ts, x_test, 'ntk', compute_cov=True)
-    inf_test = expected_loss(g_test, y_test)
+    @jax.jit                        # one XLA program for kernels, eigensolves and all times
+    def infinite_curves(x_train, y_train, x_test, ts):
+        predict_fn = predict.gradient_descent_mse_ensemble(
+            infinite.kernel_fn, x_train, y_train, learning_rate=lr, diag_reg=1e-4)
+        g_train = predict_fn(ts, None, 'ntk', compute_cov=True)
+        g_test = predict_fn(ts, x_test, 'ntk', compute_cov=True)
+        return expected_loss(g_train, y_train), expected_loss(g_test, y_test), g_test
+
+    inf_train, inf_test, g_test = infinite_curves(x_train, y_train, x_test, ts)
     inf_mean = np.asarray(g_test.mean[-1, :, 0])
     inf_std = np.sqrt(np.maximum(np.diag(np.asarray(g_test.covariance[-1])), 0.))
     t_inf = time.perf_counter() - t0
@@ -332,6 +347,12 @@ def run(quick: bool = False, out: str | os.PathLike = 'demo_out') -> dict:
     res: dict = {'mode': 'quick' if quick else 'full', 'device': str(jax.devices()[0])}
     _say(f'ntc {ntc.__version__} demo ({res["mode"]}) on {len(jax.devices())} '
          f'{jax.devices()[0].platform.upper()} device(s); outputs go to {out_dir.resolve()}')
+    if hasattr(os, 'getloadavg'):
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        res['load_average'] = load
+        _say(f'load average {load:.1f} on {cores} cores' + (
+            ': the machine is busy, timings will be slower than on an idle one'
+            if load > cores else ''))
 
     # -- 1. two conv nets from specs/ and their plans ---------------------------------------
     _section('1. Two conv nets compiled from specs/ (8×8×1 digits)')
@@ -354,10 +375,10 @@ def run(quick: bool = False, out: str | os.PathLike = 'demo_out') -> dict:
     xtr, ytr, xte, yte = load_digits_split(cfg.n_train, cfg.n_test, cfg.seed)
     _section(f'2. NNGP and NTK kernels on digits: {len(xtr)} train, {len(xte)} test '
              '(scikit-learn, bundled)')
-    k_dd, k_td, dt, us = kernel_pair(docs['flatten']['net'].kernel_fn, xtr, xte,
-                                     cfg.flatten_tile, 'Flatten net')
-    _say(f'Flatten net: {dt:.1f} s including compilation, {us:.1f} µs per kernel entry '
-         f'(NT measured here: ~{NT_US_PER_ENTRY["flatten"]:.0f} µs)')
+    fn, compile_s = batched(docs['flatten']['net'].kernel_fn, xtr, xte, cfg.flatten_tile)
+    k_dd, k_td, dt, us = kernel_pair(fn, xtr, xte, 'Flatten net')
+    _say(f'Flatten net: {dt:.1f} s after {compile_s:.1f} s compiling: {us:.1f} µs per kernel '
+         f'entry (NT measured on this CPU: ~{NT_US_PER_ENTRY["flatten"]:.0f} µs)')
     sizes = [n for n in cfg.flatten_sizes if n <= len(xtr)]
     flat = kernel_inference(k_dd, k_td, ytr, yte, sizes)
     res['flatten'] = dict(n_train=len(xtr), n_test=len(xte), seconds=dt, us_per_entry=us,
@@ -394,24 +415,25 @@ def run(quick: bool = False, out: str | os.PathLike = 'demo_out') -> dict:
     # -- 5. the pooling net, as many training digits as the budget allows --------------------
     net = docs['myrtle']['net']
     tile = cfg.pool_tile
+    fn, compile_s = batched(net.kernel_fn, xtr, xte, tile)
     if cfg.pool_budget_s > 0:
-        probe = ntc.batch(net.kernel_fn, tile, store_on_device=False, progress=False)
-        probe(xte[:tile], xtr[:tile], ('nngp', 'ntk'))                  # compile
         t0 = time.perf_counter()
-        probe(xte[tile:2 * tile], xtr[:tile], ('nngp', 'ntk'))
+        fn.progress = False
+        fn(xte[tile:2 * tile], xtr[:tile], ('nngp', 'ntk'))           # one timed tile
+        fn.progress = True
         rate = time.perf_counter() - t0
-        left = cfg.total_budget_s - (time.perf_counter() - t_start) - 25.  # plots, SGD
+        left = cfg.total_budget_s - (time.perf_counter() - t_start) - 25.  # SGD, plots
         budget = max(0., min(cfg.pool_budget_s, left))
         n_pool = choose_pool_size(rate, tile, len(xte), budget, cfg.pool_min,
                                   min(cfg.pool_max, len(xtr)))
-        _say(f'\npooling net: {rate:.2f} s per {tile}×{tile} tile '
-             f'({rate / tile ** 2 * 1e6:.0f} µs per entry); budget {budget:.0f} s -> '
+        _say(f'\npooling net: compiled in {compile_s:.1f} s; {rate:.2f} s per {tile}×{tile} '
+             f'tile ({rate / tile ** 2 * 1e6:.0f} µs per entry); budget {budget:.0f} s -> '
              f'{n_pool} training digits')
     else:
         n_pool = cfg.pool_min
     _section(f'5. Pooling net kernels: {n_pool} train, {len(xte)} test')
-    pk_dd, pk_td, pdt, pus = kernel_pair(net.kernel_fn, xtr[:n_pool], xte, tile, 'pooling net')
-    _say(f'pooling net: {pdt:.1f} s, {pus:.0f} µs per kernel entry (NT measured here: '
+    pk_dd, pk_td, pdt, pus = kernel_pair(fn, xtr[:n_pool], xte, 'pooling net')
+    _say(f'pooling net: {pdt:.1f} s, {pus:.0f} µs per kernel entry (NT measured on this CPU: '
          f'~{NT_US_PER_ENTRY["pool"]:.0f} µs)')
     psizes = sorted({n for n in (n_pool // 4, n_pool // 2, n_pool) if n >= 10})
     pool = kernel_inference(pk_dd, pk_td, ytr, yte, psizes)
