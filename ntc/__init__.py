@@ -1,7 +1,7 @@
 """ntc, the neural tangents compiler: infinite-width NNGP and NTK kernels as compiled, inspectable
 JAX programs.  `from ntc import stax` is a drop-in for `neural_tangents.stax`."""
 
-from . import stax
+from . import spec, stax
 from .api import compile
 from .errors import NtcError
 from .ir.net import Net
@@ -20,7 +20,7 @@ from .runtime import (
     taylor_expand,
 )
 
-__all__ = ['stax', 'compile', 'NtcError', 'Net', 'Kernel', 'KernelPlan', 'predict', 'batch',
-           'TileStore', 'NtkImplementation', 'empirical_kernel_fn', 'empirical_nngp_fn',
+__all__ = ['stax', 'spec', 'compile', 'NtcError', 'Net', 'Kernel', 'KernelPlan', 'predict',
+           'batch', 'TileStore', 'NtkImplementation', 'empirical_kernel_fn', 'empirical_nngp_fn',
            'empirical_ntk_fn', 'monte_carlo_kernel_fn', 'linearize', 'taylor_expand']
 __version__ = '0.1.0'
