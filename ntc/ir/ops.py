@@ -765,16 +765,6 @@ class Dropout(Op):
     mode: Literal['train', 'test'] = 'train'
 
 
-# ----------------------------------------------------------------------------- linear maps
-# Layers that apply a fixed (or per-example) linear map to the non-channel axes.  Channels stay
-# independent, so the covariance transforms as K -> M K Mᵀ on every pair of positions.
-
-
-def _const(v):
-    """A constant array as nested tuples of floats (hashable, JSON-safe); scalars as floats."""
-    if v is None or isinstance(v, (int, float)):
-        return None if v is None else float(v)
-    import numpy as np
 # ----------------------------------------------------------------------------- attention
 
 AttentionMechanism = Literal['SOFTMAX', 'IDENTITY', 'ABS', 'RELU']
@@ -849,6 +839,16 @@ class GlobalSelfAttention(Op):
         return 4.0 * math.prod(out_type.spatial_shape) + 2.0
 
 
+# ----------------------------------------------------------------------------- linear maps
+# Layers that apply a fixed (or per-example) linear map to the non-channel axes.  Channels stay
+# independent, so the covariance transforms as K -> M K Mᵀ on every pair of positions.
+
+
+def _const(v):
+    """A constant array as nested tuples of floats (hashable, JSON-safe); scalars as floats."""
+    if v is None or isinstance(v, (int, float)):
+        return None if v is None else float(v)
+    import numpy as np
     arr = np.asarray(v, dtype=float)
     if arr.ndim == 0:
         return float(arr)
@@ -1261,16 +1261,6 @@ class ConvLocal(_ConvBase):
         return None if out is None else 'DIAG'
 
 
-# ----------------------------------------------------------------------------- the union
-
-OP_CLASSES: tuple[type[Op], ...] = (
-    Input, Identity, FanOut, FanInSum, FanInProd, FanInConcat, Dense, Affine,
-    Conv, ConvTranspose, AvgPool, SumPool, GlobalAvgPool, GlobalSumPool, Flatten, Transpose,
-    ABRelu, Relu, LeakyRelu, Abs, Erf, Sigmoid_like, Gelu, Sin, Cos, Exp, ExpNormalized,
-    Gaussian, Rbf, Sign, Gabor, Monomial, RectifiedMonomial, Polynomial, Hermite, Elementwise,
-    ElementwiseNumerical, LayerNorm, Dropout, GlobalSelfAttention, Repeat,
-    Aggregate, DotGeneral, Index, ImageResize, ConvLocal,
-)
 # ----------------------------------------------------------------------------- loops
 
 
@@ -1337,6 +1327,16 @@ class Repeat(Op):
         return any(n.op.reads_neighbours() for n in self.layer.graph().nodes())
 
 
+# ----------------------------------------------------------------------------- the union
+
+OP_CLASSES: tuple[type[Op], ...] = (
+    Input, Identity, FanOut, FanInSum, FanInProd, FanInConcat, Dense, Affine,
+    Conv, ConvTranspose, AvgPool, SumPool, GlobalAvgPool, GlobalSumPool, Flatten, Transpose,
+    ABRelu, Relu, LeakyRelu, Abs, Erf, Sigmoid_like, Gelu, Sin, Cos, Exp, ExpNormalized,
+    Gaussian, Rbf, Sign, Gabor, Monomial, RectifiedMonomial, Polynomial, Hermite, Elementwise,
+    ElementwiseNumerical, LayerNorm, Dropout, GlobalSelfAttention, Repeat,
+    Aggregate, DotGeneral, Index, ImageResize, ConvLocal,
+)
 OPS: dict[str, type[Op]] = {cls.model_fields['op'].default: cls for cls in OP_CLASSES}
 AnyOp = Annotated[Union[tuple(OP_CLASSES)], Field(discriminator='op')]  # noqa: UP007
 OP_ADAPTER: TypeAdapter = TypeAdapter(AnyOp)
