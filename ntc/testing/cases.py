@@ -178,6 +178,11 @@ CASES: dict[str, list[Case]] = {
                    IMAGE1, wrap=False, width=CONV_WIDTH)],
     'ImageResize': [Case(_img(stax.ImageResize((-1, 8, -1), 'linear'), stax.Flatten(),
                               stax.Dense(4)), IMAGE1, wrap=False, width=CONV_WIDTH)],
+    'Aggregate': [Case(_img(stax.Aggregate(), stax.Flatten(), stax.Dense(4)), IMAGE1, wrap=False,
+                       width=CONV_WIDTH,
+                       note='without a pattern (the harness passes no kernel_fn inputs) '
+                       'Aggregate is the identity; MC with patterns, DENSE and SPARSE: '
+                       'tests/test_graph_layers.py')],
     'Repeat': [Case(stax.serial(stax.Dense(512, 1.2, 0.3),
                                 stax.repeat(stax.serial(stax.Dense(512, 1.3, 0.2), stax.Erf()), 2),
                                 stax.Dense(4)), wrap=False,
