@@ -176,3 +176,17 @@ def test_killed_kernel_job_resumes_without_recomputing(tmp_path):
     resumed_tiles = int(msg.split(' resumed')[0].split()[-1])
     assert resumed_tiles >= done_before - 1 and computed + resumed_tiles == 210
     np.testing.assert_array_equal(np.load(tmp_path / 'k.npy'), np.load(tmp_path / 'full.npy'))
+
+
+def test_nt_style_device_count_is_accepted():
+    net = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))
+    x = np.random.RandomState(0).randn(9, 3)
+    want = net.kernel_fn(x, None, 'nngp')
+    for count, used in ((-1, 4), (0, 1), (2, 2)):
+        batched = ntc.batch(net.kernel_fn, 4, count)
+        np.testing.assert_allclose(batched(x, None, 'nngp'), want, rtol=1e-12)
+        assert len(batched.devices) == used
+    with pytest.raises(ntc.NtcError, match='device_count=9'):
+        ntc.batch(net.kernel_fn, 4, 9)
+    with pytest.raises(ntc.NtcError, match='no batching'):
+        ntc.batch(net.kernel_fn, 0)

@@ -100,16 +100,31 @@ def auto_tile(plan: KernelPlan, n: int, device) -> int:
     return lo
 
 
+def _devices(devices) -> list:
+    """A list of devices, NT's int `device_count` included (-1: all local devices, 0: one)."""
+    local = jax.local_devices()
+    if devices is None:
+        return local
+    if isinstance(devices, int):
+        if devices < -1 or devices > len(local):
+            raise InputError(f'device_count={devices}, but there are {len(local)} local devices',
+                             hint='pass -1 for all devices, or a list of jax devices')
+        return local if devices == -1 else local[:max(devices, 1)]
+    return list(devices)
+
+
 class BatchedKernelFn:
     """A kernel function computed in tiles; same call signature as the function it wraps."""
 
     def __init__(self, kernel_fn, batch_size=None, devices=None, store_on_device=True,
                  progress=None, store=None, resume=False, fingerprint=None):
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
-            raise InputError(f'batch_size must be a positive integer, got {batch_size!r}')
+            raise InputError(f'batch_size must be a positive integer, got {batch_size!r}',
+                             hint='NT used batch_size=0 for "no batching"; in ntc pass None for '
+                                  'an automatic tile size, or N for a single N × N tile')
         self.kernel_fn = kernel_fn
         self.batch_size = batch_size
-        self.devices = list(devices) if devices is not None else jax.local_devices()
+        self.devices = _devices(devices)
         self.store_on_device = store_on_device
         self.progress = progress
         self.store = TileStore(store) if isinstance(store, (str, os.PathLike)) else store
@@ -336,8 +351,9 @@ def batch(kernel_fn, batch_size: int | None = None, devices=None, store_on_devic
           fingerprint: str | None = None) -> BatchedKernelFn:
     """Compute `kernel_fn` (an ntc kernel_fn, a KernelPlan, or any function with NT's signature
     `kernel_fn(x1, x2, get, **kwargs)`, e.g. an empirical or Monte-Carlo one) in tiles of
-    `batch_size` × `batch_size`, spread over `devices`.  The result is assembled on device, in
-    host memory (`store_on_device=False`), or in a memory-mapped `.npy` (`out=` at call time).
+    `batch_size` × `batch_size`, spread over `devices` (a list, or NT's int `device_count`).
+    The result is assembled on device, in host memory (`store_on_device=False`), or in a
+    memory-mapped `.npy` (`out=` at call time).
     `store` (a path or TileStore) with `resume=True` continues a crashed job."""
     return BatchedKernelFn(kernel_fn, batch_size, devices, store_on_device, progress, store,
                            resume, fingerprint)
