@@ -16,7 +16,7 @@ from .lower import finite
 from .passes import KERNEL_NAMES, Options, run_passes
 from .passes.check import check
 from .passes.infer_types import infer_types
-from .plan import KernelPlan
+from .plan import KernelPlan, result_type
 
 
 def normalize_get(get) -> tuple[tuple[str, ...], str]:
@@ -112,6 +112,9 @@ def make_kernel_fn(net: Net):
         plan = cache[key]
         if form == 'kernel':
             return plan.kernel(x1, x2, **kwargs)
+        if form == 'tuple':  # NT: a tuple `get` gives a namedtuple, even of one kernel
+            out = plan.raw(x1, x2, **kwargs)
+            return result_type(names)(*(out[n] for n in names))
         return plan(x1, x2, **kwargs)
 
     kernel_fn.net = net

@@ -73,3 +73,11 @@ def test_fan_in_width_mismatch_names_the_branches():
 def test_errors_are_ntc_errors():
     for cls in (ArchitectureError, GaussianityError, InputError, ShapeError):
         assert issubclass(cls, ntc.NtcError)
+
+
+def test_a_one_name_tuple_get_returns_a_namedtuple_like_nt():
+    kernel_fn = stax.serial(stax.Dense(3), stax.Relu(), stax.Dense(1)).kernel_fn
+    x = np.ones((2, 3))
+    k = kernel_fn(x, None, ('nngp',))
+    assert k._fields == ('nngp',)
+    np.testing.assert_array_equal(k.nngp, kernel_fn(x, None, 'nngp'))
