@@ -4,7 +4,7 @@
 
 1. False-failure rate: on correct rules, run the check with `--seeds` different keys on a few
    test networks (dense and conv, both parameterizations) and count the seeds where it fails.
-   The threshold k is the Bonferroni t quantile for alpha = 0.001 over the entries compared,
+   The threshold k is the Bonferroni t quantile for alpha = 1e-4 over the entries compared,
    so the family-wise rate should stay well below 1%.
 2. Error vs width x samples: the mean relative error of the Monte-Carlo estimate (over a few
    seeds) on a two-hidden-layer net, which has both sampling error (~1/sqrt(n)) and finite-width

@@ -8,6 +8,9 @@ freedom when the rule is right and the width is large enough that the finite-wid
 (O(1/width)) is small next to the sampling error.  The tolerance is therefore not a magic
 constant: it is ``k`` standard errors, with ``k`` the Bonferroni-corrected two-sided t quantile
 for the number of entries compared, so the family-wise false-failure rate is at most `alpha`.
+The default alpha = 1e-4 leaves a margin of 100x below the 1% target for the skewness of
+products of Gaussians, whose sample means have heavier tails than Student's t at 128 samples
+(measured: 1% failures at nominal 1e-3 on some inputs, see benchmarks/bench_calibration.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ..lower import lower as _lower  # noqa: F401  (fills the rule tables)
 from ..runtime.monte_carlo import monte_carlo_kernel_stats
 from .properties import Report
 
-DEFAULT_ALPHA = 1e-3
+DEFAULT_ALPHA = 1e-4
 DEFAULT_WIDTH = 512
 
 
@@ -279,11 +282,12 @@ def _report(net, finite, names, want, mean, err, z, k, m, n_samples, width, anal
                                     for g in names})
 
 
-def relative_error(report: MonteCarloReport) -> float:
-    """max |analytic - MC mean| / max |analytic| over the kernels of a report."""
+def relative_error(report: MonteCarloReport, get=None) -> float:
+    """max |analytic - MC mean| / max |analytic| over the kernels `get` (default: all) of a
+    report."""
+    names = report.analytic if get is None else ((get,) if isinstance(get, str) else get)
     return max(float(np.max(np.abs(report.analytic[g] - report.mean[g])))
-               / max(float(np.max(np.abs(report.analytic[g]))), 1e-300)
-               for g in report.analytic)
+               / max(float(np.max(np.abs(report.analytic[g]))), 1e-300) for g in names)
 
 
 __all__ = ['check_against_monte_carlo', 'check_many_against_monte_carlo', 'widen',
