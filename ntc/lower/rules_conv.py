@@ -113,6 +113,19 @@ def _conv_init(key, op, in_types):
     return (w, b)
 
 
+def circular_pad(op, x):
+    """(x, padding) for lax: CIRCULAR becomes an explicit wrap-around pad and VALID."""
+    if op.padding != 'CIRCULAR':
+        return x, op.padding
+    lhs, rhs, _ = op.specs()
+    letters = [c for c in rhs if c not in 'IO']
+    for c, k, s in zip(letters, op.filter_shape, op.stride_tuple()):
+        ax = lhs.index(c)
+        lo, hi = same_pads(x.shape[ax], k, s)
+        x = pad_axes(x, (ax,), lo, hi, True)
+    return x, 'VALID'
+
+
 @finite_rule('Conv', 'ConvTranspose', init=_conv_init)
 def conv_apply(op, params, inputs, ctx):
     (x,) = inputs
@@ -126,14 +139,7 @@ def conv_apply(op, params, inputs, ctx):
     elif op.kind == 'ConvTranspose':
         y = lax.conv_transpose(x, w, strides, op.padding, dimension_numbers=op.specs())
     else:
-        padding = op.padding
-        if padding == 'CIRCULAR':
-            letters = [c for c in rhs if c not in 'IO']
-            for c, k, s in zip(letters, op.filter_shape, strides):
-                ax = lhs.index(c)
-                lo, hi = same_pads(x.shape[ax], k, s)
-                x = pad_axes(x, (ax,), lo, hi, True)
-            padding = 'VALID'
+        x, padding = circular_pad(op, x)
         y = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=op.specs())
     channel = out.index('C')
     if op.parameterization == 'ntk':

@@ -16,10 +16,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..ir import ops
-from ..ir.ops import same_pads
 from .registry import finite_rule, kernel_rule
-from .rules_conv import window_mean
-from .stencil import pad_axes
+from .rules_conv import circular_pad, window_mean
 
 
 def embed_diag(x, ns: int, lead: int):
@@ -105,14 +103,7 @@ def conv_local_apply(op, params, inputs, ctx):
     w, b = params
     lhs, rhs, out = op.specs()
     strides = op.stride_tuple()
-    padding = op.padding
-    if padding == 'CIRCULAR':
-        letters = [ch for ch in rhs if ch not in 'IO']
-        for ch, kk, s in zip(letters, op.filter_shape, strides):
-            ax = lhs.index(ch)
-            lo, hi = same_pads(x.shape[ax], kk, s)
-            x = pad_axes(x, (ax,), lo, hi, True)
-        padding = 'VALID'
+    x, padding = circular_pad(op, x)
     y = lax.conv_general_dilated_local(x, w, strides, padding, op.filter_shape,
                                        dimension_numbers=op.specs(),
                                        precision=lax.Precision.HIGHEST)
