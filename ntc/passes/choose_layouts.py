@@ -31,15 +31,19 @@ def requirements(g: Graph, opts: Options) -> tuple[dict, dict]:
     """Per node: the spatial layout its consumers need of its cross kernel, and of its
     marginals (None: marginals not needed)."""
     natural = output_spatial(g)
-    need_x = {g.output: natural}
-    need_m = {g.output: natural if opts.want_marginals else None}
+    return propagate_needs(g, natural, natural if opts.want_marginals else None)
+
+
+def propagate_needs(g: Graph, out_x: str, out_m: str | None) -> tuple[dict, dict]:
+    """Backward from the output's needs (cross kernel, marginals): each op maps the layout its
+    consumers need to the one it needs of its inputs; at a FanOut the strongest need wins."""
+    need_x, need_m = {g.output: out_x}, {g.output: out_m}
     for nid in reversed(g.order()):
         node = g.node(nid)
         for src in g.inputs(nid):
             t = g.node(src).ttype
             need_x[src] = max_spatial(need_x.get(src), node.op.spatial_need(need_x[nid], t))
             need_m[src] = max_spatial(need_m.get(src), node.op.marginal_need(need_m.get(nid), t))
-            need_m.setdefault(src, None)
     return need_x, need_m
 
 

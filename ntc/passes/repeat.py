@@ -21,6 +21,7 @@ from ..ir.ops import max_spatial
 from ..ir.types import CovType, TensorType
 from .canonicalize import canonicalize
 from .check import check
+from .choose_layouts import propagate_needs
 from .infer_types import infer_types
 from .options import Options
 
@@ -64,17 +65,6 @@ def carry_types(op: ops.Repeat, t: TensorType, path: str) -> list[TensorType]:
     return types
 
 
-def _needs(g: Graph, out_x: str, out_m: str | None) -> tuple[dict, dict]:
-    need_x, need_m = {g.output: out_x}, {g.output: out_m}
-    for nid in reversed(g.order()):
-        node = g.node(nid)
-        for src in g.inputs(nid):
-            st = g.node(src).ttype
-            need_x[src] = max_spatial(need_x.get(src), node.op.spatial_need(need_x[nid], st))
-            need_m[src] = max_spatial(need_m.get(src), node.op.marginal_need(need_m.get(nid), st))
-    return need_x, need_m
-
-
 def carry_layout(op: ops.Repeat, t: TensorType, out_x: str, out_m: str | None,
                  path: str = 'repeat') -> tuple[str, str | None]:
     """(spatial, marginal) layout of the loop carry: the least fixed point described above."""
@@ -85,7 +75,7 @@ def carry_layout(op: ops.Repeat, t: TensorType, out_x: str, out_m: str | None,
         g = typed_body(op, ct, path)
         inp = g.input_nodes()[0]
         for _ in range(4):
-            need_x, need_m = _needs(g, lx, lm)
+            need_x, need_m = propagate_needs(g, lx, lm)
             nx, nm = max_spatial(lx, need_x[inp]), max_spatial(lm, need_m.get(inp))
             if (nx, nm) == (lx, lm):
                 break
@@ -99,7 +89,7 @@ def body_plan(op: ops.Repeat, t: TensorType, carry: CovType, opts: Options,
     steady state: every value gets the layout the analysis requires, the input and output the
     carry's own, every spatial axis order the carry's."""
     g = typed_body(op, carry_types(op, t, path)[-1], path).copy()
-    need_x, need_m = _needs(g, carry.spatial, carry.marginal)
+    need_x, need_m = propagate_needs(g, carry.spatial, carry.marginal)
     inp = g.input_nodes()[0]
     for node in list(g.nodes()):
         if node.id in (inp, g.output):
