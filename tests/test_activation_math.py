@@ -456,3 +456,22 @@ def test_namespaces_match():
     sh, ch = JNP.sinh_cosh(jnp.array([1e-20, 0.3, -2.0]))
     assert_close(sh, np.sinh([1e-20, 0.3, -2.0]), 'sinh', rtol=1e-15, atol=0)
     assert_close(ch, np.cosh([1e-20, 0.3, -2.0]), 'cosh', rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize('dtype, max_ulps', [(np.float32, 4), (np.float64, 2)])
+def test_atan2_matches_numpy_to_a_few_ulps(dtype, max_ulps):
+    """`xp.JNP.arctan2` (the vectorisable replacement for XLA's scalar atan2) against numpy's
+    atan2 in float64, on random pairs over many scales, both signs, zeros and the octant
+    boundaries |y| = |x|."""
+    rs = np.random.RandomState(7)
+    scale = 10.0 ** rs.uniform(-30, 30, size=(2, 20000))
+    y, x = rs.randn(2, 20000) * scale
+    edge = np.array([0.0, -0.0, 1.0, -1.0, 2.5, -2.5, 1e-38, 0.0, 3.0, -3.0])
+    y = np.concatenate([y, edge, [0.0, 1.0, -1.0, 0.0, 3.0, 3.0]]).astype(dtype)
+    x = np.concatenate([x, edge[::-1], [-1.0, 0.0, 0.0, 0.0, 3.0, -3.0]]).astype(dtype)
+    got = np.asarray(jax.jit(JNP.arctan2)(y, x)).astype(np.float64)
+    want = np.arctan2(y.astype(np.float64), x.astype(np.float64))
+    ulp = np.spacing(np.abs(want).astype(dtype)).astype(np.float64)
+    ulp = np.maximum(ulp, np.finfo(dtype).tiny)
+    assert np.max(np.abs(got - want) / ulp) <= max_ulps
+    assert np.array_equal(np.signbit(got), np.signbit(want))  # signed zeros and ±π
