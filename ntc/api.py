@@ -61,17 +61,18 @@ def typed_graph(net: Net, t: TensorType, checked: bool = True):
 
 
 def compile(net: Net, input_shape: Sequence[int], get=('nngp', 'ntk'), *,  # noqa: A001
-            reference: bool = False, force_full: bool = False, verify: bool = True,
-            dtype=jnp.float32) -> KernelPlan:
+            reference: bool = False, force_full: bool = False, roll_loops: bool = True,
+            verify: bool = True, dtype=jnp.float32) -> KernelPlan:
     """Compile `net` into a KernelPlan for inputs of `input_shape` (batch entry ignored).
 
     `reference=True` gives the reference plan (joint Gram matrix, FULL layouts, no folding), the
     semantic oracle every optimisation must reproduce; `force_full=True` keeps FULL spatial
-    layouts everywhere.
+    layouts everywhere; `roll_loops=False` unrolls runs of identical layers (by default they run
+    as loops, see `ntc.passes.roll_loops`).
     """
     names, _ = normalize_get(get)
     t = input_type(net, input_shape)
-    opts = Options(get=names, reference=reference, force_full=force_full)
+    opts = Options(get=names, reference=reference, force_full=force_full, roll_loops=roll_loops)
     g = net.graph().copy()
     g.replace(g.input_nodes()[0], ttype=t)
     graph = run_passes(g, opts, check_ir=verify)

@@ -20,6 +20,7 @@ from .ir.types import TensorType
 from .lower.kernel import Kernel
 from .passes import Options
 from .passes.cost import N1, N2, NodeCost, cost
+from .passes.roll_loops import loops
 
 _RESULT_TYPES: dict[tuple[str, ...], type] = {}
 
@@ -115,6 +116,8 @@ class KernelPlan:
             c = self.costs[node.id]
             ins = ','.join(f'%{i}' for i in self.graph.inputs(node.id)) or '-'
             layout = node.cov.describe() + (' [mat]' if node.materialize else '')
+            if node.loop is not None:
+                layout += f' [loop{node.loop[0]}.{node.loop[1]}]'
             rows.append((f'%{node.id}', node.op.label(), ins, layout, node.ttype.describe(),
                          _fmt(c.flops, n1, n2), _fmt(c.bytes, n1, n2), node.path))
         widths = [min(max(len(r[i]) for r in rows), 44) for i in range(len(rows[0]))]
@@ -130,10 +133,19 @@ class KernelPlan:
         lines.append('')
         lines.append(f'get={",".join(self.opts.get)}  input {self.input_type.describe()}  '
                      f'nodes {len(self.graph)}  transposes {self.transposes}  '
-                     f'materialised {sum(n.materialize for n in self.graph.nodes())}')
+                     f'materialised {sum(n.materialize for n in self.graph.nodes())}  '
+                     f'loops {self.loops_text()}')
         lines.append(f'total FLOPs {_fmt(tot_f, n1, n2)}   bytes written {_fmt(tot_b, n1, n2)}   '
                      f'peak live {_fmt(peak, n1, n2)}')
         return '\n'.join(lines)
+
+    def loops_text(self) -> str:
+        """The rolled loops: '0', or e.g. '1 (19 × 2 nodes)'."""
+        found = loops(self.graph)
+        if not found:
+            return '0'
+        each = ', '.join(f'{lp.n} × {len(lp.body)} nodes' for lp in found)
+        return f'{len(found)} ({each})'
 
     def __repr__(self) -> str:
         return f'KernelPlan({len(self.graph)} nodes, get={self.opts.get})'

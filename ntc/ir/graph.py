@@ -20,7 +20,8 @@ from .types import CovType, TensorType
 class Node(BaseModel):
     """One op application.  `ttype` and `cov` are filled by passes; `materialize` (set by
     `choose_layouts`) asks lowering to store this node's covariance before its consumers read
-    it, instead of letting XLA fuse (and possibly recompute) it into them."""
+    it, instead of letting XLA fuse (and possibly recompute) it into them; `loop` (set by
+    `roll_loops`) is (loop id, iteration) for a node that runs as part of a rolled loop."""
 
     model_config = ConfigDict(frozen=True, extra='forbid')
 
@@ -30,6 +31,7 @@ class Node(BaseModel):
     ttype: TensorType | None = None
     cov: CovType | None = None
     materialize: bool = False
+    loop: tuple[int, int] | None = None
 
     def text(self) -> str:
         return self.op.label()
@@ -102,7 +104,7 @@ class Graph:
     # -- edits (on a copy, inside passes) ---------------------------------------------------
 
     def replace(self, nid: int, **updates) -> None:
-        """Replace fields of node `nid` (op, ttype, cov, materialize, path)."""
+        """Replace fields of node `nid` (op, ttype, cov, materialize, loop, path)."""
         self._g.nodes[nid]['node'] = self.node(nid).model_copy(update=updates)
 
     def remove(self, nid: int) -> None:
@@ -155,7 +157,8 @@ class Graph:
             if n.ttype is not None:
                 notes.append(n.ttype.describe() + (' gauss' if n.ttype.is_gaussian else ''))
             if n.cov is not None:
-                notes.append(n.cov.describe() + (' mat' if n.materialize else ''))
+                notes.append(n.cov.describe() + (' mat' if n.materialize else '')
+                             + ('' if n.loop is None else f' loop{n.loop[0]}.{n.loop[1]}'))
             notes.append(n.path)
             lines.append(f'{line:<52} # ' + ' | '.join(notes))
         lines.append(f'return %{self.output}')
@@ -173,6 +176,8 @@ class Graph:
                 type=None if n.ttype is None else n.ttype.model_dump(mode='json'),
                 cov=None if n.cov is None else n.cov.model_dump(mode='json'),
                 materialize=n.materialize))
+            if n.loop is not None:
+                nodes[-1]['loop'] = list(n.loop)
         edges = sorted([s, d, a['slot']] for s, d, a in self._g.edges(data=True))
         return dict(nodes=nodes, edges=edges, output=self.output)
 
@@ -185,7 +190,8 @@ class Graph:
                 node = Node(id=nd['id'], op=op_from_dict(nd['op']), path=nd['path'],
                             ttype=None if nd.get('type') is None else TensorType(**nd['type']),
                             cov=None if nd.get('cov') is None else CovType(**nd['cov']),
-                            materialize=nd.get('materialize', False))
+                            materialize=nd.get('materialize', False),
+                            loop=None if nd.get('loop') is None else tuple(nd['loop']))
                 g._g.add_node(node.id, node=node)
             for src, dst, slot in data['edges']:
                 g._g.add_edge(src, dst, slot=slot)

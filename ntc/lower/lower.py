@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from ..ir.graph import Graph, Node
 from ..ir.types import CovType
 from ..passes.options import Options
+from ..passes.roll_loops import Loop, loops
 from . import (  # noqa: F401  (fill the rule tables)
     masking,
     rules_activation,
@@ -121,35 +122,73 @@ def input_kernel(node: Node, x1, x2) -> Kernel:
 # ----------------------------------------------------------------------------- the walk
 
 
+def apply_node(ctx: LowerCtx, graph: Graph, node: Node, env: dict[int, Kernel]) -> Kernel:
+    """One node's Kernel, in its own layout, from its inputs' Kernels in `env`."""
+    ins = [adapt(env[s], needed_input(node, graph.node(s))) for s in graph.inputs(node.id)]
+    k = adapt(get_kernel_rule(node)(ctx, node, *ins), node.cov)
+    if ctx.masks is not None:
+        if node.id not in ctx.masks:
+            ctx.masks[node.id] = masking.output_masks(graph, node, ctx.masks)
+        k = masking.zero_masked(k, *ctx.masks[node.id])
+    if node.materialize:
+        k = jax.lax.optimization_barrier(k)
+    return k
+
+
+def run_loop(ctx: LowerCtx, graph: Graph, loop: Loop, carry: Kernel) -> Kernel:
+    """The Kernel leaving a rolled loop: `loop.n` iterations of its body as one `lax.scan`
+    (the body is traced and compiled once; `roll_loops` guarantees one carry layout)."""
+    if ctx.want_ntk and carry.ntk is None:
+        carry = carry.replace(ntk=jnp.zeros_like(carry.nngp))  # one carry structure throughout
+    body = [graph.node(nid) for nid in loop.body]
+
+    def step(k, _):
+        env = {loop.entry: k}
+        for node in body:
+            env[node.id] = apply_node(ctx, graph, node, env)
+        return env[loop.body[-1]], None
+
+    out, _ = jax.lax.scan(step, carry, None, length=loop.n)
+    return out
+
+
 def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None) -> Kernel:
     """The output node's Kernel (in the node's layout) for inputs x1, x2 (x2 None: x1);
-    `inputs` holds extra kernel_fn inputs such as Aggregate's `pattern`."""
+    `inputs` holds extra kernel_fn inputs such as Aggregate's `pattern`.  Rolled loops run as
+    scans, except under masking (whose per-node masks are built by the unrolled walk)."""
     mask_constant = (inputs or {}).get('mask_constant')
     masks = None if mask_constant is None else {}
     ctx = LowerCtx(graph=graph, xp=JNP, want_ntk=opts.want_ntk, inputs=inputs,
                    x1_is_x2=x2 is None, masks=masks)
     env: dict[int, Kernel] = {}
     uses = {nid: len(graph.consumers(nid)) for nid in graph.order()}
-    for node in graph.nodes():
-        srcs = graph.inputs(node.id)
-        if node.op.kind == 'Input':
-            if masks is not None:
-                x1, x2, masks[node.id] = masking.mask_inputs(node.ttype, x1, x2, mask_constant)
-            k = input_kernel(node, x1, x2)
-        else:
-            ins = [adapt(env[s], needed_input(node, graph.node(s))) for s in srcs]
-            k = get_kernel_rule(node)(ctx, node, *ins)
-            k = adapt(k, node.cov)
-            if masks is not None:
-                masks[node.id] = masking.output_masks(graph, node, masks)
-                k = masking.zero_masked(k, *masks[node.id])
-        if node.materialize:
-            k = jax.lax.optimization_barrier(k)
-        env[node.id] = k
+    starts = {} if masks is not None else {lp.body[0]: lp for lp in loops(graph)}
+    inside = {nid for lp in starts.values() for nid in lp.members}
+
+    def release(srcs):
         for s in srcs:
             uses[s] -= 1
             if uses[s] == 0 and s != graph.output:
                 del env[s]
+
+    for node in graph.nodes():
+        if node.id in starts:
+            lp = starts[node.id]
+            env[lp.exit] = run_loop(ctx, graph, lp, env[lp.entry])
+            release([lp.entry] * sum(1 for c, _ in graph.consumers(lp.entry) if c in lp.members))
+            continue
+        if node.id in inside:
+            continue
+        if node.op.kind == 'Input':
+            if masks is not None:
+                x1, x2, masks[node.id] = masking.mask_inputs(node.ttype, x1, x2, mask_constant)
+            k = input_kernel(node, x1, x2)
+            if node.materialize:
+                k = jax.lax.optimization_barrier(k)
+            env[node.id] = k
+        else:
+            env[node.id] = apply_node(ctx, graph, node, env)
+        release(graph.inputs(node.id))
     return env[graph.output]
 
 

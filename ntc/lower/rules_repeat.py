@@ -17,23 +17,16 @@ from ..passes.options import Options
 from ..passes.repeat import body_plan
 from . import finite, masking
 from .kernel import adapt
-from .registry import finite_rule, get_kernel_rule, kernel_rule
+from .registry import finite_rule, kernel_rule
 
 
-def run_body(body, ctx, k, masks):
+def run_body(body, ctx, k):
     """The body's output Kernel for carry `k` (the walk of `lower.evaluate`, on a Kernel)."""
-    from .lower import needed_input
-    env = {}
+    from .lower import apply_node
+    env = {body.input_nodes()[0]: k}
     for node in body.nodes():
-        srcs = body.inputs(node.id)
-        if not srcs:
-            env[node.id] = k
-            continue
-        ins = [adapt(env[s], needed_input(node, body.node(s))) for s in srcs]
-        out = adapt(get_kernel_rule(node)(ctx, node, *ins), node.cov)
-        if masks is not None:
-            out = masking.zero_masked(out, *masks[node.id])
-        env[node.id] = out
+        if body.inputs(node.id):
+            env[node.id] = apply_node(ctx, body, node, env)
     return env[body.output]
 
 
@@ -54,7 +47,7 @@ def repeat_kernel(ctx, node, k):
     bctx = dataclasses.replace(ctx, graph=body, masks=masks)
 
     def step(carry, _):
-        return adapt(run_body(body, bctx, carry, masks), carry.layout), None
+        return adapt(run_body(body, bctx, carry), carry.layout), None
 
     out, _ = jax.lax.scan(step, k, None, length=op.n)
     return out

@@ -1,6 +1,6 @@
 """The compiler's passes: pure functions Graph -> Graph, run as a plain list.
 
-    infer_types -> check -> canonicalize -> choose_layouts -> fuse_transposes
+    infer_types -> check -> canonicalize -> choose_layouts -> fuse_transposes -> roll_loops
 
 then the `cost` analysis.  With `verify=True` the verifier checks the IR between passes.
 """
@@ -17,11 +17,13 @@ from .cost import cost
 from .fuse_transposes import fuse_transposes
 from .infer_types import infer_types
 from .options import KERNEL_NAMES, Options
+from .roll_loops import roll_loops
 from .verify import verify
 
 Pass = Callable[[Graph, Options], Graph]
 
-PIPELINE: tuple[Pass, ...] = (infer_types, check, canonicalize, choose_layouts, fuse_transposes)
+PIPELINE: tuple[Pass, ...] = (infer_types, check, canonicalize, choose_layouts, fuse_transposes,
+                              roll_loops)
 
 
 def run_passes(graph: Graph, opts: Options, passes: Sequence[Pass] = PIPELINE,
@@ -37,4 +39,4 @@ def run_passes(graph: Graph, opts: Options, passes: Sequence[Pass] = PIPELINE,
 
 
 __all__ = ['PIPELINE', 'KERNEL_NAMES', 'Options', 'run_passes', 'infer_types', 'check',
-           'canonicalize', 'choose_layouts', 'fuse_transposes', 'cost', 'verify']
+           'canonicalize', 'choose_layouts', 'fuse_transposes', 'roll_loops', 'cost', 'verify']

@@ -11,11 +11,13 @@ KERNEL_NAMES = ('nngp', 'ntk', 'cov1', 'cov2')
 class Options:
     """`get`: the kernels asked for.  `reference`: compile the reference plan (joint batch
     Gram matrix, FULL spatial layouts, no folding, nothing fused).  `force_full`: FULL spatial
-    layouts everywhere (for layout-invariance checks)."""
+    layouts everywhere (for layout-invariance checks).  `roll_loops`: run runs of identical
+    layers as one loop (`passes.roll_loops`)."""
 
     get: tuple[str, ...] = ('nngp', 'ntk')
     reference: bool = False
     force_full: bool = False
+    roll_loops: bool = True
 
     @property
     def want_ntk(self) -> bool:

@@ -1,0 +1,116 @@
+"""`roll_loops`: runs of identical layers run as one `lax.scan`, with the same kernels as the
+unrolled program (float64 round-off), in a program that does not grow with depth.
+`benchmarks/` and `../shared/bench` measure the speed and compile-time effect."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntc
+from ntc import spec, stax
+from ntc.ir.graph import Graph
+from ntc.passes.roll_loops import loops
+
+
+def conv_stack(depth, top):
+    layers = []
+    for _ in range(depth):
+        layers += [stax.Conv(2, (3, 3), padding='SAME', W_std=1.4, b_std=0.1), stax.Relu()]
+    return stax.serial(*layers, top)
+
+
+def wrn_block(ch):
+    main = stax.serial(stax.Relu(), stax.Conv(ch, (3, 3), padding='SAME'), stax.Relu(),
+                       stax.Conv(ch, (3, 3), padding='SAME'))
+    return stax.serial(stax.FanOut(2), stax.parallel(main, stax.Identity()), stax.FanInSum())
+
+
+NETS = {
+    'fc': (stax.serial(*[stax.Dense(16, 1.5, 0.2), stax.Erf()] * 5, stax.Dense(1)), (3, 5)),
+    'conv_flatten': (conv_stack(5, stax.Flatten()), (3, 5, 4, 2)),
+    'conv_pool': (conv_stack(4, stax.GlobalAvgPool()), (2, 4, 3, 2)),
+    'residual': (stax.serial(stax.Conv(3, (3, 3), padding='SAME'), *[wrn_block(3)] * 3,
+                             stax.GlobalAvgPool(), stax.Dense(2)), (2, 4, 4, 2)),
+    'layernorm': (stax.serial(stax.Dense(8), *[stax.serial(stax.Dense(8), stax.LayerNorm(),
+                                                           stax.Gelu())] * 4, stax.Dense(1)),
+                  (3, 6)),
+}
+
+
+def kernels(net, x1, x2, roll):
+    plan = ntc.compile(net, x1.shape, ('nngp', 'ntk', 'cov1', 'cov2'), roll_loops=roll,
+                       dtype=jnp.float64)
+    return plan, plan(x1, x2)
+
+
+@pytest.mark.parametrize('name', NETS)
+def test_rolled_plans_equal_unrolled_ones(name):
+    net, shape = NETS[name]
+    rs = np.random.RandomState(0)
+    x1, x2 = rs.randn(*shape), rs.randn(2, *shape[1:])
+    rolled_plan, rolled = kernels(net, x1, x2, True)
+    flat_plan, flat = kernels(net, x1, x2, False)
+    assert loops(rolled_plan.graph) and not loops(flat_plan.graph)
+    for a, b in zip(rolled, flat):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    # x2 = None (the symmetric kernel) too
+    for a, b in zip(rolled_plan(x1), flat_plan(x1)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_conv_stack_rolls_into_conv_relu_iterations():
+    """21 × (Conv, Relu) + Flatten: the first Conv (3 input channels) and the last Relu (no
+    marginals needed after it) differ; between them, iterations end at the Relu, the expensive
+    value, so the loop carry stores it and the next Conv's stencil reads it from memory."""
+    plan = ntc.compile(conv_stack(21, stax.Flatten()), (4, 8, 8, 3))
+    (lp,) = loops(plan.graph)
+    kinds = [plan.graph.node(i).op.kind for i in lp.body]
+    assert kinds == ['Conv', 'Relu'] and lp.n == 19
+    assert plan.graph.node(lp.exit).path == 'serial[39].Relu'
+    assert 'loops 1 (19 × 2 nodes)' in plan.explain()
+    assert '[loop0.0]' in plan.explain() and '[loop0.18]' in plan.explain()
+
+
+def test_residual_blocks_roll_as_one_body():
+    """The first block reads a Gaussian value (a Conv output), the others a sum with a Relu
+    branch, so the first stays unrolled and the other blocks form the loop."""
+    net, shape = NETS['residual']
+    plan = ntc.compile(net, shape)
+    (lp,) = loops(plan.graph)
+    kinds = [plan.graph.node(i).op.kind for i in lp.body]
+    assert lp.n == 2 and kinds.count('Conv') == 2 and kinds[-1] == 'FanInSum'
+
+
+def test_layers_that_differ_are_not_rolled():
+    net = stax.serial(*[stax.serial(stax.Dense(8, w), stax.Relu()) for w in (1.0, 1.1, 1.2)])
+    assert not loops(ntc.compile(net, (2, 4)).graph)
+    assert not loops(ntc.compile(conv_stack(3, stax.Flatten()), (2, 5, 5, 2),
+                                 reference=True).graph)
+
+
+def test_program_size_does_not_grow_with_depth():
+    x = np.random.RandomState(1).randn(2, 6, 6, 1)
+
+    def program(depth):
+        plan = ntc.compile(conv_stack(depth, stax.Flatten()), x.shape)
+        return plan.fn.lower(x, None).as_text()
+
+    small, large = program(6), program(60)
+    assert abs(len(small) - len(large)) < 40  # only the trip count differs
+
+
+def test_masked_inputs_run_unrolled_with_the_same_result():
+    net, shape = NETS['conv_flatten']
+    x = np.random.RandomState(2).randn(*shape)
+    x[0, 1, :, :] = 0.5
+    kf = net.kernel_fn
+    rolled = kf(x, None, 'nngp', mask_constant=0.5)
+    plan = ntc.compile(net, shape, 'nngp', roll_loops=False, dtype=jnp.float64)
+    np.testing.assert_allclose(rolled, plan(x, None, mask_constant=0.5), rtol=1e-12)
+
+
+def test_loop_marks_survive_the_graph_dict_round_trip():
+    plan = ntc.compile(NETS['fc'][0], (2, 5))
+    g = plan.graph
+    assert Graph.from_dict(g.to_dict()) == g
+    assert spec.dump(NETS['fc'][0])  # the net itself is unchanged by rolling
