@@ -114,3 +114,14 @@ def test_loop_marks_survive_the_graph_dict_round_trip():
     g = plan.graph
     assert Graph.from_dict(g.to_dict()) == g
     assert spec.dump(NETS['fc'][0])  # the net itself is unchanged by rolling
+
+
+def test_the_verifier_rejects_corrupted_loop_marks():
+    from ntc.passes.verify import problems
+    plan = ntc.compile(conv_stack(5, stax.Flatten()), (2, 5, 5, 2))
+    g = plan.graph.copy()
+    (lp,) = loops(g)
+    assert not problems(g)
+    last = max(lp.members, key=g.order().index)
+    g.replace(last, op=stax.Erf().graph().node(1).op)  # iteration n-1 now differs
+    assert any('differs from iteration 0' in p for p in problems(g))

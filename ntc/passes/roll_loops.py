@@ -164,3 +164,26 @@ def loops(g: Graph) -> list[Loop]:
         out.append(Loop(id=lid, entry=entry, body=body, n=1 + max(g.node(i).loop[1] for i in ids),
                         exit=ids[-1], members=frozenset(ids)))
     return out
+
+
+def loop_problems(g: Graph) -> list[str]:
+    """Invariant violations of the loop marks: every iteration of a loop must equal its first
+    (ops, types, layouts, wiring) and the carry must keep its type and layout."""
+    out = []
+    for lp in loops(g):
+        ids = sorted(lp.members, key=g.order().index)
+        size = len(lp.body)
+        if len(ids) != size * lp.n:
+            out.append(f'loop {lp.id}: {len(ids)} nodes is not {lp.n} iterations of {size}')
+            continue
+        first = _signature(g, lp.entry, list(lp.body))
+        if first is None or not _carries(g, lp.entry, lp.body[-1]):
+            out.append(f'loop {lp.id}: its body is not self-contained or changes the carry')
+            continue
+        for k in range(1, lp.n):
+            block = ids[k * size:(k + 1) * size]
+            if _signature(g, ids[k * size - 1], block) != first:
+                out.append(f'loop {lp.id}: iteration {k} differs from iteration 0 '
+                           f'({g.node(block[0]).path})')
+                break
+    return out

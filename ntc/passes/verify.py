@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..errors import PassError
 from ..ir.graph import Graph
 from ..ir.types import SPATIAL_RANK
+from .roll_loops import loop_problems
 
 
 def problems(g: Graph, orders_fixed: bool = True) -> list[str]:
@@ -41,6 +42,8 @@ def problems(g: Graph, orders_fixed: bool = True) -> list[str]:
                 n.cov.axis_order:
             out.append(f'{n.path}: output order {n.cov.axis_order} does not follow from input '
                        f'order {ins[0].cov.axis_order}')
+    if laid_out:
+        out += loop_problems(g)
     return out
 
 
