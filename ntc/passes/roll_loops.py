@@ -79,53 +79,105 @@ def _carries(g: Graph, entry: int, exit_: int) -> bool:
     return a.ttype == b.ttype and a.cov == b.cov
 
 
-def _run_at(g: Graph, segs, i: int, p: int) -> int:
-    """How many equal iterations of p segments start at segment i (0 if the first one cannot
-    be a loop body: too large, not self-contained, or not keeping the carry's layout)."""
-    entry = segs[i][0]
-    block = [nid for _, ns in segs[i:i + p] for nid in ns]
-    if len(block) > MAX_BODY_NODES:
-        return 0
-    sig = _signature(g, entry, block)
-    if sig is None or not _carries(g, entry, block[-1]):
-        return 0
-    count = 1
-    while i + (count + 1) * p <= len(segs):
-        nxt = segs[i + count * p: i + (count + 1) * p]
-        if _signature(g, nxt[0][0], [nid for _, ns in nxt for nid in ns]) != sig:
-            break
-        count += 1
-    return count
+def _segment_ids(g: Graph, segs) -> list[int]:
+    """An id per segment, equal for segments that would be equal iterations: the same ops,
+    types, layouts and wiring (inputs named by their distance back in execution order).
+    Segments holding an Input node get ids of their own."""
+    order = g.order()
+    pos = {nid: i for i, nid in enumerate(order)}
+    table: dict = {}
+    unhashable: list = []
+    out = []
+    for k, (_, nodes) in enumerate(segs):
+        desc = []
+        for nid in nodes:
+            n = g.node(nid)
+            if n.op.kind == 'Input':
+                desc = None
+                break
+            desc.append((n.op, n.ttype, n.cov, n.materialize,
+                         tuple(pos[nid] - pos[i] for i in g.inputs(nid))))
+        if desc is None:
+            out.append(-1 - k)
+            continue
+        desc = tuple(desc)
+        try:
+            out.append(table.setdefault(desc, len(table) + len(unhashable)))
+        except TypeError:  # an op holding unhashable values: compare by equality
+            for d, i in unhashable:
+                if d == desc:
+                    out.append(i)
+                    break
+            else:
+                unhashable.append((desc, len(table) + len(unhashable)))
+                out.append(unhashable[-1][1])
+    return out
+
+
+def _prefix_sizes(segs) -> list[int]:
+    """ends[k] = number of nodes in segments 0..k-1."""
+    ends = [0]
+    for _, nodes in segs:
+        ends.append(ends[-1] + len(nodes))
+    return ends
+
+
+def _candidates(g: Graph, segs) -> dict[int, dict[int, int]]:
+    """{period p: {start segment i: iterations}} for every loop body of p segments that starts
+    at i, repeats at least twice and keeps the carry's type and layout.  Tandem repeats of the
+    segment ids: L[i] counts the consecutive j ≥ i with id[j] = id[j + p]."""
+    ids = _segment_ids(g, segs)
+    m = len(segs)
+    ends = _prefix_sizes(segs)
+    out: dict[int, dict[int, int]] = {}
+    for p in range(1, min(m // 2, MAX_BODY_NODES) + 1):
+        same = [0] * (m + 1)
+        for i in reversed(range(m - p)):
+            same[i] = same[i + 1] + 1 if ids[i] == ids[i + p] else 0
+        found = {}
+        for i in range(m - p):
+            count = 1 + same[i] // p
+            if count < 2:
+                continue
+            fits = ends[i + p] - ends[i] <= MAX_BODY_NODES
+            if fits and _carries(g, segs[i][0], segs[i + p - 1][1][-1]):
+                found[i] = count
+        if found:
+            out[p] = found
+    return out
 
 
 def find_runs(g: Graph) -> list[tuple[int, list[int], int, int]]:
     """(entry, nodes of the run, period in nodes, iterations) of every run to roll.
 
-    Of the rotations of a run, the one whose iterations end at their most expensive node is
-    taken (it may lose an iteration to the unrolled edges): the loop carry is always stored,
-    so the expensive value is computed once and read by the next iteration's stencils, instead
-    of being fused into them and recomputed per read."""
+    Scanning from the input, the period covering the most nodes from the current segment is
+    taken (ties: the shorter period).  Of its rotations (starts within two periods), the one
+    whose iterations end at their most expensive node is taken, if it loses at most one
+    iteration: the loop carry is always stored, so the expensive value is computed once and read
+    by the next iteration's stencils, instead of being fused into them and recomputed per
+    read."""
     segs = _segments(g)
+    cands = _candidates(g, segs)
+    ends = _prefix_sizes(segs)
     runs, i = [], 0
     while i < len(segs):
         best = None  # ((most nodes covered, -period size), start, period, count)
-        for p in range(1, (len(segs) - i) // 2 + 1):
-            found = []  # (nodes covered, exit cost, period size, start, count) per rotation
-            for r in range(2 * p):
-                count = _run_at(g, segs, i + r, p) if i + r + 2 * p <= len(segs) else 0
-                if count >= 2:
-                    size = sum(len(ns) for _, ns in segs[i + r:i + r + p])
-                    exit_cost = g.node(segs[i + r + p - 1][1][-1]).op.flops_per_entry
-                    found.append((count * size, exit_cost, size, i + r, count))
-            if not found:
+        for p, found in cands.items():
+            options = []  # (nodes covered, exit cost, period size, start, count)
+            for start in range(i, min(i + 2 * p, len(segs))):
+                count = found.get(start)
+                if count is None:
+                    continue
+                size = ends[start + p] - ends[start]
+                exit_cost = g.node(segs[start + p - 1][1][-1]).op.flops_per_entry
+                options.append((count * size, exit_cost, size, start, count))
+            if not options:
                 continue
-            most = max(f[0] for f in found)
-            covered, _, size, start, count = max(
-                (f for f in found if f[0] >= most - f[2]), key=lambda f: (f[1], f[0]))
+            most = max(o[0] for o in options)
+            _, _, size, start, count = max((o for o in options if o[0] >= most - o[2]),
+                                           key=lambda o: (o[1], o[0]))
             if best is None or (most, -size) > best[0]:
                 best = ((most, -size), start, p, count)
-            if most >= 2 * MAX_BODY_NODES:
-                break
         if best is None:
             i += 1
             continue
