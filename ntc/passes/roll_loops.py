@@ -34,14 +34,15 @@ MAX_BODY_NODES = 64
 @dataclass(frozen=True)
 class Loop:
     """A rolled run: `body` (iteration 0's node ids, in order) runs `n` times on the carry that
-    enters from `entry`; the run's last node is `exit`; `members` are all its nodes."""
+    enters from `entry`; the run's last node is `exit`; `members` are all its nodes, in
+    execution order."""
 
     id: int
     entry: int
     body: tuple[int, ...]
     n: int
     exit: int
-    members: frozenset[int]
+    members: tuple[int, ...]
 
 
 def _segments(g: Graph) -> list[tuple[int, list[int]]]:
@@ -60,9 +61,10 @@ def _segments(g: Graph) -> list[tuple[int, list[int]]]:
     return out
 
 
-def _signature(g: Graph, entry: int, nodes: list[int]):
+def _signature(g: Graph, entry: int, nodes) -> tuple | None:
     """What must agree between two iterations: each node's op, types, layout and wiring, with
-    inputs named by position relative to the iteration's entry."""
+    inputs named by position relative to the iteration's entry (None if a node is an Input or
+    reads from outside the iteration)."""
     local = {entry: 0, **{nid: i + 1 for i, nid in enumerate(nodes)}}
     sig = []
     for nid in nodes:
@@ -71,7 +73,7 @@ def _signature(g: Graph, entry: int, nodes: list[int]):
         if any(i not in local for i in ins) or n.op.kind == 'Input':
             return None
         sig.append((n.op, n.ttype, n.cov, n.materialize, tuple(local[i] for i in ins)))
-    return sig
+    return tuple(sig)
 
 
 def _carries(g: Graph, entry: int, exit_: int) -> bool:
@@ -80,36 +82,25 @@ def _carries(g: Graph, entry: int, exit_: int) -> bool:
 
 
 def _segment_ids(g: Graph, segs) -> list[int]:
-    """An id per segment, equal for segments that would be equal iterations: the same ops,
-    types, layouts and wiring (inputs named by their distance back in execution order).
-    Segments holding an Input node get ids of their own."""
-    order = g.order()
-    pos = {nid: i for i, nid in enumerate(order)}
+    """An id per segment, equal for segments whose `_signature`s are equal (segments that
+    would be equal iterations); segments holding an Input node get ids of their own."""
     table: dict = {}
     unhashable: list = []
     out = []
-    for k, (_, nodes) in enumerate(segs):
-        desc = []
-        for nid in nodes:
-            n = g.node(nid)
-            if n.op.kind == 'Input':
-                desc = None
-                break
-            desc.append((n.op, n.ttype, n.cov, n.materialize,
-                         tuple(pos[nid] - pos[i] for i in g.inputs(nid))))
-        if desc is None:
+    for k, (entry, nodes) in enumerate(segs):
+        sig = _signature(g, entry, nodes)
+        if sig is None:
             out.append(-1 - k)
             continue
-        desc = tuple(desc)
         try:
-            out.append(table.setdefault(desc, len(table) + len(unhashable)))
+            out.append(table.setdefault(sig, len(table) + len(unhashable)))
         except TypeError:  # an op holding unhashable values: compare by equality
             for d, i in unhashable:
-                if d == desc:
+                if d == sig:
                     out.append(i)
                     break
             else:
-                unhashable.append((desc, len(table) + len(unhashable)))
+                unhashable.append((sig, len(table) + len(unhashable)))
                 out.append(unhashable[-1][1])
     return out
 
@@ -122,13 +113,12 @@ def _prefix_sizes(segs) -> list[int]:
     return ends
 
 
-def _candidates(g: Graph, segs) -> dict[int, dict[int, int]]:
+def _candidates(g: Graph, segs, ends: list[int]) -> dict[int, dict[int, int]]:
     """{period p: {start segment i: iterations}} for every loop body of p segments that starts
     at i, repeats at least twice and keeps the carry's type and layout.  Tandem repeats of the
     segment ids: L[i] counts the consecutive j ≥ i with id[j] = id[j + p]."""
     ids = _segment_ids(g, segs)
     m = len(segs)
-    ends = _prefix_sizes(segs)
     out: dict[int, dict[int, int]] = {}
     for p in range(1, min(m // 2, MAX_BODY_NODES) + 1):
         same = [0] * (m + 1)
@@ -157,8 +147,8 @@ def find_runs(g: Graph) -> list[tuple[int, list[int], int, int]]:
     by the next iteration's stencils, instead of being fused into them and recomputed per
     read."""
     segs = _segments(g)
-    cands = _candidates(g, segs)
     ends = _prefix_sizes(segs)
+    cands = _candidates(g, segs, ends)
     runs, i = [], 0
     while i < len(segs):
         best = None  # ((most nodes covered, -period size), start, period, count)
@@ -214,7 +204,7 @@ def loops(g: Graph) -> list[Loop]:
         body = tuple(nid for nid in ids if g.node(nid).loop[1] == 0)
         (entry,) = {s for nid in body for s in g.inputs(nid) if s not in body}
         out.append(Loop(id=lid, entry=entry, body=body, n=1 + max(g.node(i).loop[1] for i in ids),
-                        exit=ids[-1], members=frozenset(ids)))
+                        exit=ids[-1], members=tuple(ids)))
     return out
 
 
@@ -223,12 +213,12 @@ def loop_problems(g: Graph) -> list[str]:
     (ops, types, layouts, wiring) and the carry must keep its type and layout."""
     out = []
     for lp in loops(g):
-        ids = sorted(lp.members, key=g.order().index)
+        ids = lp.members
         size = len(lp.body)
         if len(ids) != size * lp.n:
             out.append(f'loop {lp.id}: {len(ids)} nodes is not {lp.n} iterations of {size}')
             continue
-        first = _signature(g, lp.entry, list(lp.body))
+        first = _signature(g, lp.entry, lp.body)
         if first is None or not _carries(g, lp.entry, lp.body[-1]):
             out.append(f'loop {lp.id}: its body is not self-contained or changes the carry')
             continue
