@@ -194,7 +194,7 @@ def test_three_processes_compute_one_kernel_and_solve_it_with_cg(job):
 def _journal_tiles(store):
     keys = set()
     for f in store.glob('manifest*.log'):
-        keys |= {ln.split()[0] for ln in f.read_text().splitlines() if len(ln.split()) == 2}
+        keys |= {ln.split()[0] for ln in f.read_text().splitlines() if len(ln.split()) == 3}
     return keys
 
 

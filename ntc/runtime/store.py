@@ -13,10 +13,27 @@ Several processes (`ntc.runtime.distributed`) share one store: one of them write
 the others `attach` to it, which checks that they run the same job, and each appends to its own
 journal `manifest.p<I>.log` (no two writers ever share a file, so the journal stays intact on
 file systems without atomic appends, such as NFS).  Readers take the union of all journals.
+
+What keeps jobs apart:
+
+- The job (`Job`) records everything that determines the numbers: the plan's fingerprint (user
+  functions hashed by value, see `ntc.plan.value_fingerprint`), the keyword inputs, hashes of
+  x1 and x2, their dtype, the precision in effect (jax_enable_x64), the kernels asked for, and
+  the tile grid.
+- Every journal line carries the id of its job (a hash of the `Job`): a line of another job,
+  left behind when `manifest.json` was deleted, never counts.  A store directory holding
+  journals or tiles but no manifest is refused as a whole.
+- One job at a time: `open` takes an exclusive `flock` on the file `lock`, which the OS releases
+  when the process ends, so a crashed job never leaves the store locked.  The processes of one
+  multi-process job `attach` without taking it.
+- A write that fails (disk full, read-only file system, no permission) raises `StoreError` and
+  leaves no tile recorded as done.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -31,6 +48,7 @@ from ..errors import StoreError
 
 MANIFEST = 'manifest.json'
 JOURNAL = 'manifest.log'
+LOCK = 'lock'
 
 
 def array_hash(x) -> str:
@@ -56,6 +74,14 @@ class Job:
     n2: int
     tile: int
     symmetric: bool
+    precision: str = ''  # 'x64' or 'x32': jax_enable_x64 when the job ran
+    kwargs: str = 'none'  # fingerprint of the kernel function's keyword inputs
+
+    @property
+    def id(self) -> str:
+        """A short hash of every field: what each journal line is tagged with."""
+        body = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(body).hexdigest()[:16]
 
 
 @dataclass
@@ -70,23 +96,49 @@ def differences(a: Job, b: Job) -> list[str]:
     return [k for k in da if da[k] != db[k]]
 
 
+def _describe(field_name: str, stored: Job, now: Job) -> str:
+    """A mismatching field, with both values where they are short enough to read."""
+    a, b = getattr(stored, field_name), getattr(now, field_name)
+    if field_name in ('precision', 'dtype', 'tile', 'n1', 'n2', 'get', 'symmetric'):
+        return f'{field_name}: {a} in the store, {b} now'
+    return field_name
+
+
+_WHY = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is exceeded',
+        errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission denied',
+        errno.EPERM: 'permission denied'}
+
+
+def write_error(path, e: OSError) -> StoreError:
+    """A one-line StoreError for a failed write of `path`."""
+    why = _WHY.get(e.errno, e.strerror or str(e))
+    return StoreError(f'cannot write {path}: {why}',
+                      hint='free some space or choose a writable directory, then rerun with '
+                           'resume=True (finished tiles are kept)')
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
+    """Write `data` to `path` atomically (temporary file, fsync, rename); StoreError on failure,
+    with no partial file left behind."""
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
+        tmp = None
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        raise write_error(path, e) from None
     finally:
-        os.close(dfd)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class TileStore:
@@ -96,6 +148,7 @@ class TileStore:
         self.path = Path(path)
         self.writer = writer  # process id: each process appends to its own journal
         self.manifest: Manifest | None = None
+        self._lock_fd: int | None = None
 
     @property
     def journal(self) -> Path:
@@ -105,13 +158,31 @@ class TileStore:
     # -- opening -------------------------------------------------------------------------------
 
     def open(self, job: Job, resume: bool) -> None:
-        """Start (or, with `resume`, continue) `job` in this store."""
+        """Start (or, with `resume`, continue) `job` in this store, holding its lock until
+        `close`."""
         if not self.path.parent.exists():
             raise StoreError(f'the directory {self.path.parent} does not exist',
                              hint='create it first or choose another store path')
-        self.path.mkdir(exist_ok=True)
+        try:
+            self.path.mkdir(exist_ok=True)
+        except OSError as e:
+            raise write_error(self.path, e) from None
+        self.lock()
+        try:
+            self._open_locked(job, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_locked(self, job: Job, resume: bool) -> None:
         existing = self._read_manifest()
         if existing is None:
+            orphans = self._orphans()
+            if orphans:
+                raise StoreError(f'{self.path} holds {len(orphans)} tile or journal files (e.g. '
+                                 f'{orphans[0]}) but no {MANIFEST}: they belong to an unknown job',
+                                 hint='delete the directory (or use a new store path) to start '
+                                      'a new job')
             self.manifest = Manifest(job)
             body = json.dumps({'job': asdict(job)}, indent=1, sort_keys=True).encode()
             _atomic_write(self.path / MANIFEST, body)
@@ -122,8 +193,55 @@ class TileStore:
         mismatch = differences(existing.job, job)
         if mismatch:
             raise StoreError(f'{self.path} holds tiles of another job (different '
-                             f'{", ".join(mismatch)})', hint='use a new store path for this job')
+                             f'{", ".join(_describe(f, existing.job, job) for f in mismatch)})',
+                             hint='use a new store path for this job')
         self.manifest = existing
+
+    def _orphans(self) -> list[str]:
+        """Tile and journal files in the directory (there should be none without a manifest)."""
+        return sorted(f.name for f in self.path.iterdir()
+                      if f.name.startswith(('tile_', 'manifest')) and f.name != MANIFEST)
+
+    def lock(self) -> None:
+        """Take the store's exclusive lock (StoreError when another job holds it)."""
+        if self._lock_fd is not None:
+            return
+        f = self.path / LOCK
+        try:
+            fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_error(f, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 64, 0).decode(errors='replace').strip() or 'another process'
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreError(f'{self.path} is in use by another job ({holder})',
+                                 hint='wait for it to finish, or use another store path') \
+                    from None
+            raise write_error(f, e) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f'pid {os.getpid()} on {os.uname().nodename}\n'.encode(), 0)
+        except OSError:
+            pass  # the note is for humans; the lock is what counts
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the lock (the OS does it too when the process ends)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    __del__ = close
+
+    def recorded_job(self) -> Job | None:
+        """The job recorded in the store's manifest, or None when there is none (yet)."""
+        if not self.path.is_dir():
+            return None
+        existing = self._read_manifest()
+        return None if existing is None else existing.job
 
     def attach(self, job: Job) -> list[str]:
         """Join the job whose manifest another process wrote; returns the fields of `job` that
@@ -151,24 +269,26 @@ class TileStore:
         if not f.exists():
             return None
         try:
-            job = Job(**json.loads(f.read_text())['job'])
+            stored = Job(**json.loads(f.read_text())['job'])
         except (ValueError, KeyError, TypeError) as e:
             raise StoreError(f'{f} is not a valid manifest: {e}',
                              hint='move the store aside and start a new one') from e
-        return Manifest(job, self._read_journal())
+        return Manifest(stored, self._read_journal(stored.id))
 
-    def _read_journal(self) -> dict[str, set]:
+    def _read_journal(self, job_id: str) -> dict[str, set]:
+        """Tile key -> sha256s recorded by the journal lines of job `job_id` (lines of any
+        other job, torn lines and lines of older formats are ignored)."""
         done: dict[str, set] = {}
         for f in sorted(self.path.glob('manifest*.log')):
             for line in f.read_text(errors='replace').splitlines():
                 parts = line.split()
-                if len(parts) == 2 and len(parts[1]) == 64:  # a torn last line is skipped
+                if len(parts) == 3 and parts[2] == job_id and len(parts[1]) == 64:
                     done.setdefault(parts[0], set()).add(parts[1])
         return done
 
     def refresh(self) -> None:
         """Re-read the journals (tiles other processes finished meanwhile)."""
-        for key, digests in self._read_journal().items():
+        for key, digests in self._read_journal(self.manifest.job.id).items():
             self.manifest.done.setdefault(key, set()).update(digests)
 
     def recorded(self) -> int:
@@ -212,10 +332,15 @@ class TileStore:
         key = self.key(i, j)
         _atomic_write(self._file(key), data)
         digest = hashlib.sha256(data).hexdigest()
-        fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        line = f'{key} {digest} {self.manifest.job.id}\n'.encode()
         try:
-            os.write(fd, f'{key} {digest}\n'.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                if os.write(fd, line) != len(line):
+                    raise OSError(errno.ENOSPC, 'short write')
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise write_error(self.journal, e) from None
         self.manifest.done.setdefault(key, set()).add(digest)
