@@ -6,12 +6,21 @@
 - Each step sends one tile to every device of a 1-D mesh with `jax.shard_map`; the next step is
   dispatched before the previous one is fetched, so transfers overlap compute.
 - When x2 is None (or is x1) only the tiles on and above the diagonal are computed; each is
-  mirrored (batch axes and every spatial pair swapped).  Diagonal tiles go through the
-  `x2=None` path, so their semantics are those of the un-tiled call.
+  mirrored according to the output layout the plan records (batch axes swapped, and both sides
+  of every spatial pair for a FULL spatial covariance; a DIAG one has no pairs).  Diagonal
+  tiles go through the `x2=None` path, so their semantics are those of the un-tiled call.  A
+  foreign kernel function (no plan) is mirrored only when its kernels are 2-D; otherwise every
+  tile is computed.
+- The batch axis is the plan's (NT's `batch_axis`): x1 and x2 are tiled along it.
 - `batch_size=None` picks the largest tile whose peak memory, from the plan's cost model, fits
-  in the free memory of a device; a tile that still runs out of memory is halved.
+  in the free memory of a device; a tile that still runs out of memory is halved (without a
+  store).  A resumed job reuses the tile recorded in its store, whatever the memory is now.
+- Every tile is checked on the host: a non-finite value raises `NumericalError` naming the
+  tile, and is never saved.
 - With a `TileStore`, each finished tile is saved atomically and a rerun with `resume=True`
-  skips it.  `out=` assembles the result in a memory-mapped `.npy` file.
+  skips it (see `ntc.runtime.store` for what makes two jobs the same).  `out=` assembles the
+  result in a memory-mapped `.npy` file whose space is reserved before computing, under a
+  temporary name (`OUT.partial`) renamed to `OUT` only when the result is complete.
 """
 
 from __future__ import annotations
@@ -29,9 +38,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..api import compile as compile_plan
 from ..api import normalize_get
-from ..errors import InputError, StoreError
-from ..plan import KernelPlan, result_type
-from .store import Job, TileStore, array_hash
+from ..errors import InputError, NumericalError, StoreError
+from ..plan import KernelPlan, Unfingerprintable, result_type, value_fingerprint
+from .store import Job, TileStore, array_hash, write_error
 
 AXIS = 'tiles'
 MEMORY_SAFETY = 3.0  # XLA temporaries beyond the covariances the cost model counts
@@ -60,10 +69,16 @@ def _as_dict(res, names) -> dict:
     return {n: getattr(res, n) for n in names}
 
 
-def _mirror(x):
-    """K(x2, x1) from K(x1, x2): swap the batch axes and the two sides of every spatial pair."""
-    axes = [1, 0] + [a for p in range(2, x.ndim, 2) for a in (p + 1, p)]
+def _mirror(x, pairs: bool):
+    """K(x2, x1) from K(x1, x2): swap the batch axes and, when the spatial axes come in pairs
+    (a FULL spatial covariance, (N1, N2, s1, s1', s2, s2', ...)), the two sides of each pair."""
+    axes = [1, 0] + ([a for p in range(2, x.ndim, 2) for a in (p + 1, p)] if pairs
+                     else list(range(2, x.ndim)))
     return np.transpose(x, axes[:x.ndim])
+
+
+def _precision() -> str:
+    return 'x64' if jax.config.jax_enable_x64 else 'x32'
 
 
 def _pad_rows(x, n):
@@ -132,6 +147,9 @@ class BatchedKernelFn:
         self.fingerprint = fingerprint
         self.stats = BatchStats()
         self._steps: dict = {}
+        self._batch_axis = 0  # of x1 and x2, from the plan (NT's batch_axis)
+        self._pairs = False  # whether the kernels' spatial axes come in pairs (FULL spatial)
+        self._partials: list[tuple[str, str]] = []
 
     # -- what to compute -------------------------------------------------------------------------
 
@@ -142,44 +160,82 @@ class BatchedKernelFn:
         return None if net is None else compile_plan(net, x1.shape, names, dtype=x1.dtype)
 
     def _call(self, a, b, names, kwargs):
+        """The kernels of one tile; `a` and `b` have their batch axis first."""
+        a = jnp.moveaxis(a, 0, self._batch_axis)
+        b = None if b is None else jnp.moveaxis(b, 0, self._batch_axis)
         if isinstance(self.kernel_fn, KernelPlan):
-            out = self.kernel_fn.raw(a, b)
+            out = self.kernel_fn.raw(a, b, **kwargs)
             return {n: out[n] for n in names}
         get = names[0] if len(names) == 1 else names
         return _as_dict(self.kernel_fn(a, b, get, **kwargs), names)
 
     def _step(self, names, symmetric_tile: bool, kwargs):
-        """A jitted function computing one tile per device: (D, b, ...) inputs -> outputs."""
-        key = (names, symmetric_tile, tuple(sorted(kwargs.items())) if kwargs else ())
+        """A jitted function computing one tile per device: (D, b, ...) inputs -> outputs, and
+        the keyword arrays it takes.  Array leaves of `kwargs` (e.g. an empirical kernel's
+        `params`) are traced arguments, replicated on every device; other leaves are static."""
+        leaves, tree = jax.tree_util.tree_flatten(kwargs)
+        is_array = tuple(isinstance(v, (np.ndarray, jax.Array)) for v in leaves)
+        static = tuple(None if arr else v for v, arr in zip(leaves, is_array))
+        arrays = [v for v, arr in zip(leaves, is_array) if arr]
+        try:
+            hash(static)
+            static_key = static
+        except TypeError:
+            static_key = value_fingerprint(static, 'a keyword argument')
+        key = (names, symmetric_tile, tree, is_array, static_key)
         if key not in self._steps:
             mesh = Mesh(np.array(self.devices), (AXIS,))
             spec = PartitionSpec(AXIS)
 
-            def one(a, b):
-                out = self._call(a[0], None if symmetric_tile else b[0], names, kwargs)
+            def one(a, b, arrs):
+                it = iter(arrs)
+                vals = [next(it) if arr else v for v, arr in zip(static, is_array)]
+                kw = jax.tree_util.tree_unflatten(tree, vals)
+                out = self._call(a[0], None if symmetric_tile else b[0], names, kw)
                 return {n: v[None] for n, v in out.items()}
 
-            fn = jax.shard_map(one, mesh=mesh, in_specs=(spec, spec), out_specs=spec,
-                               check_vma=False)
+            fn = jax.shard_map(one, mesh=mesh, in_specs=(spec, spec, PartitionSpec()),
+                               out_specs=spec, check_vma=False)
             self._steps[key] = (jax.jit(fn), NamedSharding(mesh, spec))
-        return self._steps[key]
+        return self._steps[key] + (arrays,)
 
     # -- the call ----------------------------------------------------------------------------------
 
-    def _prepare(self, x1, x2, get):
-        """(x1, x2, symmetric, names, form, plan): the call's inputs, normalised and checked."""
+    def _prepare(self, x1, x2, get, kwargs=None):
+        """(x1, x2, symmetric, names, form, plan): the call's inputs, normalised and checked,
+        with the batch axis moved first.  `symmetric` is False when x2 is given, or when the
+        kernel's layout is unknown (a foreign kernel function with kernels of more than two
+        axes): then every tile is computed, none mirrored."""
         names, form = normalize_get(get)
         if isinstance(self.kernel_fn, KernelPlan) and get is None:
             names, form = self.kernel_fn.opts.get, 'tuple'
-        x1 = np.asarray(x1)
         symmetric = x2 is None or x2 is x1
-        x2n = x1 if symmetric else np.asarray(x2)
+        x1 = np.asarray(x1)
+        plan = self._plan(x1, names)
+        self._batch_axis = plan.input_type.batch if plan is not None else 0
+        x1 = np.moveaxis(x1, self._batch_axis, 0)
+        x2n = x1 if symmetric else np.moveaxis(np.asarray(x2), self._batch_axis, 0)
         if x2n.shape[1:] != x1.shape[1:]:
-            raise InputError(f'x1 has shape {x1.shape} and x2 has shape {x2n.shape}: they must '
-                             'have the same feature shape (all axes but the batch axis)')
-        return x1, x2n, symmetric, names, form, self._plan(x1, names)
+            raise InputError(f'x1 has shape {x1.shape} and x2 has shape {x2n.shape} (batch axis '
+                             'first): they must have the same feature shape (all axes but the '
+                             'batch axis)')
+        if plan is not None:
+            self._pairs = plan.graph.node(plan.graph.output).cov.spatial == 'FULL'
+        elif symmetric:
+            self._pairs = False
+            symmetric = self._foreign_is_2d(x1, names, kwargs or {})
+        return x1, x2n, symmetric, names, form, plan
 
-    def _tile_size(self, plan, n1, n2, symmetric: bool = False) -> int:
+    def _foreign_is_2d(self, x1, names, kwargs) -> bool:
+        """Whether a kernel function without a plan gives 2-D kernels (then mirroring a tile is
+        a transpose); False when that cannot be told without running it."""
+        try:
+            out = jax.eval_shape(lambda a: self._call(a, None, names, kwargs), x1[:2])
+        except Exception:  # noqa: BLE001  (any failure to trace: compute every tile)
+            return False
+        return all(len(out[n].shape) == 2 for n in names if n in ('nngp', 'ntk'))
+
+    def _auto_tile_size(self, plan, n1, n2, symmetric: bool = False) -> int:
         tile = self.batch_size or (auto_tile(plan, max(n1, n2), self.devices[0]) if plan
                                    else min(256, max(n1, n2)))
         if symmetric and self.batch_size is None:
@@ -189,29 +245,51 @@ class BatchedKernelFn:
         return min(tile, max(n1, n2))
 
     def __call__(self, x1, x2=None, get=None, *, out=None, **kwargs):
-        x1, x2n, symmetric, names, form, plan = self._prepare(x1, x2, get)
+        x1, x2n, symmetric, names, form, plan = self._prepare(x1, x2, get, kwargs)
         tile = self._tile_size(plan, x1.shape[0], x2n.shape[0], symmetric)
         while True:
             try:
                 return self._run(x1, x2n, symmetric, names, form, tile, plan, out, kwargs)
             except jax.errors.JaxRuntimeError as e:
                 if ('RESOURCE_EXHAUSTED' not in str(e) or self.batch_size is not None
-                        or tile == 1 or self.stats.tiles_computed):
+                        or tile == 1 or self.stats.tiles_computed or self.store is not None):
                     raise
                 tile = max(1, tile // 2)  # a smaller tile fits: never fail for memory
 
-    def _job(self, x1, x2, symmetric, names, tile, plan) -> Job:
+    def _tile_size(self, plan, n1, n2, symmetric: bool = False, store=None) -> int:
+        """The tile: `batch_size`, the one recorded in a store being resumed, or automatic."""
+        store = store if store is not None else self.store
+        if self.batch_size is None and store is not None and self.resume:
+            recorded = store.recorded_job()
+            if recorded is not None:
+                return recorded.tile  # never lose finished tiles to a different memory budget
+        return self._auto_tile_size(plan, n1, n2, symmetric)
+
+    def _identity(self, plan) -> str:
+        """What the numbers depend on besides inputs and options: the job's name when the caller
+        gave one, else the plan's fingerprint, else the kernel function's (by value)."""
         if self.fingerprint is not None:
-            fp = self.fingerprint
-        elif plan is not None:
-            fp = plan.fingerprint()
-        else:
-            code = getattr(self.kernel_fn, '__code__', None)
-            fp = getattr(self.kernel_fn, '__qualname__', repr(self.kernel_fn)) + (
-                code.co_code.hex() if code is not None else '')
-        return Job(plan=fp, x1=array_hash(x1), x2='x1' if symmetric else array_hash(x2),
-                   dtype=str(x1.dtype), get=list(names), n1=x1.shape[0], n2=x2.shape[0],
-                   tile=tile, symmetric=symmetric)
+            return f'named:{self.fingerprint}'
+        try:
+            if plan is not None:
+                return plan.fingerprint()
+            return 'function:' + value_fingerprint(self.kernel_fn, 'kernel_fn')
+        except Unfingerprintable as e:
+            raise StoreError(f'cannot tell this job from another one to store or resume it: {e}',
+                             hint="name the job: ntc.batch(..., fingerprint='a name unique to "
+                                  "this network, its parameters and its inputs')") from None
+
+    def _job(self, x1, x2, symmetric, names, tile, plan, kwargs=None) -> Job:
+        """The identity of this computation (see `ntc.runtime.store.Job`)."""
+        try:
+            kw = value_fingerprint(kwargs, 'a keyword argument') if kwargs else 'none'
+        except Unfingerprintable as e:
+            raise StoreError(f'cannot fingerprint the keyword arguments: {e}',
+                             hint='pass concrete arrays and plain values') from None
+        return Job(plan=self._identity(plan), x1=array_hash(x1),
+                   x2='x1' if symmetric else array_hash(x2), dtype=str(x1.dtype),
+                   get=list(names), n1=x1.shape[0], n2=x2.shape[0], tile=tile,
+                   symmetric=symmetric, precision=_precision(), kwargs=kw)
 
     def _run(self, x1, x2, symmetric, names, form, tile, plan, out, kwargs):
         n1, n2 = x1.shape[0], x2.shape[0]
@@ -220,25 +298,54 @@ class BatchedKernelFn:
         tiles = tile_grid(n1, n2, tile, symmetric)
         self.stats = BatchStats(tile=tile, grid=(t1, t2), tiles_total=t1 * t2,
                                 tiles_skipped_symmetric=t1 * t2 - len(tiles))
-        if self.store is not None:
-            self.store.open(self._job(x1, x2, symmetric, names, tile, plan), self.resume)
         result: dict[str, np.ndarray] = {}
-        todo = []
-        for i, j in tiles:
-            saved = self.store.load(i, j) if self.store is not None else None
-            if saved is not None:
-                self._place(result, saved, i, j, n1, n2, tile, symmetric, names, out)
-                self.stats.tiles_resumed += 1
-            else:
-                todo.append((i, j))
-        bar = _progress(len(tiles), self.stats.tiles_resumed, self.progress)
-        diag = [t for t in todo if symmetric and t[0] == t[1]]
-        rest = [t for t in todo if t not in diag]
-        for group, sym_tile in ((diag, True), (rest, False)):
-            self._run_group(group, sym_tile, x1p, x2p, tile, names, kwargs, result,
-                            (n1, n2, symmetric, out), bar)
-        bar.close()
-        return self._finish(result, names, form, symmetric)
+        self._partials: list[tuple[str, str]] = []  # (temporary, final) output files
+        try:
+            if self.store is not None:
+                job = self._job(x1, x2, symmetric, names, tile, plan, kwargs)
+                self.store.open(job, self.resume)
+            if out is not None:  # reserve the output's space before computing anything
+                self._allocate_out(result, out, x1p, x2p, tile, n1, n2, names, kwargs,
+                                   symmetric)
+            todo = []
+            for i, j in tiles:
+                saved = self.store.load(i, j) if self.store is not None else None
+                if saved is not None:
+                    self._place(result, saved, i, j, n1, n2, tile, symmetric, names, out)
+                    self.stats.tiles_resumed += 1
+                else:
+                    todo.append((i, j))
+            bar = _progress(len(tiles), self.stats.tiles_resumed, self.progress)
+            diag = [t for t in todo if symmetric and t[0] == t[1]]
+            rest = [t for t in todo if t not in diag]
+            try:
+                for group, sym_tile in ((diag, True), (rest, False)):
+                    self._run_group(group, sym_tile, x1p, x2p, tile, names, kwargs, result,
+                                    (n1, n2, symmetric, out), bar)
+            finally:
+                bar.close()
+            return self._finish(result, names, form, symmetric)
+        finally:
+            for tmp, _ in self._partials:  # an unfinished output never looks complete
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            if self.store is not None:
+                self.store.close()
+
+    def _allocate_out(self, result, out, x1p, x2p, tile, n1, n2, names, kwargs, symmetric):
+        """Create the memory-mapped outputs of `out=`, their space reserved on disk.  The shapes
+        come from tracing one tile; a kernel function that cannot be traced gets its files when
+        its first tile arrives."""
+        try:
+            shapes = jax.eval_shape(lambda a, b: self._call(a, b, names, kwargs), x1p[:tile],
+                                    None if symmetric else x2p[:tile])
+        except Exception:  # noqa: BLE001  (allocated lazily in _place instead)
+            return
+        for name in names:
+            if name in ('nngp', 'ntk'):
+                sd = shapes[name]
+                result[name] = self._open_out(out, name, names, (n1, n2) + tuple(sd.shape[2:]),
+                                              sd.dtype)
 
     def _compute_share(self, x1, x2, symmetric, names, tile, share, kwargs):
         """Compute the tiles `share` (a list of (i, j)) and save them to the store, without
@@ -258,7 +365,7 @@ class BatchedKernelFn:
         if not group:
             return
         n_dev = len(self.devices)
-        step, sharding = self._step(names, sym_tile, kwargs)
+        step, sharding, arrays = self._step(names, sym_tile, kwargs)
         chunks = [group[k:k + n_dev] for k in range(0, len(group), n_dev)]
         pending = None
         for chunk in chunks + [None]:
@@ -267,7 +374,8 @@ class BatchedKernelFn:
                 padded = chunk + [chunk[-1]] * (n_dev - len(chunk))
                 a = np.stack([x1p[i * tile:(i + 1) * tile] for i, _ in padded])
                 b = np.stack([x2p[j * tile:(j + 1) * tile] for _, j in padded])
-                launched = (chunk, step(jax.device_put(a, sharding), jax.device_put(b, sharding)))
+                launched = (chunk, step(jax.device_put(a, sharding), jax.device_put(b, sharding),
+                                        arrays))
             if pending is not None:  # fetch the previous step while this one runs
                 self._collect(*pending, tile, names, result, place, bar)
             pending = launched
@@ -276,15 +384,22 @@ class BatchedKernelFn:
         n1, n2, symmetric, out = place
         device_of = {s.index[0].start or 0: s.device for s in outs[names[0]].addressable_shards}
         host = {n: np.asarray(v) for n, v in outs.items()}
+        bad = None
         for d, (i, j) in enumerate(chunk):
             arrays = {n: host[n][d] for n in names}
             self.stats.per_device[str(device_of[d])] += 1
+            if bad is None:
+                bad = _non_finite(arrays, i, j, tile, n1, n2)
+            if bad is not None:
+                continue  # the finite tiles of this step are still saved, never this one
             if self.store is not None:
                 self.store.save(i, j, arrays)
             if result is not None:
                 self._place(result, arrays, i, j, n1, n2, tile, symmetric, names, out)
             self.stats.tiles_computed += 1
             bar.update(1)
+        if bad is not None:
+            raise bad
 
     def _place(self, result, arrays, i, j, n1, n2, tile, symmetric, names, out):
         r0, c0 = i * tile, j * tile
@@ -294,11 +409,11 @@ class BatchedKernelFn:
             if name in ('nngp', 'ntk'):
                 full = result.get(name)
                 if full is None:
-                    full = result[name] = _allocate(out, name, names, (n1, n2) + x.shape[2:],
-                                                    x.dtype)
+                    full = result[name] = self._open_out(out, name, names,
+                                                         (n1, n2) + x.shape[2:], x.dtype)
                 full[r0:r0 + rows, c0:c0 + cols] = x[:rows, :cols]
                 if symmetric and i != j:
-                    full[c0:c0 + cols, r0:r0 + rows] = _mirror(x[:rows, :cols])
+                    full[c0:c0 + cols, r0:r0 + rows] = _mirror(x[:rows, :cols], self._pairs)
             elif name == 'cov1' or (name == 'cov2' and symmetric):
                 if j == (i if symmetric else 0):
                     full = result.setdefault(name, np.zeros((n1,) + x.shape[1:], x.dtype))
@@ -307,10 +422,25 @@ class BatchedKernelFn:
                 full = result.setdefault(name, np.zeros((n2,) + x.shape[1:], x.dtype))
                 full[c0:c0 + cols] = x[:cols]
 
+    def _open_out(self, out, name, names, shape, dtype):
+        """A result array: in memory, or memory-mapped under a temporary name (see `_finish`)."""
+        if out is None:
+            return np.zeros(shape, dtype)
+        final = _out_path(out, name, names)
+        tmp = final + '.partial'
+        self._partials.append((tmp, final))
+        return _allocate(tmp, shape, dtype)
+
     def _finish(self, result, names, form, symmetric):
         for arr in result.values():
             if isinstance(arr, np.memmap):
                 arr.flush()
+        for tmp, final in self._partials:  # complete: give the outputs their names
+            try:
+                os.replace(tmp, final)
+            except OSError as e:
+                raise write_error(final, e) from None
+        self._partials = []
         if self.store_on_device:
             result = {n: jnp.asarray(v) for n, v in result.items()}
         if form == 'one':
@@ -329,9 +459,8 @@ def tile_grid(n1: int, n2: int, tile: int, symmetric: bool) -> list[tuple[int, i
     return [(i, j) for i in range(t1) for j in range(t2) if not symmetric or j >= i]
 
 
-def _allocate(out, name, names, shape, dtype):
-    if out is None:
-        return np.zeros(shape, dtype)
+def _out_path(out, name, names) -> str:
+    """The file of kernel `name` for `out=` (one file per kernel when several are asked)."""
     path = os.fspath(out)
     if len([n for n in names if n in ('nngp', 'ntk')]) > 1:
         stem = path[:-4] if path.endswith('.npy') else path
@@ -340,7 +469,49 @@ def _allocate(out, name, names, shape, dtype):
     if not os.path.isdir(parent):
         raise StoreError(f'cannot write {path}: the directory {parent} does not exist',
                          hint='create the directory or choose another output path')
-    return np.lib.format.open_memmap(path, mode='w+', dtype=dtype, shape=shape)
+    return path
+
+
+def _allocate(path: str, shape, dtype) -> np.memmap:
+    """A `.npy` file at `path` memory-mapped for writing, its whole size reserved on disk up
+    front (`posix_fallocate`), so that a full disk is a StoreError now and never a SIGBUS
+    later."""
+    dtype = np.dtype(dtype)
+    header = {'descr': np.lib.format.dtype_to_descr(dtype), 'fortran_order': False,
+              'shape': tuple(int(d) for d in shape)}
+    try:
+        with open(path, 'wb') as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            offset = f.tell()
+            f.flush()
+            size = offset + math.prod(header['shape']) * dtype.itemsize
+            if hasattr(os, 'posix_fallocate'):
+                os.posix_fallocate(f.fileno(), 0, size)
+            else:
+                f.truncate(size)
+        return np.memmap(path, dtype=dtype, mode='r+', offset=offset, shape=header['shape'])
+    except OSError as e:
+        if os.path.exists(path):
+            os.unlink(path)
+        raise write_error(path, e) from None
+
+
+def _non_finite(arrays, i, j, tile, n1, n2) -> NumericalError | None:
+    """A NumericalError naming tile (i, j) when one of its kernels (padding cut off) holds a
+    NaN or an infinity; None when all are finite."""
+    r0, c0 = i * tile, j * tile
+    rows, cols = min(tile, n1 - r0), min(tile, n2 - c0)
+    for name, x in arrays.items():
+        x = np.asarray(x)
+        part = (x[:rows, :cols] if name in ('nngp', 'ntk') else x[:cols] if name == 'cov2'
+                else x[:rows])
+        if not np.isfinite(part).all():
+            return NumericalError(
+                f'tile ({i}, {j}) of {name} (rows {r0}:{r0 + rows}, columns {c0}:{c0 + cols}) '
+                'holds non-finite values; it was not saved',
+                hint=f'run kernel_fn on x1[{r0}:{r0 + rows}] and x2[{c0}:{c0 + cols}] to find the '
+                     'first non-finite layer, or check those inputs')
+    return None
 
 
 def _progress(total, done, progress):

@@ -356,15 +356,15 @@ class DistributedKernelFn:
         me, n_proc = info.process_id, info.num_processes
         t0 = time.perf_counter()
         inner = self.inner
-        x1, x2n, symmetric, names, form, plan = inner._prepare(x1, x2, get)
+        x1, x2n, symmetric, names, form, plan = inner._prepare(x1, x2, get, kwargs)
         n1, n2 = x1.shape[0], x2n.shape[0]
 
         # 1. process 0 opens the store; the others attach and compare their job with it
         store = TileStore(self.store_path, writer=me)
         if me == 0:
             try:
-                tile = inner._tile_size(plan, n1, n2)
-                job = inner._job(x1, x2n, symmetric, names, tile, plan)
+                tile = inner._tile_size(plan, n1, n2, store=store)
+                job = inner._job(x1, x2n, symmetric, names, tile, plan, kwargs)
                 store.open(job, self.resume)
             except NtcError as e:
                 coord.set(f'{key}/setup', {'error': str(e)})
@@ -374,7 +374,7 @@ class DistributedKernelFn:
         if 'error' in setup:
             raise DistributedError(f'process 0 could not start the job: {setup["error"]}')
         tile = setup['tile']
-        job = inner._job(x1, x2n, symmetric, names, tile, plan)
+        job = inner._job(x1, x2n, symmetric, names, tile, plan, kwargs)
         verdict = {'devices': len(inner.devices), 'differ': []}
         if me != 0:
             try:
