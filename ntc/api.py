@@ -97,6 +97,7 @@ def same_inputs(x1, x2) -> bool:
 def make_kernel_fn(net: Net):
     """NT's `kernel_fn(x1, x2=None, get=None, **kwargs)` for `net`, traceable under jax.jit."""
     cache = net._cache.setdefault('plans', {})
+    batch_axes: dict[int, int] = {}  # input rank -> batch axis
 
     def kernel_fn(x1, x2=None, get=None, **kwargs):
         names, form = normalize_get(get)
@@ -104,10 +105,14 @@ def make_kernel_fn(net: Net):
             x2 = None  # NT's convention: kernel_fn(x, x) is kernel_fn(x, None)
         x1 = jnp.asarray(x1)
         x2 = None if x2 is None else jnp.asarray(x2)
-        if x2 is not None and (x1.ndim != x2.ndim or x1.shape[1:] != x2.shape[1:]):
+        if x1.ndim not in batch_axes:  # NT's batch_axis, from the first layer that names it
+            batch_axes[x1.ndim] = input_type(net, x1.shape).batch if x1.ndim >= 2 else 0
+        b = batch_axes[x1.ndim]
+        features = x1.shape[:b] + x1.shape[b + 1:]
+        if x2 is not None and (x1.ndim != x2.ndim or features != x2.shape[:b] + x2.shape[b + 1:]):
             raise InputError(f'x1 has shape {x1.shape} and x2 has shape {x2.shape}: they must '
-                             'have the same feature shape (all axes but the batch axis)')
-        key = (x1.shape[1:], x1.ndim, names)
+                             f'have the same feature shape (all axes but the batch axis {b})')
+        key = (features, x1.ndim, names)
         if key not in cache:
             cache[key] = compile(net, x1.shape, names, dtype=x1.dtype)
         plan = cache[key]
