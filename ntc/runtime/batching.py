@@ -388,10 +388,10 @@ class BatchedKernelFn:
         for d, (i, j) in enumerate(chunk):
             arrays = {n: host[n][d] for n in names}
             self.stats.per_device[str(device_of[d])] += 1
-            if bad is None:
-                bad = _non_finite(arrays, i, j, tile, n1, n2)
-            if bad is not None:
-                continue  # the finite tiles of this step are still saved, never this one
+            err = _non_finite(arrays, i, j, tile, n1, n2)
+            if err is not None:  # never saved; the finite tiles of this step still are
+                bad = bad or err
+                continue
             if self.store is not None:
                 self.store.save(i, j, arrays)
             if result is not None:

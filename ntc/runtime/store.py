@@ -210,7 +210,10 @@ class TileStore:
         try:
             fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise write_error(f, e) from None
+            try:  # a finished store on read-only media can still be read
+                fd = os.open(f, os.O_RDONLY)
+            except OSError:
+                raise write_error(f, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
