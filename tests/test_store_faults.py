@@ -367,3 +367,19 @@ def test_kill_9_at_several_points_resumes_losslessly(tmp_path, kill_after):
     assert fn.stats.tiles_resumed + fn.stats.tiles_computed == 36
     np.testing.assert_allclose(np.asarray(got), np.asarray(KILL_NET.kernel_fn(x, None, 'nngp')),
                                rtol=1e-12)
+
+
+def test_cli_kernel_out_on_a_full_disk_fails_cleanly(tmp_path, tmpfs):
+    # `ntc kernel --out` died with SIGBUS and left a full-size .npy of zeros with a valid header
+    (tmp_path / 'net.py').write_text('from ntc import stax\nnet = stax.serial(stax.Dense(4), '
+                                     'stax.Relu(), stax.Dense(1))\n')
+    np.save(tmp_path / 'x.npy', RNG.randn(200, 3))  # 200 × 200 × 4 bytes: 160 kB
+    r = subprocess.run([sys.executable, '-m', 'ntc.cli', 'kernel', str(tmp_path / 'net.py'),
+                        '--x1', str(tmp_path / 'x.npy'), '--out', str(tmpfs / 'k.npy'),
+                        '--store', str(tmp_path / 'store'), '--tile', '100'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=''))
+    assert r.returncode == 1, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'k.npy.partial: the disk is full' in lines[0]
+    assert list(tmpfs.iterdir()) == [] and journal_lines(tmp_path / 'store') == []
