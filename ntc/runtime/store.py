@@ -39,6 +39,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,7 @@ def _describe(field_name: str, stored: Job, now: Job) -> str:
     return field_name
 
 
+_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 _WHY = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is exceeded',
         errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission denied',
         errno.EPERM: 'permission denied'}
@@ -217,6 +219,11 @@ class TileStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            if e.errno in _NO_LOCKS:  # e.g. Lustre mounted without -o flock
+                warnings.warn(f'{self.path}: the file system does not support locks, so '
+                              'nothing stops two jobs from sharing this store', stacklevel=3)
+                self._lock_fd = fd
+                return
             holder = os.pread(fd, 64, 0).decode(errors='replace').strip() or 'another process'
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
