@@ -383,3 +383,26 @@ def test_cli_kernel_out_on_a_full_disk_fails_cleanly(tmp_path, tmpfs):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and 'k.npy.partial: the disk is full' in lines[0]
     assert list(tmpfs.iterdir()) == [] and journal_lines(tmp_path / 'store') == []
+
+
+def test_an_automatic_tile_that_runs_out_of_memory_is_halved_with_a_store(tmp_path, monkeypatch):
+    x1, x2 = RNG.randn(16, 3), RNG.randn(16, 3)
+    plan = batching.compile_plan(DENSE, x1.shape, ('nngp',), dtype=x1.dtype)
+    monkeypatch.setattr(batching, 'free_device_bytes',
+                        lambda device: plan.peak_bytes(8, 8) * batching.MEMORY_SAFETY * 1.01)
+    run_group = batching.BatchedKernelFn._run_group
+
+    def small_memory(self, group, sym_tile, x1p, x2p, tile, *args):  # tiles over 4 do not fit
+        if group and tile > 4:
+            raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: out of memory (simulated)')
+        return run_group(self, group, sym_tile, x1p, x2p, tile, *args)
+
+    monkeypatch.setattr(batching.BatchedKernelFn, '_run_group', small_memory)
+    store = tmp_path / 's'
+    fn = batch(DENSE.kernel_fn, progress=False, store=store)
+    got = fn(x1, x2, 'nngp')
+    assert fn.stats.tile == 4 and fn.stats.tiles_computed == 16
+    np.testing.assert_allclose(got, DENSE.kernel_fn(x1, x2, 'nngp'), rtol=1e-12)
+    again = batch(DENSE.kernel_fn, progress=False, store=store, resume=True)
+    again(x1, x2, 'nngp')  # the recorded tile 4, not the 8 the memory model offers
+    assert again.stats.tile == 4 and again.stats.tiles_resumed == 16

@@ -13,8 +13,9 @@
   tile is computed.
 - The batch axis is the plan's (NT's `batch_axis`): x1 and x2 are tiled along it.
 - `batch_size=None` picks the largest tile whose peak memory, from the plan's cost model, fits
-  in the free memory of a device; a tile that still runs out of memory is halved (without a
-  store).  A resumed job reuses the tile recorded in its store, whatever the memory is now.
+  in the free memory of a device; a tile that still runs out of memory is halved (as long as
+  no tile of the job is finished).  A resumed job reuses the tile recorded in its store,
+  whatever the memory is now.
 - Every tile is checked on the host: a non-finite value raises `NumericalError` naming the
   tile, and is never saved.
 - With a `TileStore`, each finished tile is saved atomically and a rerun with `resume=True`
@@ -252,7 +253,9 @@ class BatchedKernelFn:
                 return self._run(x1, x2n, symmetric, names, form, tile, plan, out, kwargs)
             except jax.errors.JaxRuntimeError as e:
                 if ('RESOURCE_EXHAUSTED' not in str(e) or self.batch_size is not None
-                        or tile == 1 or self.stats.tiles_computed or self.store is not None):
+                        or tile == 1 or self.stats.tiles_computed or self.stats.tiles_resumed):
+                    raise
+                if self.store is not None and not self.store.discard_empty_job():
                     raise
                 tile = max(1, tile // 2)  # a smaller tile fits: never fail for memory
 

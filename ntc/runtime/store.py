@@ -253,6 +253,19 @@ class TileStore:
         existing = self._read_manifest()
         return None if existing is None else existing.job
 
+    def discard_empty_job(self) -> bool:
+        """Remove the manifest of a job that has no finished tile (so that it can be started
+        again with another tile); False, and nothing removed, when some tile is recorded."""
+        self.lock()
+        try:
+            existing = self._read_manifest()
+            if existing is None or existing.done:
+                return existing is None
+            (self.path / MANIFEST).unlink()
+            return True
+        finally:
+            self.close()
+
     def attach(self, job: Job) -> list[str]:
         """Join the job whose manifest another process wrote; returns the fields of `job` that
         disagree with the manifest (empty when this process runs the same job)."""
