@@ -11,6 +11,8 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import os
+import sysconfig
 import types
 
 import jax
@@ -249,6 +251,9 @@ def _feed(h, v, where: str, depth: int, active: set) -> None:
     if isinstance(v, type):
         put(f'class:{v.__module__}.{v.__qualname__};'.encode())
         return
+    if type(v) is object:  # a library's sentinel (e.g. "no argument given")
+        put(b'sentinel;')
+        return
     if isinstance(v, jax.Device):
         put(f'device:{v.platform}{v.id};'.encode())
         return
@@ -329,10 +334,22 @@ def _global_names(code) -> set[str]:
     return names
 
 
+def _is_library(filename: str) -> bool:
+    """Whether code comes from an installed package or the standard library (not user code)."""
+    if not _LIBRARY_DIRS:
+        paths = sysconfig.get_paths()
+        _LIBRARY_DIRS.extend({os.path.realpath(paths[k]) + os.sep
+                              for k in ('stdlib', 'platstdlib', 'purelib', 'platlib')})
+    return os.path.realpath(filename).startswith(tuple(_LIBRARY_DIRS))
+
+
+_LIBRARY_DIRS: list[str] = []
+
+
 def _feed_function(h, fn, where: str, depth: int, active: set) -> None:
-    """A function by value: code, defaults, closure cells and the globals it reads.  ntc's own
-    functions are versioned code: their globals are not followed and their `cache` cells (which
-    fill up as they run) are skipped."""
+    """A function by value: code, defaults, closure cells and the globals it reads.  The
+    globals of library code (ntc, installed packages, the standard library: versioned code)
+    are not followed, and ntc's `cache` cells (which fill up as it runs) are skipped."""
     own = (fn.__module__ or '').startswith('ntc.')
     where = f'{where} ({fn.__module__}.{fn.__qualname__})'
     h.update(f'function:{fn.__module__}.{fn.__qualname__};'.encode())
@@ -347,7 +364,7 @@ def _feed_function(h, fn, where: str, depth: int, active: set) -> None:
         except ValueError:  # an empty cell
             value = None
         _feed(h, value, f'{where}: captured {name}', depth, active)
-    if own:
+    if own or _is_library(fn.__code__.co_filename):
         return
     g = fn.__globals__
     for name in sorted(_global_names(fn.__code__)):
