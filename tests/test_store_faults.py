@@ -18,6 +18,7 @@ import pytest
 import ntc.runtime.batching as batching
 from ntc import stax
 from ntc.errors import NumericalError, StoreError
+from ntc.plan import Unfingerprintable, value_fingerprint
 from ntc.runtime.batching import batch
 from ntc.runtime.monte_carlo import monte_carlo_kernel_fn
 from ntc.runtime.store import JOURNAL, MANIFEST, TileStore
@@ -73,6 +74,26 @@ def test_globals_and_defaults_read_by_user_functions_are_part_of_the_job(tmp_pat
     again = batch(net_reading().kernel_fn, 4, progress=False, store=store, resume=True)
     again(X, None, 'nngp')
     assert again.stats.tiles_resumed == 6 and again.stats.tiles_computed == 0
+
+
+def test_value_fingerprints_follow_what_functions_capture():
+    def const(c):
+        return lambda v: c * v
+
+    assert value_fingerprint(const(1.0)) == value_fingerprint(const(1.0))
+    assert value_fingerprint(const(1.0)) != value_fingerprint(const(3.0))
+    # through library wrappers (their closures hold the user function)
+    assert value_fingerprint(jax.vmap(const(1.0))) != value_fingerprint(jax.vmap(const(3.0)))
+    assert value_fingerprint(jax.jit(const(1.0))) != value_fingerprint(jax.jit(const(3.0)))
+    # arrays by content, PRNG keys by their data
+    a = np.arange(6.0)
+    assert value_fingerprint(const(a)) != value_fingerprint(const(a + 1e-12))
+    assert value_fingerprint(jax.random.PRNGKey(1)) != value_fingerprint(jax.random.PRNGKey(2))
+    nested = 1.0
+    for _ in range(20):
+        nested = [nested]
+    with pytest.raises(Unfingerprintable, match='nests deeper than'):
+        value_fingerprint(const(nested))
 
 
 def test_a_function_with_no_stable_value_needs_a_job_name(tmp_path):
