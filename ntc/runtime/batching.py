@@ -532,6 +532,9 @@ def batch(kernel_fn, batch_size: int | None = None, devices=None, store_on_devic
     `batch_size` × `batch_size`, spread over `devices` (a list, or NT's int `device_count`).
     The result is assembled on device, in host memory (`store_on_device=False`), or in a
     memory-mapped `.npy` (`out=` at call time).
-    `store` (a path or TileStore) with `resume=True` continues a crashed job."""
+    `store` (a path or TileStore) with `resume=True` continues a crashed job; the job is
+    identified by the plan's fingerprint (user functions by value) or, for a kernel function
+    without a plan, by the function's value.  `fingerprint=` names the job instead: needed for a
+    function that captures something with no stable value, and trusted as given."""
     return BatchedKernelFn(kernel_fn, batch_size, devices, store_on_device, progress, store,
                            resume, fingerprint)
