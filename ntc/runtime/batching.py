@@ -79,7 +79,10 @@ def _mirror(x, pairs: bool):
 
 
 def _precision() -> str:
-    return 'x64' if jax.config.jax_enable_x64 else 'x32'
+    """The numerical precision in effect: x64 or x32, and a default matmul precision if set."""
+    text = 'x64' if jax.config.jax_enable_x64 else 'x32'
+    matmul = jax.config.jax_default_matmul_precision
+    return text if matmul is None else f'{text} matmul={matmul}'
 
 
 def _pad_rows(x, n):

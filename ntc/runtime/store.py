@@ -32,6 +32,7 @@ What keeps jobs apart:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -75,7 +76,7 @@ class Job:
     n2: int
     tile: int
     symmetric: bool
-    precision: str = ''  # 'x64' or 'x32': jax_enable_x64 when the job ran
+    precision: str = ''  # 'x64' or 'x32' (jax_enable_x64), and any default matmul precision
     kwargs: str = 'none'  # fingerprint of the kernel function's keyword inputs
 
     @property
@@ -244,7 +245,9 @@ class TileStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    __del__ = close
+    def __del__(self):
+        with contextlib.suppress(Exception):  # at interpreter shutdown
+            self.close()
 
     def recorded_job(self) -> Job | None:
         """The job recorded in the store's manifest, or None when there is none (yet)."""
