@@ -427,3 +427,48 @@ def test_an_automatic_tile_that_runs_out_of_memory_is_halved_with_a_store(tmp_pa
     again = batch(DENSE.kernel_fn, progress=False, store=store, resume=True)
     again(x1, x2, 'nngp')  # the recorded tile 4, not the 8 the memory model offers
     assert again.stats.tile == 4 and again.stats.tiles_resumed == 16
+
+
+RACE = '''
+import sys
+import jax
+jax.config.update('jax_enable_x64', True)
+import numpy as np
+import ntc
+from ntc import stax
+from ntc.errors import StoreError
+w = float(sys.argv[3])
+net = stax.serial(stax.Dense(8, w), stax.Relu(), stax.Dense(1))
+x = np.load(sys.argv[1])
+try:
+    k = ntc.batch(net.kernel_fn, 2, progress=False, store=sys.argv[2], resume=True)(x, None, 'nngp')
+except StoreError as e:
+    print('refused:', e)
+    sys.exit(3)
+np.save(sys.argv[4], np.asarray(k))
+'''
+
+
+def test_two_jobs_started_at_once_on_an_empty_store(tmp_path):
+    # before, both wrote a manifest and a later --resume of one returned the other's kernel
+    x = RNG.randn(16, 3)
+    np.save(tmp_path / 'x.npy', x)
+    store = tmp_path / 's'
+    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+    procs = [subprocess.Popen([sys.executable, '-c', RACE, str(tmp_path / 'x.npy'), str(store),
+                               w, str(tmp_path / f'k{w}.npy')], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for w in ('1.0', '2.0')]
+    codes = [p.wait(timeout=300) for p in procs]
+    assert sorted(codes) == [0, 3], [p.stderr.read()[-1000:] for p in procs]
+    loser = procs[codes.index(3)].stdout.read()
+    assert 'in use by another job' in loser or 'another job (different plan)' in loser
+    w_won = ('1.0', '2.0')[codes.index(0)]
+    net = stax.serial(stax.Dense(8, float(w_won)), stax.Relu(), stax.Dense(1))
+    np.testing.assert_allclose(np.load(tmp_path / f'k{w_won}.npy'),
+                               np.asarray(net.kernel_fn(x, None, 'nngp')), rtol=1e-12)
+    # resuming the job that lost is refused, never answered with the winner's kernel
+    w_lost = float(('1.0', '2.0')[codes.index(3)])
+    lost = stax.serial(stax.Dense(8, w_lost), stax.Relu(), stax.Dense(1))
+    with pytest.raises(StoreError, match='another job.*plan'):
+        batch(lost.kernel_fn, 2, progress=False, store=store, resume=True)(x, None, 'nngp')
