@@ -431,6 +431,8 @@ def test_an_automatic_tile_that_runs_out_of_memory_is_halved_with_a_store(tmp_pa
 
 RACE = '''
 import sys
+import time
+from pathlib import Path
 import jax
 jax.config.update('jax_enable_x64', True)
 import numpy as np
@@ -439,7 +441,22 @@ from ntc import stax
 from ntc.errors import StoreError
 w = float(sys.argv[3])
 net = stax.serial(stax.Dense(8, w), stax.Relu(), stax.Dense(1))
+from ntc.runtime.store import TileStore
+read = TileStore._read_manifest
+
+
+def slow_read(self, *args):  # widen the window between finding no manifest and writing one
+    found = read(self, *args)
+    if found is None:
+        time.sleep(0.5)
+    return found
+
+
+TileStore._read_manifest = slow_read
 x = np.load(sys.argv[1])
+open(sys.argv[4] + '.ready', 'w').close()  # start together: wait for the other job
+while len(list(Path(sys.argv[2]).parent.glob('*.ready'))) < 2:
+    time.sleep(0.001)
 try:
     k = ntc.batch(net.kernel_fn, 2, progress=False, store=sys.argv[2], resume=True)(x, None, 'nngp')
 except StoreError as e:
