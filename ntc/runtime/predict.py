@@ -213,7 +213,11 @@ def _check_test_kernel(k, layout: _Layout, what: str = 'k_test_train'):
 
 
 def _check_finite(m, what: str):
-    if _concrete(m) and not bool(jnp.all(jnp.isfinite(m))):
+    if not _concrete(m):
+        return
+    with jax.ensure_compile_time_eval():
+        ok = bool(jnp.all(jnp.isfinite(m)))
+    if not ok:
         raise NumericalError(f'{what} contains NaN or infinite entries', hint=_FIX)
 
 
@@ -221,9 +225,11 @@ def _check_input(x, what: str):
     """Refuse NaN / infinite entries in a concrete argument (skipped when traced)."""
     if x is None or not _concrete(x):
         return
-    a = jnp.asarray(x)
-    if jnp.issubdtype(a.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(a))):
-        bad = int(jnp.sum(~jnp.isfinite(a)))
+    with jax.ensure_compile_time_eval():    # a constant inside a jit trace stays concrete
+        a = jnp.asarray(x)
+        ok = not jnp.issubdtype(a.dtype, jnp.inexact) or bool(jnp.all(jnp.isfinite(a)))
+        bad = 0 if ok else int(jnp.sum(~jnp.isfinite(a)))
+    if not ok:
         raise InputError(f'{what} has {bad} NaN or infinite entr{"y" if bad == 1 else "ies"}',
                          hint=f'pass a finite {what}')
 
@@ -243,9 +249,11 @@ def _check_results(out, what: str):
     if not _concrete(*leaves):
         return
     for x in leaves:
-        if not bool(jnp.all(jnp.isfinite(x))):
-            raise NumericalError(f'{what} is not finite: {int(jnp.sum(~jnp.isfinite(x)))} NaN or '
-                                 'infinite entries in the result', hint=_FIX)
+        with jax.ensure_compile_time_eval():
+            bad = int(jnp.sum(~jnp.isfinite(x)))
+        if bad:
+            raise NumericalError(f'{what} is not finite: {bad} NaN or infinite entries in the '
+                                 'result', hint=_FIX)
 
 
 def _check_accuracy(cond: float, dtype, what: str):
@@ -352,8 +360,9 @@ def _check_phi_accuracy(lam, tau, dtype, what: str):
     number λ_max · min(τ, 1 / λ_min), checked like a Cholesky solve (concrete values only)."""
     if not _concrete(lam, tau):
         return
-    top, low = float(jnp.max(lam)), float(jnp.min(lam))
-    t_max = float(jnp.max(tau)) if jnp.size(tau) else 0.
+    with jax.ensure_compile_time_eval():
+        top, low = float(jnp.max(lam)), float(jnp.min(lam))
+        t_max = float(jnp.max(tau)) if jnp.size(tau) else 0.
     if top <= 0 or t_max <= 0:
         return
     reach = t_max if low <= 0 else min(t_max, 1. / low)
