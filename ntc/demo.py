@@ -244,19 +244,33 @@ def kernel_pair(fn, xtr, xte, what: str):
 
 def kernel_inference(k_dd, k_td, y_tr, y_te, sizes, diag_reg: float = 1e-4) -> dict:
     """Test accuracy of exact NNGP inference and of infinite-time NTK gradient descent, for the
-    first n training digits, n in `sizes` (sub-blocks of the same kernels)."""
+    first n training digits, n in `sizes` (sub-blocks of the same kernels).  Accuracy warnings
+    of the solves (float32 kernels of large condition number) are printed as part of the
+    demo's output and listed under 'warnings'."""
+    import warnings
+
     import numpy as np
 
+    from .errors import AccuracyWarning
     from .runtime import predict
-    out = {'nngp': {}, 'ntk': {}}
+    out = {'nngp': {}, 'ntk': {}, 'warnings': []}
     for n in sizes:
         y = targets(y_tr[:n])
         nngp_dd, ntk_dd = np.asarray(k_dd.nngp)[:n, :n], np.asarray(k_dd.ntk)[:n, :n]
         nngp_td, ntk_td = np.asarray(k_td.nngp)[:, :n], np.asarray(k_td.ntk)[:, :n]
-        mean = predict.gp_inference(nngp_dd, y, diag_reg=diag_reg)('nngp', nngp_td)
-        out['nngp'][n] = accuracy(mean, y_te)
-        gd = predict.gradient_descent_mse(ntk_dd, y, diag_reg=diag_reg)
-        out['ntk'][n] = accuracy(gd(None, None, 0., ntk_td), y_te)   # t = None: t → ∞
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', AccuracyWarning)
+            mean = predict.gp_inference(nngp_dd, y, diag_reg=diag_reg)('nngp', nngp_td)
+            out['nngp'][n] = accuracy(mean, y_te)
+            gd = predict.gradient_descent_mse(ntk_dd, y, diag_reg=diag_reg)
+            out['ntk'][n] = accuracy(gd(None, None, 0., ntk_td), y_te)   # t = None: t → ∞
+        for w in caught:
+            if not issubclass(w.category, AccuracyWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                continue
+            note = f'n={n}: {str(w.message).split(" (pass diag_reg")[0]}'
+            out['warnings'].append(note)
+            _say(f'  ntc.AccuracyWarning, {note}')
     return out
 
 

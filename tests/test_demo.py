@@ -93,3 +93,18 @@ def test_quick_demo(tmp_path):
     for k, tile in (('flatten', 75), ('pool', 30)):
         assert r['nt'][k]['version'] == 'stand-in' and r['nt'][k]['tile'] == [tile, tile]
     assert 'AccuracyWarning' not in res.stderr
+
+
+def test_accuracy_warnings_of_the_solves_are_reported_in_the_demo_output(capsys):
+    from collections import namedtuple
+    pair = namedtuple('Pair', 'nngp ntk')
+    q, _ = np.linalg.qr(np.random.RandomState(0).randn(20, 20))
+    fair = ((q * np.logspace(0, -5.5, 20)) @ q.T).astype(np.float32)  # κ·ε(float32) ≈ 0.04
+    k_dd = pair(fair, np.eye(20, dtype=np.float32))
+    k_td = pair(fair[:5], np.eye(20, dtype=np.float32)[:5])
+    labels = np.arange(20) % 10
+    out = demo.kernel_inference(k_dd, k_td, labels, labels[:5], [20], diag_reg=0.)
+    text = capsys.readouterr().out
+    assert len(out['warnings']) == 1 and 'train-train nngp kernel' in out['warnings'][0]
+    assert 'ntc.AccuracyWarning, n=20: the train-train nngp kernel is ill-conditioned' in text
+    assert out['ntk'][20] == 1.0      # the identity NTK interpolates the training labels
