@@ -275,3 +275,18 @@ def test_cg_default_tolerance_follows_the_dtype():
     fn('nngp', a64[:5])
     assert fn.solver_info['nngp'][0].residual <= 1e-9
     assert fn.solver_info['nngp'][0].residuals[-1] <= 1e-10
+
+
+
+def test_checks_inside_a_jit_trace_see_constants_and_skip_tracers():
+    k_all = np.eye(N + 3) + 0.1
+    x_train, x_test = np.arange(N)[:, None], np.arange(N, N + 3)[:, None]
+    fn = kernel_fn_of(k_all, N)
+    eager = gradient_descent_mse_ensemble(fn, x_train, Y)(2., x_test, 'nngp')
+    traced = jax.jit(lambda y: gradient_descent_mse_ensemble(fn, x_train, y)(2., x_test, 'nngp'))
+    np.testing.assert_allclose(traced(Y), eager, rtol=1e-10)
+    # a predictor built outside jit factorises its (concrete) kernel eagerly: checked in a trace
+    for k in (f32(K_BAD), K_BAD):
+        bad = gp_inference(k, f32(Y))
+        with pytest.raises(NumericalError, match='ill-conditioned for float32'):
+            jax.jit(lambda kt, fn=bad: fn('nngp', kt))(f32(KT))

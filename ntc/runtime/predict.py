@@ -377,9 +377,11 @@ def _dtype(*xs):
 class _Factor:
     """Lazily computed and cached Cholesky / eigendecomposition of a regularised train kernel."""
 
-    def __init__(self, mat, diag_reg, absolute, what):
-        self.raw = mat
-        self.mat = _regularize(mat, diag_reg, absolute)
+    def __init__(self, k, dtype, diag_reg, absolute, what):
+        # built eagerly, so a concrete kernel stays concrete inside a `jax.jit` trace
+        with jax.ensure_compile_time_eval():
+            self.raw = _as_matrix(jnp.asarray(k)).astype(dtype)
+            self.mat = _regularize(self.raw, diag_reg, absolute)
         self.dtype = self.mat.dtype
         self.what = what
         self._chol = None
@@ -428,8 +430,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.,
     dtype = _dtype(k_train_train, y_train)
     y = y_train.astype(dtype)
     n = y_train.size
-    fac = _Factor(_as_matrix(k_train_train).astype(dtype), diag_reg, diag_reg_absolute_scale,
-                  'train-train kernel')
+    fac = _Factor(k_train_train, dtype, diag_reg, diag_reg_absolute_scale, 'train-train kernel')
 
     def predict_fn(t=None, fx_train_0=0., fx_test_0=None, k_test_train=None):
         """Outputs on the train [and test] set after training for time[s] `t`."""
@@ -1096,10 +1097,11 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
                                    cg_maxiter, preconditioner)
             predict_fn.solver_info[g] = factors[g].infos
         if g not in factors:
-            k = _attr(k_train_train, g, 'k_train_train')
+            with jax.ensure_compile_time_eval():    # a concrete kernel stays concrete in a trace
+                k = _attr(k_train_train, g, 'k_train_train')
             _check_train_kernel(k, layout)
             dtype = _dtype(k, y_train)
-            factors[g] = _Factor(_as_matrix(k).astype(dtype), diag_reg, diag_reg_absolute_scale,
+            factors[g] = _Factor(k, dtype, diag_reg, diag_reg_absolute_scale,
                                  f'train-train {g} kernel')
         return factors[g]
 
@@ -1203,7 +1205,9 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
                 raise InputError(f'kernel_fn did not compute the {g!r} kernel ({what}); it must '
                                  f'return .{g} when called with get including {g!r}')
             out[g] = jnp.asarray(v)
-            if _concrete(out[g]) and not bool(jnp.all(jnp.isfinite(out[g]))):
+            with jax.ensure_compile_time_eval():
+                bad = _concrete(out[g]) and not bool(jnp.all(jnp.isfinite(out[g])))
+            if bad:
                 raise NumericalError(f'kernel_fn returned a {g!r} {what} kernel with NaN or '
                                      'infinite entries', hint='check x_train / x_test and the '
                                      "network's parameters")
@@ -1225,7 +1229,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
         if g not in factors:
             k = train_kernels((g,))[g]
             dtype = _dtype(k, y_train)
-            factors[g] = _Factor(_as_matrix(k).astype(dtype), diag_reg, diag_reg_absolute_scale,
+            factors[g] = _Factor(k, dtype, diag_reg, diag_reg_absolute_scale,
                                  f'train-train {g} kernel')
         return factors[g]
 
