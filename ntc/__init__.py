@@ -3,7 +3,7 @@ JAX programs.  `from ntc import stax` is a drop-in for `neural_tangents.stax`.""
 
 from . import spec, stax
 from .api import compile
-from .errors import NtcError
+from .errors import AccuracyWarning, NtcError
 from .ir.net import Net
 from .lower.kernel import Kernel
 from .plan import KernelPlan
@@ -23,4 +23,5 @@ from .runtime import (
 __all__ = ['stax', 'spec', 'compile', 'NtcError', 'Net', 'Kernel', 'KernelPlan', 'predict',
            'batch', 'TileStore', 'NtkImplementation', 'empirical_kernel_fn', 'empirical_nngp_fn',
            'empirical_ntk_fn', 'monte_carlo_kernel_fn', 'linearize', 'taylor_expand']
+__all__ += ['AccuracyWarning']
 __version__ = '0.1.0'

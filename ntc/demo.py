@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SPECS = Path(__file__).resolve().parent.parent / 'specs'
-NT_US_PER_ENTRY = {'pool': 2000.0, 'flatten': 8.0}  # NT 0.6.5 measured on this CPU
+# where the bench kit's setup_nt.sh builds neural-tangents' venv (NT is never a dependency)
+NT_VENV = Path.home() / '.cache' / 'ntc-bench' / 'nt-venv'
 
 
 @dataclass
@@ -119,6 +120,114 @@ def batched(kernel_fn, xtr, xte, tile: int):
     return fn, time.perf_counter() - t0
 
 
+def nt_python() -> str | None:
+    """A Python that has neural_tangents: $NTC_NT_PYTHON, else the bench kit's NT venv
+    (`NT_VENV`, built by its setup_nt.sh); None when neither is there."""
+    env = os.environ.get('NTC_NT_PYTHON')
+    if env:
+        return env
+    py = NT_VENV / 'bin' / 'python'
+    return str(py) if py.exists() else None
+
+
+# Runs in NT's venv: builds `net` (ntc's spec dump, whose layer names and arguments are NT's)
+# with neural_tangents.stax and times its jitted kernel_fn on x1 × x2 as the bench kit does.
+_NT_TIMER = r"""
+import json, statistics, sys, time
+import jax, numpy as np
+import neural_tangents as nt
+from neural_tangents import stax
+
+def build(node):
+    if isinstance(node, str):
+        return getattr(stax, node)()
+    (name, arg), = node.items()
+    if name in ('serial', 'parallel'):
+        return getattr(stax, name)(*[build(a) for a in arg])
+    if not isinstance(arg, dict):
+        return getattr(stax, name)(arg)
+    return getattr(stax, name)(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in arg.items()})
+
+net, x1, x2, rounds = json.loads(sys.argv[1]), np.load(sys.argv[2]), np.load(sys.argv[3]), \
+    int(sys.argv[4])
+kernel_fn = jax.jit(build(net)[2], static_argnames='get')
+def call():
+    t0 = time.perf_counter()
+    jax.block_until_ready(kernel_fn(x1, x2, get=('nngp', 'ntk')))
+    return time.perf_counter() - t0
+compile_s = call()
+print(json.dumps(dict(version=nt.__version__, compile_s=compile_s,
+                      median_s=statistics.median(call() for _ in range(rounds)))))
+"""
+
+
+def time_ntc_tile(kernel_fn, x1, x2, rounds: int = 3) -> float:
+    """Median seconds of ntc's jitted `kernel_fn` (NNGP and NTK) on x1 × x2, after one call to
+    compile: the same protocol as `_NT_TIMER`."""
+    import statistics
+
+    import jax
+    fn = jax.jit(kernel_fn, static_argnames='get')
+
+    def call():
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(x1, x2, get=('nngp', 'ntk')))
+        return time.perf_counter() - t0
+    call()
+    return statistics.median(call() for _ in range(rounds))
+
+
+def time_nt(net, x1, x2, rounds: int = 3, timeout: float = 300.) -> dict:
+    """Time neural-tangents on `net`'s architecture, in NT's own venv (`nt_python`), on the
+    tile x1 × x2: {'version', 'compile_s', 'median_s', 'us_per_entry'}; or {'skipped': why}
+    when there is no NT venv or the run fails.  Nothing is assumed: only this run counts."""
+    import subprocess
+    import tempfile
+
+    import numpy as np
+
+    from . import spec
+    py = nt_python()
+    if py is None:
+        return {'skipped': f'no neural-tangents venv at {NT_VENV} (the bench kit\'s '
+                           'setup_nt.sh builds one; or set NTC_NT_PYTHON)'}
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [os.path.join(tmp, f'x{i}.npy') for i in (1, 2)]
+        for path, x in zip(paths, (x1, x2)):
+            np.save(path, np.asarray(x, np.float32))
+        cmd = [py, '-W', 'ignore', '-c', _NT_TIMER, json.dumps(spec.dump(net)), *paths,
+               str(rounds)]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return {'skipped': f'timing NT in {py} took over {timeout:.0f} s'}
+        except OSError as e:
+            return {'skipped': f'cannot run {py}: {e}'}
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not lines:
+        last = (r.stderr.strip().splitlines() or ['no output'])[-1]
+        return {'skipped': f'NT failed in {py}: {last[:200]}'}
+    res = json.loads(lines[-1])
+    res['us_per_entry'] = res['median_s'] / (len(x1) * len(x2)) * 1e6
+    return res
+
+
+def compare_with_nt(net, xtr, xte, tile: int, what: str) -> dict:
+    """Times NT and ntc on the same test × train tile of `tile` digits, jitted, steady state,
+    and says so; when NT is not available, says that it was not timed."""
+    x1, x2 = xte[:tile], xtr[:tile]
+    nt = time_nt(net, x1, x2)
+    if 'skipped' in nt:
+        _say(f'{what}: NT not timed in this run: {nt["skipped"]}')
+        return nt
+    ours = time_ntc_tile(net.kernel_fn, x1, x2) / (len(x1) * len(x2)) * 1e6
+    _say(f'{what}, one {len(x1)}×{len(x2)} tile, jitted, median of 3 calls in this run: ntc '
+         f'{ours:.1f} µs per entry, NT {nt["version"]} {nt["us_per_entry"]:.1f} µs per entry')
+    return dict(nt, ntc_us_per_entry=ours, tile=[len(x1), len(x2)])
+
+
 def kernel_pair(fn, xtr, xte, what: str):
     """NNGP and NTK train-train (upper-triangle tiles) and test-train with the batched `fn`,
     with a progress bar.  Returns (k_train_train, k_test_train, seconds, µs per entry)."""
@@ -135,19 +244,33 @@ def kernel_pair(fn, xtr, xte, what: str):
 
 def kernel_inference(k_dd, k_td, y_tr, y_te, sizes, diag_reg: float = 1e-4) -> dict:
     """Test accuracy of exact NNGP inference and of infinite-time NTK gradient descent, for the
-    first n training digits, n in `sizes` (sub-blocks of the same kernels)."""
+    first n training digits, n in `sizes` (sub-blocks of the same kernels).  Accuracy warnings
+    of the solves (float32 kernels of large condition number) are printed as part of the
+    demo's output and listed under 'warnings'."""
+    import warnings
+
     import numpy as np
 
+    from .errors import AccuracyWarning
     from .runtime import predict
-    out = {'nngp': {}, 'ntk': {}}
+    out = {'nngp': {}, 'ntk': {}, 'warnings': []}
     for n in sizes:
         y = targets(y_tr[:n])
         nngp_dd, ntk_dd = np.asarray(k_dd.nngp)[:n, :n], np.asarray(k_dd.ntk)[:n, :n]
         nngp_td, ntk_td = np.asarray(k_td.nngp)[:, :n], np.asarray(k_td.ntk)[:, :n]
-        mean = predict.gp_inference(nngp_dd, y, diag_reg=diag_reg)('nngp', nngp_td)
-        out['nngp'][n] = accuracy(mean, y_te)
-        gd = predict.gradient_descent_mse(ntk_dd, y, diag_reg=diag_reg)
-        out['ntk'][n] = accuracy(gd(None, None, 0., ntk_td), y_te)   # t = None: t → ∞
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', AccuracyWarning)
+            mean = predict.gp_inference(nngp_dd, y, diag_reg=diag_reg)('nngp', nngp_td)
+            out['nngp'][n] = accuracy(mean, y_te)
+            gd = predict.gradient_descent_mse(ntk_dd, y, diag_reg=diag_reg)
+            out['ntk'][n] = accuracy(gd(None, None, 0., ntk_td), y_te)   # t = None: t → ∞
+        for w in caught:
+            if not issubclass(w.category, AccuracyWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                continue
+            note = f'n={n}: {str(w.message).split(" (pass diag_reg")[0]}'
+            out['warnings'].append(note)
+            _say(f'  ntc.AccuracyWarning, {note}')
     return out
 
 
@@ -378,7 +501,9 @@ def run(quick: bool = False, out: str | os.PathLike = 'demo_out') -> dict:
     fn, compile_s = batched(docs['flatten']['net'].kernel_fn, xtr, xte, cfg.flatten_tile)
     k_dd, k_td, dt, us = kernel_pair(fn, xtr, xte, 'Flatten net')
     _say(f'Flatten net: {dt:.1f} s after {compile_s:.1f} s compiling: {us:.1f} µs per kernel '
-         f'entry (NT measured on this CPU: ~{NT_US_PER_ENTRY["flatten"]:.0f} µs)')
+         'entry')
+    res['nt'] = {'flatten': compare_with_nt(docs['flatten']['net'], xtr, xte, cfg.flatten_tile,
+                                            'Flatten net')}
     sizes = [n for n in cfg.flatten_sizes if n <= len(xtr)]
     flat = kernel_inference(k_dd, k_td, ytr, yte, sizes)
     res['flatten'] = dict(n_train=len(xtr), n_test=len(xte), seconds=dt, us_per_entry=us,
@@ -433,8 +558,8 @@ def run(quick: bool = False, out: str | os.PathLike = 'demo_out') -> dict:
         n_pool = cfg.pool_min
     _section(f'5. Pooling net kernels: {n_pool} train, {len(xte)} test')
     pk_dd, pk_td, pdt, pus = kernel_pair(fn, xtr[:n_pool], xte, 'pooling net')
-    _say(f'pooling net: {pdt:.1f} s, {pus:.0f} µs per kernel entry (NT measured on this CPU: '
-         f'~{NT_US_PER_ENTRY["pool"]:.0f} µs)')
+    _say(f'pooling net: {pdt:.1f} s, {pus:.0f} µs per kernel entry')
+    res['nt']['pool'] = compare_with_nt(net, xtr, xte, tile, 'pooling net')
     psizes = sorted({n for n in (n_pool // 4, n_pool // 2, n_pool) if n >= 10})
     pool = kernel_inference(pk_dd, pk_td, ytr, yte, psizes)
     pool_rbf, _ = rbf_baseline(xtr, ytr, xte, yte, psizes)

@@ -54,3 +54,7 @@ class StoreError(NtcError, RuntimeError):
 
 class DistributedError(NtcError, RuntimeError):
     """Multi-process coordination failed: unreachable coordinator, bad process id, disagreement."""
+
+
+class AccuracyWarning(UserWarning):
+    """A result computed at the working precision may be inaccurate (an ill-conditioned solve)."""

@@ -29,6 +29,7 @@ import functools
 import math
 import os
 import time
+import warnings
 from collections import namedtuple
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -39,14 +40,20 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jax.experimental import ode
 
-from ..errors import InputError, NumericalError
+from ..errors import AccuracyWarning, InputError, NumericalError
 
-__all__ = ['Gaussian', 'ODEState', 'CGInfo', 'cg_solve', 'gp_inference', 'gradient_descent_mse',
-           'gradient_descent_mse_ensemble', 'gradient_descent', 'max_learning_rate',
-           'marginal_log_likelihood']
+__all__ = ['Gaussian', 'ODEState', 'CGInfo', 'cg_solve', 'cg_default_tol', 'gp_inference',
+           'gradient_descent_mse', 'gradient_descent_mse_ensemble', 'gradient_descent',
+           'max_learning_rate', 'marginal_log_likelihood']
 
 _FIX = ('pass diag_reg > 0 (e.g. diag_reg=1e-6) to regularise the kernel, or compute it in '
         "float64 (jax.config.update('jax_enable_x64', True))")
+
+# A solve with a matrix of condition number κ in a precision of machine epsilon ε can carry a
+# relative error of about κ·ε (Higham 2002, sec. 10.1).  Above _WARN_AT ntc warns, above _RAISE_AT
+# (no correct digit left) it refuses.
+_WARN_AT = 1e-2
+_RAISE_AT = 1.0
 
 
 class Gaussian(NamedTuple):
@@ -206,8 +213,87 @@ def _check_test_kernel(k, layout: _Layout, what: str = 'k_test_train'):
 
 
 def _check_finite(m, what: str):
-    if _concrete(m) and not bool(jnp.all(jnp.isfinite(m))):
+    if not _concrete(m):
+        return
+    with jax.ensure_compile_time_eval():
+        ok = bool(jnp.all(jnp.isfinite(m)))
+    if not ok:
         raise NumericalError(f'{what} contains NaN or infinite entries', hint=_FIX)
+
+
+def _check_input(x, what: str):
+    """Refuse NaN / infinite entries in a concrete argument (skipped when traced)."""
+    if x is None or not _concrete(x):
+        return
+    with jax.ensure_compile_time_eval():    # a constant inside a jit trace stays concrete
+        a = jnp.asarray(x)
+        ok = not jnp.issubdtype(a.dtype, jnp.inexact) or bool(jnp.all(jnp.isfinite(a)))
+        bad = 0 if ok else int(jnp.sum(~jnp.isfinite(a)))
+    if not ok:
+        raise InputError(f'{what} has {bad} NaN or infinite entr{"y" if bad == 1 else "ies"}',
+                         hint=f'pass a finite {what}')
+
+
+def _check_positive(x, what: str):
+    """A concrete scalar hyper-parameter must be finite and > 0 (skipped when traced)."""
+    if not _concrete(x):
+        return
+    v = np.asarray(x)
+    if v.size != 1 or not np.isfinite(v).all() or not float(v.reshape(())) > 0:
+        raise InputError(f'{what} must be a finite number > 0, got {x!r}')
+
+
+def _check_results(out, what: str):
+    """Concrete predictions must be finite: else NumericalError naming the output."""
+    leaves = [x for x in jax.tree_util.tree_leaves(out) if x is not None]
+    if not _concrete(*leaves):
+        return
+    for x in leaves:
+        with jax.ensure_compile_time_eval():
+            bad = int(jnp.sum(~jnp.isfinite(x)))
+        if bad:
+            raise NumericalError(f'{what} is not finite: {bad} NaN or infinite entries in the '
+                                 'result', hint=_FIX)
+
+
+def _check_accuracy(cond: float, dtype, what: str):
+    """Warn (`AccuracyWarning`) or raise (`NumericalError`) when a solve with a matrix of
+    condition number at least `cond` cannot be trusted in `dtype` (κ·ε above _WARN_AT or
+    _RAISE_AT)."""
+    eps = float(jnp.finfo(dtype).eps)
+    loss = cond * eps
+    if not loss > _WARN_AT:          # also catches NaN estimates, which the callers rule out
+        return
+    text = (f'the {what} is ill-conditioned for {jnp.dtype(dtype).name} (condition number '
+            f'at least {cond:.3g}, machine epsilon {eps:.3g})')
+    if loss >= _RAISE_AT:
+        raise NumericalError(f'{text}: its solution has no correct digit', hint=_FIX)
+    warnings.warn(AccuracyWarning(f'{text}: results may carry relative errors up to about '
+                                  f'{loss:.2g} ({_FIX})'), stacklevel=4)
+
+
+def _condition_lower_bound(low, a, steps: int = 8) -> float:
+    """A cheap lower bound on the condition number of ``a = low lowᵀ`` (concrete): the larger of
+    ``(max L_ii / min L_ii)²`` (the L_ii are the eigenvalues of the triangular factor) and the
+    ratio of Rayleigh-quotient estimates of λ_max (power iteration) and λ_min (inverse iteration
+    with the factor), which approach the extreme eigenvalues from inside.  O(steps·n²)."""
+    d = jnp.abs(jnp.diagonal(low))
+    if float(jnp.min(d)) == 0:
+        return math.inf
+    diag_bound = float(jnp.max(d) / jnp.min(d)) ** 2
+    v0 = np.random.default_rng(0).standard_normal(a.shape[0])
+    v = jnp.asarray(v0 / np.linalg.norm(v0), a.dtype)
+    w = v
+    for _ in range(steps):
+        v = a @ v
+        v = v / jnp.linalg.norm(v)
+        w = jsl.cho_solve((low, True), w)
+        w = w / jnp.linalg.norm(w)
+    top = float(v @ (a @ v))
+    inv = float(w @ jsl.cho_solve((low, True), w))   # ≤ 1 / λ_min
+    if not (math.isfinite(top) and math.isfinite(inv)) or inv <= 0 or top <= 0:
+        return math.inf
+    return max(diag_bound, top * inv)
 
 
 def _regularize(a, diag_reg, absolute):
@@ -225,6 +311,8 @@ def _cholesky(a, what: str):
         raise NumericalError(f'Cholesky factorisation of the {a.shape[0]}x{a.shape[0]} {what} '
                              f'failed: it is not positive definite (smallest eigenvalue {lo:.3g})',
                              hint=_FIX)
+    if _concrete(low):
+        _check_accuracy(_condition_lower_bound(low, a), a.dtype, what)
     return low
 
 
@@ -266,6 +354,21 @@ def _phi(lam, tau):
     return jnp.where(lam > 0, -jnp.expm1(-lam * tau) / safe, zero)
 
 
+def _check_phi_accuracy(lam, tau, dtype, what: str):
+    """Test predictions at time τ apply φ(λ, τ) = (1 - exp(-λτ)) / λ to the eigenvalues λ of the
+    train kernel; their sensitivity to rounding is that of a solve with the effective condition
+    number λ_max · min(τ, 1 / λ_min), checked like a Cholesky solve (concrete values only)."""
+    if not _concrete(lam, tau):
+        return
+    with jax.ensure_compile_time_eval():
+        top, low = float(jnp.max(lam)), float(jnp.min(lam))
+        t_max = float(jnp.max(tau)) if jnp.size(tau) else 0.
+    if top <= 0 or t_max <= 0:
+        return
+    reach = t_max if low <= 0 else min(t_max, 1. / low)
+    _check_accuracy(top * reach, dtype, what)
+
+
 def _dtype(*xs):
     dt = jnp.result_type(*xs)
     return dt if jnp.issubdtype(dt, jnp.floating) else jnp.result_type(float)
@@ -274,9 +377,11 @@ def _dtype(*xs):
 class _Factor:
     """Lazily computed and cached Cholesky / eigendecomposition of a regularised train kernel."""
 
-    def __init__(self, mat, diag_reg, absolute, what):
-        self.raw = mat
-        self.mat = _regularize(mat, diag_reg, absolute)
+    def __init__(self, k, dtype, diag_reg, absolute, what):
+        # built eagerly, so a concrete kernel stays concrete inside a `jax.jit` trace
+        with jax.ensure_compile_time_eval():
+            self.raw = _as_matrix(jnp.asarray(k)).astype(dtype)
+            self.mat = _regularize(self.raw, diag_reg, absolute)
         self.dtype = self.mat.dtype
         self.what = what
         self._chol = None
@@ -320,16 +425,18 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.,
     k_train_train = jnp.asarray(k_train_train)
     layout = _Layout(y_train, trace_axes)
     _check_train_kernel(k_train_train, layout)
+    _check_input(y_train, 'y_train')
+    _check_positive(learning_rate, 'learning_rate')
     dtype = _dtype(k_train_train, y_train)
     y = y_train.astype(dtype)
     n = y_train.size
-    fac = _Factor(_as_matrix(k_train_train).astype(dtype), diag_reg, diag_reg_absolute_scale,
-                  'train-train kernel')
+    fac = _Factor(k_train_train, dtype, diag_reg, diag_reg_absolute_scale, 'train-train kernel')
 
     def predict_fn(t=None, fx_train_0=0., fx_test_0=None, k_test_train=None):
         """Outputs on the train [and test] set after training for time[s] `t`."""
         _check_inputs(fx_train_0, fx_test_0, k_test_train)
         if fx_test_0 is not None:
+            _check_input(k_test_train, 'k_test_train')
             k_td = jnp.asarray(k_test_train)
             test_rest = _check_test_kernel(k_td, layout)
             k_td = _as_matrix(k_td).astype(dtype)
@@ -353,19 +460,25 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.,
                 d = jnp.einsum('pi,...i,ic->...pc', v, _decay(lam_t, tau_e) - 1., coef)
                 fx_train_t = fx_train_0 + layout.unflat(d, layout.rest_shape)
             if fx_test_0 is not None:
+                _check_phi_accuracy(lam, tau, dtype, fac.what)
                 d = jnp.einsum('qp,pi,...i,ic->...qc', k_td, v, _phi(lam_t, tau_e), coef)
                 fx_test_t = fx_test_0 - layout.unflat(d, test_rest)
 
         if fx_test_0 is None:
-            return fx_train_t
-        if fx_train_0 is None:
-            return fx_test_t
-        return fx_train_t, fx_test_t
+            out = fx_train_t
+        elif fx_train_0 is None:
+            out = fx_test_t
+        else:
+            out = fx_train_t, fx_test_t
+        _check_results(out, 'gradient_descent_mse prediction')
+        return out
 
     return predict_fn
 
 
 def _check_inputs(fx_train_0, fx_test_0, k_test_train):
+    _check_input(fx_train_0, 'fx_train_0')
+    _check_input(fx_test_0, 'fx_test_0')
     if fx_train_0 is None and fx_test_0 is None:
         raise InputError('fx_train_0 and fx_test_0 are both None: nothing to predict')
     if fx_test_0 is not None and k_test_train is None:
@@ -395,6 +508,11 @@ def gradient_descent(loss: Callable, k_train_train, y_train, learning_rate: floa
     k_train_train = jnp.asarray(k_train_train)
     layout = _Layout(y_train, trace_axes)
     _check_train_kernel(k_train_train, layout)
+    _check_input(k_train_train, 'k_train_train')
+    _check_input(y_train, 'y_train')
+    _check_positive(learning_rate, 'learning_rate')
+    if momentum is not None and _concrete(momentum) and not np.isfinite(momentum):
+        raise InputError(f'momentum must be finite, got {momentum!r}')
     dtype = _dtype(k_train_train, y_train)
     k_dd = _as_matrix(k_train_train).astype(dtype)
     y = y_train.astype(dtype)
@@ -437,6 +555,7 @@ def gradient_descent(loss: Callable, k_train_train, y_train, learning_rate: floa
 
         k_td, test_shape = None, None
         if k_test_train is not None:
+            _check_input(k_test_train, 'k_test_train')
             k_td = jnp.asarray(k_test_train)
             test_rest = _check_test_kernel(k_td, layout)
             test_shape = layout.out_shape(test_rest)
@@ -457,6 +576,7 @@ def gradient_descent(loss: Callable, k_train_train, y_train, learning_rate: floa
 
         times = _times(jnp.inf if t is None else t, time_scale, dtype)
         states = _integrate(rhs, state0, times, k_td)
+        _check_results(states, 'gradient_descent prediction')
         if is_state:
             return states
         if not train_out:
@@ -764,7 +884,14 @@ def _pivoted_cholesky(op, shift: float, rank: int):
             op.put(w.astype(op.dtype)))
 
 
-def cg_solve(op, b, shift: float = 0., tol: float = 1e-10, maxiter: int | None = None,
+def cg_default_tol(dtype) -> float:
+    """The default relative-residual target of `cg_solve` in `dtype`: 1e-10, but never below
+    100 machine epsilons (the true residual of a solve in float32 cannot reach 1e-10)."""
+    eps = float(jnp.finfo(dtype).eps)
+    return min(1e-2, max(1e-10, 100 * eps))
+
+
+def cg_solve(op, b, shift: float = 0., tol: float | None = None, maxiter: int | None = None,
              preconditioner: str | None = 'jacobi', what: str = 'kernel') -> tuple[Any, CGInfo]:
     """Solve ``(K + shift I) X = B`` for all columns of ``B`` at once by preconditioned
     conjugate gradients (Hestenes & Stiefel 1952; Saad 2003, alg. 9.1), where ``K`` is an
@@ -772,12 +899,13 @@ def cg_solve(op, b, shift: float = 0., tol: float = 1e-10, maxiter: int | None =
     of ``K + shift I``; ``'pivchol'`` (``'pivchol<rank>'``, default rank 100) uses a low-rank
     pivoted-Cholesky factor plus a shift (`_pivoted_cholesky`), which pays off on kernels with
     fast-decaying spectra; None uses none.  Stops when every column's relative residual is below
-    `tol`; raises `NumericalError` when the matrix is not positive definite, when the residual
-    stagnates or `maxiter` runs out, or when the Lanczos estimate of the condition number says
-    float arithmetic cannot deliver the solution (κ·ε > 0.01)."""
+    `tol` (None: `cg_default_tol` of the operator's dtype); raises `NumericalError` when the
+    matrix is not positive definite, when the residual stagnates or `maxiter` runs out, or when
+    the Lanczos estimate κ of the condition number says float arithmetic cannot deliver the
+    solution (κ·ε ≥ 1); warns (`AccuracyWarning`) when κ·ε > 0.01."""
     t0 = time.perf_counter()
     dtype = op.dtype
-    eps = float(jnp.finfo(dtype).eps)
+    tol = cg_default_tol(dtype) if tol is None else float(tol)
     n = op.n
     maxiter = maxiter or max(100, min(10 * n, 20000))
     b = op.put(b)
@@ -858,11 +986,7 @@ def cg_solve(op, b, shift: float = 0., tol: float = 1e-10, maxiter: int | None =
             f'{true:.3g} after {info.iterations} iterations (target {tol:g}); estimated '
             f'condition number {cond:.3g}: the kernel is ill-conditioned',
             hint=_FIX + ', or raise cg_maxiter / loosen cg_tol')
-    if cond * eps > 1e-2:
-        raise NumericalError(
-            f'the {n}x{n} {what} is ill-conditioned (estimated condition number {cond:.3g}, '
-            f'machine epsilon {eps:.3g}): its solution is not determined to useful accuracy',
-            hint=_FIX)
+    _check_accuracy(cond, dtype, f'{n}x{n} {what}')
     return x, info
 
 
@@ -918,8 +1042,8 @@ def _cg_operator(k_train_train, g, layout):
 
 def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
                  diag_reg_absolute_scale: bool = False, trace_axes=(-1,), *,
-                 solver: str = 'cholesky', cg_tol: float = 1e-10, cg_maxiter: int | None = None,
-                 preconditioner: str | None = 'jacobi'):
+                 solver: str = 'cholesky', cg_tol: float | None = None,
+                 cg_maxiter: int | None = None, preconditioner: str | None = 'jacobi'):
     """Posterior of the NNGP, of the infinite-time NTK ensemble, or of the NTK-GP.
 
     ``nngp``: the Bayesian posterior ``N(K_td K^{-1} y, K_tt - K_td K^{-1} K_dt)``
@@ -940,14 +1064,21 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
     Cholesky: ``k_train_train`` may then also be a `jax.Array` sharded row-block-wise over a
     mesh of one or several processes (`ntc.runtime.distributed.row_sharded_kernel`), or a tile
     store (`TileStore` or its path) whose symmetric 2-D tiles are streamed from disk for every
-    product.  Solves stop at relative residual ``cg_tol``; ``predict_fn.solver_info[g]`` lists a
-    `CGInfo` (iterations, residual history, condition estimate) per solve, and an
-    ill-conditioned kernel raises `NumericalError` instead of returning an inaccurate answer.
+    product.  Solves stop at relative residual ``cg_tol`` (None: 1e-10, or 100 machine epsilons
+    when that is larger, as in float32; see `cg_default_tol`); ``predict_fn.solver_info[g]`` lists a
+    `CGInfo` (iterations, residual history, condition estimate) per solve.
+
+    Accuracy: every solve estimates the condition number κ of the train kernel (from the
+    Cholesky factor, or CG's Lanczos coefficients) and warns with `ntc.AccuracyWarning` when
+    κ·ε > 0.01 (ε the machine epsilon of the working dtype), and raises `NumericalError` when
+    κ·ε ≥ 1 (no correct digit); NaN or infinite inputs raise `InputError` naming the argument, and
+    non-finite results `NumericalError`.
     """
     if solver not in ('cholesky', 'cg'):
         raise InputError(f"solver must be 'cholesky' or 'cg', got {solver!r}")
     y_train = jnp.asarray(y_train)
     layout = _Layout(y_train, trace_axes)
+    _check_input(y_train, 'y_train')
     factors: dict[str, Any] = {}
     from .store import TileStore
     on_disk = isinstance(k_train_train, (TileStore, str, os.PathLike))
@@ -966,10 +1097,11 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
                                    cg_maxiter, preconditioner)
             predict_fn.solver_info[g] = factors[g].infos
         if g not in factors:
-            k = _attr(k_train_train, g, 'k_train_train')
+            with jax.ensure_compile_time_eval():    # a concrete kernel stays concrete in a trace
+                k = _attr(k_train_train, g, 'k_train_train')
             _check_train_kernel(k, layout)
             dtype = _dtype(k, y_train)
-            factors[g] = _Factor(_as_matrix(k).astype(dtype), diag_reg, diag_reg_absolute_scale,
+            factors[g] = _Factor(k, dtype, diag_reg, diag_reg_absolute_scale,
                                  f'train-train {g} kernel')
         return factors[g]
 
@@ -988,6 +1120,7 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
                     _attr(k_train_train, base, 'k_train_train'), dtype)
             else:
                 k_td = _attr(k_test_train, base, 'k_test_train')
+                _check_input(k_td, 'k_test_train')
                 test_rest = _check_test_kernel(k_td, layout)
                 k_td = _as_matrix(k_td).astype(dtype)
                 mean = layout.unflat(k_td @ fac.solve(layout.flat(y)), test_rest)
@@ -996,6 +1129,7 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
                     cov = _from_matrix(_posterior_cov(g, fac, k_td, k_train_train, k_test_train,
                                                       k_test_test, dtype), test_rest, test_rest)
             out[g] = mean if cov is None else Gaussian(mean, cov)
+            _check_results(out[g], f'gp_inference {g!r} posterior')
         return _package(out, names, single, 'Gaussians')
 
     predict_fn.solver_info = {}
@@ -1005,7 +1139,9 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.,
 def _posterior_cov(g, fac, k_td, k_train_train, k_test_train, k_test_test, dtype):
     if g in ('nngp', 'ntkgp'):
         prior = 'nngp' if g == 'nngp' else 'ntk'
-        k_tt = _as_matrix(_attr(k_test_test, prior, 'k_test_test')).astype(dtype)
+        k_tt = _attr(k_test_test, prior, 'k_test_test')
+        _check_input(k_tt, 'k_test_test')
+        k_tt = _as_matrix(k_tt).astype(dtype)
         return k_tt - k_td @ fac.solve(k_td.T)
     # ntk: needs the NNGP too (the prior covariance of the initial outputs)
     for k, what in ((k_train_train, 'k_train_train'), (k_test_train, 'k_test_train')):
@@ -1013,8 +1149,11 @@ def _posterior_cov(g, fac, k_td, k_train_train, k_test_train, k_test_test, dtype
             raise InputError(f'the NTK posterior covariance needs the NNGP as well: pass {what} '
                              'as a kernel object / namedtuple with both .nngp and .ntk')
     k_dd = _as_matrix(_attr(k_train_train, 'nngp', 'k_train_train')).astype(dtype)
-    kn_td = _as_matrix(_attr(k_test_train, 'nngp', 'k_test_train')).astype(dtype)
-    k_tt = _as_matrix(_attr(k_test_test, 'nngp', 'k_test_test')).astype(dtype)
+    kn_td = _attr(k_test_train, 'nngp', 'k_test_train')
+    k_tt = _attr(k_test_test, 'nngp', 'k_test_test')
+    _check_input(kn_td, 'k_test_train')
+    _check_input(k_tt, 'k_test_test')
+    kn_td, k_tt = _as_matrix(kn_td).astype(dtype), _as_matrix(k_tt).astype(dtype)
     a = fac.solve(k_td.T)                         # Θ^{-1} Θ_dt          (P, Q)
     b = k_td @ fac.solve(kn_td.T)                 # Θ_td Θ^{-1} K_dt     (Q, Q)
     return k_tt + a.T @ k_dd @ a - b - b.T
@@ -1047,6 +1186,8 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
     """
     y_train = jnp.asarray(y_train)
     layout = _Layout(y_train, trace_axes)
+    _check_input(y_train, 'y_train')
+    _check_positive(learning_rate, 'learning_rate')
     n = y_train.size
     cache: dict[str, Any] = {}
 
@@ -1064,6 +1205,12 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
                 raise InputError(f'kernel_fn did not compute the {g!r} kernel ({what}); it must '
                                  f'return .{g} when called with get including {g!r}')
             out[g] = jnp.asarray(v)
+            with jax.ensure_compile_time_eval():
+                bad = _concrete(out[g]) and not bool(jnp.all(jnp.isfinite(out[g])))
+            if bad:
+                raise NumericalError(f'kernel_fn returned a {g!r} {what} kernel with NaN or '
+                                     'infinite entries', hint='check x_train / x_test and the '
+                                     "network's parameters")
         return out
 
     def train_kernels(names):
@@ -1082,7 +1229,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
         if g not in factors:
             k = train_kernels((g,))[g]
             dtype = _dtype(k, y_train)
-            factors[g] = _Factor(_as_matrix(k).astype(dtype), diag_reg, diag_reg_absolute_scale,
+            factors[g] = _Factor(k, dtype, diag_reg, diag_reg_absolute_scale,
                                  f'train-train {g} kernel')
         return factors[g]
 
@@ -1107,6 +1254,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
             ktd_obj = None if k_td is None else _KernelPair(**k_td)
             ktt = None if not compute_cov else (True if x_test is None else k_tt)
             res = posteriors[need](names, ktd_obj, ktt)
+            _check_results(res, 'gradient_descent_mse_ensemble prediction')
             return res[0] if single else res
 
         out = {}
@@ -1123,6 +1271,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
                 mean = jnp.einsum('pi,...i,ic->...pc', v, 1. - _decay(lam_t, tau_e), coef)
             else:
                 rest = _check_test_kernel(k_td[g], layout)
+                _check_phi_accuracy(lam, tau, dtype, fac.what)
                 g_td = _as_matrix(k_td[g]).astype(dtype)
                 mean = jnp.einsum('qi,...i,ic->...qc', g_td @ v, _phi(lam_t, tau_e), coef)
             mean = layout.unflat(mean, rest)
@@ -1151,6 +1300,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
                     cov = (n_tt + jnp.swapaxes(a, -1, -2) @ k_nngp @ a
                            - b - jnp.swapaxes(b, -1, -2))
             out[g] = Gaussian(mean, _from_matrix(cov, rest, rest, n_lead=tau.ndim))
+        _check_results(out, 'gradient_descent_mse_ensemble prediction')
         return _package(out, names, single, 'Gaussians')
 
     return predict_fn
@@ -1209,8 +1359,21 @@ def max_learning_rate(ntk_train_train, y_train_size: int | None = None, momentum
         raise InputError(f'ntk_train_train must be a square train-train kernel, got {k.shape}')
     k = _as_matrix(k)
     factor = k.shape[0] if y_train_size is None else y_train_size
+    _check_positive(factor, 'y_train_size')
+    if _concrete(momentum) and not np.isfinite(momentum):
+        raise InputError(f'momentum must be finite, got {momentum!r}')
     _check_finite(k, 'ntk_train_train')
-    top = jnp.linalg.eigvalsh(k)[-1]
+    evals = jnp.linalg.eigvalsh(k)
+    top = evals[-1]
+    if _concrete(evals):
+        tol = 10 * max(k.shape[0], 10) * float(jnp.finfo(evals.dtype).eps) * float(
+            jnp.max(jnp.abs(evals)))
+        if not float(top) > 0 or float(evals[0]) < -tol:
+            raise NumericalError(
+                'ntk_train_train is not positive semi-definite (eigenvalues from '
+                f'{float(evals[0]):.3g} to {float(top):.3g}), so it is not an NTK and has no '
+                'stable learning rate', hint='pass the train-train NTK (kernel_fn(x, None, '
+                "'ntk')), or regularise a rounding-level indefinite one with a small diagonal")
     return 2 * (1 + momentum) * factor / (top + eps)
 
 
@@ -1225,11 +1388,14 @@ def marginal_log_likelihood(k_train_train, y_train, diag_reg: float = 0.,
     layout = _Layout(y_train, trace_axes)
     k = _attr(k_train_train, get, 'k_train_train')
     _check_train_kernel(k, layout)
+    _check_input(y_train, 'y_train')
     dtype = _dtype(k, y_train)
     mat = _regularize(_as_matrix(k).astype(dtype), diag_reg, diag_reg_absolute_scale)
     low = _cholesky(mat, f'train-train {get} kernel')
     y = layout.flat(y_train.astype(dtype))
     alpha = jsl.solve_triangular(low, y, lower=True)
     n_rows, n_cols = y.shape
-    return (-0.5 * jnp.sum(alpha ** 2) - n_cols * jnp.sum(jnp.log(jnp.diag(low)))
-            - 0.5 * n_rows * n_cols * jnp.log(2 * jnp.pi))
+    out = (-0.5 * jnp.sum(alpha ** 2) - n_cols * jnp.sum(jnp.log(jnp.diag(low)))
+           - 0.5 * n_rows * n_cols * jnp.log(2 * jnp.pi))
+    _check_results(out, 'marginal_log_likelihood')
+    return out
