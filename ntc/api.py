@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import checks
 from .errors import InputError, ShapeError
 from .ir.net import Net
 from .ir.types import TensorType
@@ -72,6 +73,11 @@ def compile(net: Net, input_shape: Sequence[int], get=('nngp', 'ntk'), *,  # noq
     """
     names, _ = normalize_get(get)
     t = input_type(net, input_shape)
+    empty = [i for i, d in enumerate(t.shape) if i != t.batch and d == 0]
+    if empty:
+        raise ShapeError(f'input shape {tuple(input_shape)} has a zero-size axis {empty[0]}: '
+                         'the kernel averages over the features, of which there are none',
+                         hint='give every example at least one feature')
     opts = Options(get=names, reference=reference, force_full=force_full, roll_loops=roll_loops)
     g = net.graph().copy()
     g.replace(g.input_nodes()[0], ttype=t)
@@ -102,8 +108,8 @@ def make_kernel_fn(net: Net):
         names, form = normalize_get(get)
         if x2 is not None and same_inputs(x1, x2):
             x2 = None  # NT's convention: kernel_fn(x, x) is kernel_fn(x, None)
-        x1 = jnp.asarray(x1)
-        x2 = None if x2 is None else jnp.asarray(x2)
+        x1 = checks.as_input(x1, 'x1')
+        x2 = None if x2 is None else checks.as_input(x2, 'x2')
         if x2 is not None and (x1.ndim != x2.ndim or x1.shape[1:] != x2.shape[1:]):
             raise InputError(f'x1 has shape {x1.shape} and x2 has shape {x2.shape}: they must '
                              'have the same feature shape (all axes but the batch axis)')
@@ -139,7 +145,8 @@ def make_apply_fn(net: Net):
     cache = net._cache.setdefault('typed', {})
 
     def apply_fn(params, inputs, rng=None, **kwargs):
-        x = jnp.asarray(inputs)
+        x = checks.as_input(inputs, 'inputs')
+        checks.check_values(x, 'inputs', kwargs.get('mask_constant'))
         key = x.shape[1:]
         if key not in cache:
             cache[key] = typed_graph(net, input_type(net, x.shape), checked=False)
