@@ -152,17 +152,20 @@ def run_loop(ctx: LowerCtx, graph: Graph, loop: Loop, carry: Kernel) -> Kernel:
     return out
 
 
-def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None) -> Kernel:
+def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
+             watch=None) -> Kernel:
     """The output node's Kernel (in the node's layout) for inputs x1, x2 (x2 None: x1);
     `inputs` holds extra kernel_fn inputs such as Aggregate's `pattern`.  Rolled loops run as
-    scans, except under masking (whose per-node masks are built by the unrolled walk)."""
+    scans, except under masking (whose per-node masks are built by the unrolled walk) or with
+    `watch(node, kernel)`, which is called on every node's Kernel in execution order."""
     mask_constant = (inputs or {}).get('mask_constant')
     masks = None if mask_constant is None else {}
     ctx = LowerCtx(graph=graph, xp=JNP, want_ntk=opts.want_ntk, inputs=inputs,
                    x1_is_x2=x2 is None, masks=masks)
     env: dict[int, Kernel] = {}
     uses = {nid: len(graph.consumers(nid)) for nid in graph.order()}
-    starts = {} if masks is not None else {lp.body[0]: lp for lp in loops(graph)}
+    unrolled = masks is not None or watch is not None
+    starts = {} if unrolled else {lp.body[0]: lp for lp in loops(graph)}
     inside = {nid for lp in starts.values() for nid in lp.members}
 
     def release(srcs):
@@ -188,8 +191,28 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None) ->
             env[node.id] = k
         else:
             env[node.id] = apply_node(ctx, graph, node, env)
+        if watch is not None:
+            watch(node, env[node.id])
         release(graph.inputs(node.id))
     return env[graph.output]
+
+
+def first_nonfinite(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None):
+    """(path, op kind) of the first node in execution order whose kernel has a NaN or Inf for
+    these concrete inputs, or None.  Runs the walk eagerly, node by node (slow: for errors)."""
+    class Found(Exception):
+        pass
+
+    def watch(node, k):
+        for a in (k.nngp, k.ntk, k.cov1, k.cov2):
+            if a is not None and not bool(jnp.all(jnp.isfinite(a))):
+                raise Found(node.path or node.op.kind, node.op.kind)
+
+    try:
+        evaluate(graph, opts, x1, x2, inputs, watch=watch)
+    except Found as found:
+        return found.args
+    return None
 
 
 # ----------------------------------------------------------------------------- output
