@@ -87,20 +87,18 @@ def check_values(x, name: str, mask_constant=None) -> None:
                      'entries')
 
 
-def free_device_bytes(device) -> float:
-    """Free memory of `device` in bytes (available host memory, shared among the CPU
-    devices, for CPU devices)."""
+def free_memory(device) -> float:
+    """Bytes one call on `device` can still allocate: the device's free memory, or the host's
+    available memory for a CPU device (a direct call may use all of it)."""
     stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
     if stats and 'bytes_limit' in stats:
         return float(stats['bytes_limit'] - stats.get('bytes_in_use', 0))
     try:
         with open('/proc/meminfo') as f:
             info = dict(line.split(':', 1) for line in f)
-        avail = float(info['MemAvailable'].split()[0]) * 1024
+        return float(info['MemAvailable'].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return float('inf')  # unknown: do not refuse
-    n_cpu = max(1, sum(d.platform == 'cpu' for d in jax.devices()))
-    return avail / n_cpu
 
 
 def check_memory(peak_bytes, n1: int, n2: int, device) -> None:
@@ -111,7 +109,7 @@ def check_memory(peak_bytes, n1: int, n2: int, device) -> None:
     need = peak_bytes(n1, n2)
     if need <= SMALL_BYTES:
         return
-    free = free_device_bytes(device)
+    free = free_memory(device)
     if need <= free:
         return
     lo, hi = 1, max(n1, n2, 1)

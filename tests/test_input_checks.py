@@ -180,7 +180,7 @@ def test_call_that_cannot_fit_is_refused_with_a_tile_size(monkeypatch):
     plan = ntc.compile(net, x.shape, 'nngp', dtype=x.dtype)
     free = 0.5 * plan.peak_bytes(64, 64)
     monkeypatch.setattr(checks, 'SMALL_BYTES', 0)
-    monkeypatch.setattr(checks, 'free_device_bytes', lambda device: free)
+    monkeypatch.setattr(checks, 'free_memory', lambda device: free)
     with pytest.raises(InputError, match=r'ntc\.batch\(kernel_fn, batch_size=(\d+)\)') as e:
         net.kernel_fn(x, None, 'nngp')
     tile = int(e.value.hint.split('batch_size=')[1].split(')')[0])
@@ -188,7 +188,7 @@ def test_call_that_cannot_fit_is_refused_with_a_tile_size(monkeypatch):
     assert 3 * plan.peak_bytes(tile, tile) <= free < 3 * plan.peak_bytes(tile + 1, tile + 1)
     # the suggested tiling runs, and gives the kernel of an unpatched direct call
     got = ntc.batch(net.kernel_fn, batch_size=tile)(x, None, 'nngp')
-    monkeypatch.setattr(checks, 'free_device_bytes', lambda device: 1e15)
+    monkeypatch.setattr(checks, 'free_memory', lambda device: 1e15)
     np.testing.assert_allclose(got, net.kernel_fn(x, None, 'nngp'), rtol=1e-12)
 
 
@@ -197,7 +197,7 @@ def test_call_that_fits_is_not_refused(monkeypatch):
     x = RNG.randn(16, 5)
     plan = ntc.compile(net, x.shape, 'nngp', dtype=x.dtype)
     monkeypatch.setattr(checks, 'SMALL_BYTES', 0)
-    monkeypatch.setattr(checks, 'free_device_bytes', lambda device: plan.peak_bytes(16, 16))
+    monkeypatch.setattr(checks, 'free_memory', lambda device: plan.peak_bytes(16, 16))
     net.kernel_fn(x, None, 'nngp')
 
 
@@ -205,7 +205,15 @@ def test_plan_in_float32_scales_its_memory_model_to_float64_inputs(monkeypatch):
     x = RNG.randn(32, 5)
     plan = ntc.compile(stax.Dense(1), x.shape, 'nngp')  # modelled in float32
     monkeypatch.setattr(checks, 'SMALL_BYTES', 0)
-    monkeypatch.setattr(checks, 'free_device_bytes', lambda device: 1.5 * plan.peak_bytes(32, 32))
+    monkeypatch.setattr(checks, 'free_memory', lambda device: 1.5 * plan.peak_bytes(32, 32))
     with pytest.raises(InputError, match='GB'):
         plan(x)  # float64 needs twice the modelled float32 bytes
     plan(x.astype(np.float32))
+
+
+def test_terabyte_call_is_refused_before_allocating():
+    """The issue's case, unpatched: a direct call far beyond any device's memory is an
+    InputError (it used to abort the interpreter in XLA's allocator)."""
+    x = np.ones((10 ** 6, 1))
+    with pytest.raises(InputError, match=r'needs about .* GB .* ntc\.batch'):
+        stax.serial(stax.Dense(2), stax.Relu()).kernel_fn(x, None, 'nngp')
