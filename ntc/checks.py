@@ -74,6 +74,8 @@ def check_values(x, name: str, mask_constant=None) -> None:
     (NT's masking marks missing entries with it, often NaN)."""
     if x is None or not is_concrete(x) or not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
         return
+    if all_finite([x]):
+        return
     bad = ~jnp.isfinite(x)
     if mask_constant is not None and is_concrete(mask_constant):
         c = jnp.asarray(mask_constant, dtype=jnp.result_type(x))
@@ -125,9 +127,19 @@ def check_memory(peak_bytes, n1: int, n2: int, device) -> None:
 
 
 @jax.jit
-def _all_finite(arrays) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(arrays)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves] or [jnp.array(True)]))
+def _device_all_finite(arrays) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+
+
+def all_finite(arrays: list) -> bool:
+    """Whether every entry of the concrete arrays is finite: read in place on the host for CPU
+    arrays (no dispatch), one fused reduction on an accelerator (one bool comes back)."""
+    on_host = [a for a in arrays if not isinstance(a, jax.Array)
+               or all(d.platform == 'cpu' for d in a.devices())]
+    if not all(np.isfinite(np.asarray(a)).all() for a in on_host):
+        return False
+    rest = [a for a in arrays if not any(a is b for b in on_host)]
+    return not rest or bool(_device_all_finite(rest))
 
 
 def check_results(out: dict, locate=None, dtype=None) -> None:
@@ -137,9 +149,9 @@ def check_results(out: dict, locate=None, dtype=None) -> None:
         return
     arrays = {k: v for k, v in out.items()
               if v is not None and is_concrete(v) and jnp.issubdtype(v.dtype, jnp.inexact)}
-    if not arrays or bool(_all_finite(arrays)):
+    if all_finite(list(arrays.values())):
         return
-    names = '/'.join(k for k, v in arrays.items() if not bool(jnp.all(jnp.isfinite(v))))
+    names = '/'.join(k for k, v in arrays.items() if not all_finite([v]))
     where = locate() if locate is not None else None
     hint = 'check the inputs and layer parameters'
     if dtype is not None and jnp.finfo(dtype).bits < 64:
