@@ -160,5 +160,6 @@ def check_results(out: dict, locate=None, dtype=None) -> None:
     if where is None:
         raise NumericalError(f'the {names} kernel has non-finite values', hint=hint)
     path, kind = where
-    raise NumericalError(f'{kind} is the first layer whose kernel has non-finite values (the '
-                         f'result\'s {names} has NaN or Inf)', path=path, hint=hint)
+    what = ('the covariance of the inputs (x1·x2 / features) overflows' if kind == 'Input'
+            else f'{kind} is the first layer whose kernel has non-finite values')
+    raise NumericalError(f'{what} (the result\'s {names} has NaN or Inf)', path=path, hint=hint)

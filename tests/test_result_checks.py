@@ -101,3 +101,10 @@ def test_finite_results_pass_unchanged():
     want = plan.fn(X, None)  # the lowered function, without any check
     for name in ('nngp', 'ntk'):
         np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_float16_overflow_is_refused():
+    x = np.full((2, 3), 300, np.float16)  # 300² = 90000 > 65504, float16's largest value
+    with pytest.raises(NumericalError, match='float16') as e:
+        stax.Dense(1).kernel_fn(x, None, 'nngp')
+    assert e.value.path == 'input' and 'overflows' in str(e.value)
