@@ -4,6 +4,7 @@ is non-finite, with the fix.  Under `jax.jit` nothing is checked (the traced pat
 `ntc.checks.result_checks(False)` turns the check off."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -51,12 +52,21 @@ def test_first_bad_layer_inside_a_rolled_loop_is_found():
     assert e.value.path == 'serial[2].serial[1].Elementwise'
 
 
-def test_bad_layer_inside_repeat_names_the_repeat():
-    body = stax.serial(stax.Dense(4), stax.Elementwise(fn=lambda v: v, nngp_fn=nan_rule))
-    net = stax.serial(stax.Dense(4), stax.Relu(), stax.repeat(body, 3), stax.Dense(1))
+def test_bad_layer_inside_repeat_is_named_with_its_iteration():
+    """The body's Elementwise is finite until its input's variance passes 10.  The variance
+    entering the loop is 1/2 (input 1, halved by the Relu); each iteration's Dense with σw² = 4
+    multiplies it by 4: 2, 8, 32, so the third iteration is named."""
+    def rule(cov12, var1, var2):
+        return jnp.where(var1 > 10, jnp.nan, cov12)
+
+    body = stax.serial(stax.Dense(4, W_std=2.0), stax.Elementwise(fn=lambda v: v, nngp_fn=rule))
+    net = stax.serial(stax.Dense(4), stax.Relu(), stax.Dense(4), stax.repeat(body, 5),
+                      stax.Dense(1))
+    x = RNG.randn(3, 4)
+    x *= np.sqrt(4 / (x ** 2).sum(1, keepdims=True))  # |x|² / 4 = 1: variance 1 after Dense
     with pytest.raises(NumericalError) as e:
-        net.kernel_fn(X, None, 'nngp')
-    assert e.value.path == 'serial[2].Repeat'
+        net.kernel_fn(x, None, 'nngp')
+    assert e.value.path == 'serial[3].Repeat.serial[1].Elementwise (iteration 3 of 5)'
 
 
 def test_float32_overflow_is_refused_and_suggests_float64():
