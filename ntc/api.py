@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import checks
 from .errors import InputError, ShapeError
 from .ir.net import Net
 from .ir.types import TensorType
@@ -72,6 +73,11 @@ def compile(net: Net, input_shape: Sequence[int], get=('nngp', 'ntk'), *,  # noq
     """
     names, _ = normalize_get(get)
     t = input_type(net, input_shape)
+    empty = [i for i, d in enumerate(t.shape) if i != t.batch and d == 0]
+    if empty:
+        raise ShapeError(f'input shape {tuple(input_shape)} has a zero-size axis {empty[0]}: '
+                         'the kernel averages over the features, of which there are none',
+                         hint='give every example at least one feature')
     opts = Options(get=names, reference=reference, force_full=force_full, roll_loops=roll_loops)
     g = net.graph().copy()
     g.replace(g.input_nodes()[0], ttype=t)
@@ -103,8 +109,8 @@ def make_kernel_fn(net: Net):
         names, form = normalize_get(get)
         if x2 is not None and same_inputs(x1, x2):
             x2 = None  # NT's convention: kernel_fn(x, x) is kernel_fn(x, None)
-        x1 = jnp.asarray(x1)
-        x2 = None if x2 is None else jnp.asarray(x2)
+        x1 = checks.as_input(x1, 'x1')
+        x2 = None if x2 is None else checks.as_input(x2, 'x2')
         if x1.ndim not in batch_axes:  # NT's batch_axis, from the first layer that names it
             batch_axes[x1.ndim] = input_type(net, x1.shape).batch if x1.ndim >= 2 else 0
         b = batch_axes[x1.ndim]
@@ -144,7 +150,8 @@ def make_apply_fn(net: Net):
     cache = net._cache.setdefault('typed', {})
 
     def apply_fn(params, inputs, rng=None, **kwargs):
-        x = jnp.asarray(inputs)
+        x = checks.as_input(inputs, 'inputs')
+        checks.check_values(x, 'inputs', kwargs.get('mask_constant'))
         key = x.shape[1:]
         if key not in cache:
             cache[key] = typed_graph(net, input_type(net, x.shape), checked=False)

@@ -16,11 +16,11 @@ import sysconfig
 import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pydantic
 import sympy
 
+from . import checks
 from .errors import InputError, StoreError
 from .ir.graph import Graph
 from .ir.types import TensorType
@@ -48,8 +48,10 @@ class KernelPlan:
         self.input_type = input_type
         self.opts = opts
         self.source = source  # the typed, checked graph before optimisation
+        self.dtype_bytes = dtype_bytes
         self.costs: dict[int, NodeCost] = cost(graph, opts, dtype_bytes)
         self._fn = None
+        self._live = None
 
     # -- running ------------------------------------------------------------------------------
 
@@ -77,12 +79,33 @@ class KernelPlan:
 
     def raw(self, x1, x2=None, **kwargs) -> dict:
         """Run the plan: {name: array} for every name in `get`.  `kwargs` are NT's extra
-        kernel_fn inputs, e.g. ``pattern=(pattern1, pattern2)`` for `Aggregate`."""
-        x1 = jnp.asarray(x1)
-        x2 = None if x2 is None else jnp.asarray(x2)
+        kernel_fn inputs, e.g. ``pattern=(pattern1, pattern2)`` for `Aggregate`.
+
+        Integer inputs are cast to the float dtype in use.  With concrete (not traced) values,
+        NaN/Inf inputs and calls that cannot fit in the device's memory are refused, and a
+        non-finite result raises `NumericalError` naming the first non-finite layer
+        (see `ntc.checks`)."""
+        x1 = checks.as_input(x1, 'x1')
+        x2 = None if x2 is None else checks.as_input(x2, 'x2')
         self.check_inputs(x1, x2)
         inputs = kernel_inputs(kwargs, x1, x2)
-        return self.fn(x1, x2, inputs) if inputs else self.fn(x1, x2)
+        mask_constant = inputs.get('mask_constant')
+        checks.check_values(x1, 'x1', mask_constant)
+        checks.check_values(x2, 'x2', mask_constant)
+        concrete = checks.is_concrete(x1) and (x2 is None or checks.is_concrete(x2))
+        if concrete:
+            b = self.input_type.batch
+            n1 = x1.shape[b]
+            n2 = n1 if x2 is None else x2.shape[b]
+            scale = x1.dtype.itemsize / self.dtype_bytes
+            checks.check_memory(lambda m1, m2: scale * self.peak_bytes(m1, m2), n1, n2,
+                                next(iter(x1.devices())))
+        out = self.fn(x1, x2, inputs) if inputs else self.fn(x1, x2)
+        if concrete:
+            from .lower.lower import first_nonfinite
+            checks.check_results(out, lambda: first_nonfinite(self.graph, self.opts, x1, x2,
+                                                              inputs or None), x1.dtype)
+        return out
 
     def __call__(self, x1, x2=None, **kwargs):
         """The requested kernels: an array for one name, a namedtuple for several."""
@@ -113,7 +136,9 @@ class KernelPlan:
 
     def peak_bytes(self, n1: int, n2: int) -> float:
         """Peak live bytes of the covariances for an n1 × n2 kernel (the memory model)."""
-        return self.total('live', n1, n2)
+        if self._live is None:  # compiled once: the memory check runs on every call
+            self._live = sympy.lambdify((N1, N2), [c.live for c in self.costs.values()])
+        return float(max(self._live(n1, n2), default=0))
 
     def explain(self, n1: int | None = None, n2: int | None = None) -> str:
         """An EXPLAIN table: one row per node in execution order, then totals.  With n1/n2 the
@@ -185,6 +210,9 @@ def kernel_inputs(kwargs: dict, x1, x2) -> dict:
             raise InputError(f'kernel_fn got an unknown keyword argument {name!r}',
                              hint=f'known inputs: {", ".join(sorted(KERNEL_INPUTS))}')
         out[name] = KERNEL_INPUTS[name](value, x1, x2)
+        if name != 'mask_constant':  # NaN is a legitimate mask constant
+            for leaf in jax.tree_util.tree_leaves(out[name]):
+                checks.check_values(leaf, name)
     return out
 
 

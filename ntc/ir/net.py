@@ -84,7 +84,13 @@ def build_graph(net: Net) -> Graph:
     """Translate a builder tree into the DAG IR (NT's list-of-values semantics for fan-outs)."""
     g = Graph()
     x = g.add(Input(), [], 'input')
-    outs = _emit(net, g, [x], '')
+    try:
+        outs = _emit(net, g, [x], '')
+    except RecursionError:
+        raise ArchitectureError('the network is nested too deeply (serial/parallel inside '
+                                'each other thousands of levels deep)', path=_label(net, ''),
+                                hint='flatten it: serial(*layers) takes any number of layers, '
+                                'and stax.repeat(layer, n) stacks n copies') from None
     if len(outs) != 1:
         raise ArchitectureError(f'the network ends with {len(outs)} parallel values',
                                 path=_label(net, ''), hint='end it with a fan-in such as '

@@ -43,7 +43,9 @@ def max_spatial(*levels: Spatial | None) -> Spatial | None:
 class Op(BaseModel):
     """Base of every op model."""
 
-    model_config = ConfigDict(frozen=True, extra='forbid', arbitrary_types_allowed=True)
+    # every float field must be finite (W_std=inf, LeakyRelu(nan), 1e400 in a spec are refused)
+    model_config = ConfigDict(frozen=True, extra='forbid', arbitrary_types_allowed=True,
+                              allow_inf_nan=False)
 
     arity: ClassVar[int | None] = 1
     needs_gaussian: ClassVar[bool] = False
@@ -333,6 +335,22 @@ class _WindowBase(Op):
                 raise ShapeError(f'the {what} ({k}) is larger than the input ({n}) under VALID '
                                  'padding', path=path, hint="use padding='SAME' or a smaller "
                                  f'{what}')
+        check_window_bound(win, sizes, self.padding, path, what)
+
+
+def check_window_bound(win: tuple[int, ...], sizes: tuple[int, ...], padding: str, path: str,
+                       what: str) -> None:
+    """Refuse a window longer than max(2n, WINDOW_SLACK) over an axis of n positions: its outer
+    taps read nothing but padding, and lowering costs time linear in the window's length."""
+    for n, k in zip(sizes, win):
+        if n is not None and k > max(2 * n, WINDOW_SLACK):
+            raise ShapeError(f'the {what} ({k}) is far larger than the input ({n}) under '
+                             f'{padding} padding: taps beyond {2 * n} read only padding',
+                             path=path, hint=f'use a {what} of at most {max(2 * n, WINDOW_SLACK)}')
+
+
+#: windows up to this long are accepted over any input (e.g. 3×3 filters on a 1×1 image)
+WINDOW_SLACK = 32
 
 
 class _ConvBase(_WindowBase, _AffineBase):
@@ -428,6 +446,8 @@ class ConvTranspose(_ConvBase):
         if len(self.stride_tuple()) != len(self.window()):
             raise ShapeError(f'{len(self.stride_tuple())} strides for a {len(self.window())}-d '
                              'filter', path=path)
+        if self.padding != 'VALID':  # VALID: every tap reads the input (the output grows)
+            check_window_bound(self.window(), sizes, self.padding, path, what)
 
     def out_spatial(self, n, k, s):
         if self.padding == 'VALID':
@@ -788,7 +808,7 @@ class GlobalSelfAttention(Op):
     b_std: NonNegFloat | None = None
     attention_mechanism: AttentionMechanism = 'SOFTMAX'
     pos_emb_type: PositionalEmbedding = 'NONE'
-    pos_emb_p_norm: float = 2
+    pos_emb_p_norm: Annotated[float, Field(gt=0, allow_inf_nan=True)] = 2  # inf: max norm
     pos_emb_decay_fn: Callable | None = None
     n_chan_pos_emb: PosInt | None = None
     W_pos_emb_std: NonNegFloat = 1.0
@@ -846,10 +866,12 @@ class GlobalSelfAttention(Op):
 
 def _const(v):
     """A constant array as nested tuples of floats (hashable, JSON-safe); scalars as floats."""
-    if v is None or isinstance(v, (int, float)):
-        return None if v is None else float(v)
+    if v is None:
+        return None
     import numpy as np
     arr = np.asarray(v, dtype=float)
+    if not np.isfinite(arr).all():
+        raise ValueError('the constant has NaN or Inf entries; it must be finite')
     if arr.ndim == 0:
         return float(arr)
 

@@ -152,17 +152,21 @@ def run_loop(ctx: LowerCtx, graph: Graph, loop: Loop, carry: Kernel) -> Kernel:
     return out
 
 
-def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None) -> Kernel:
+def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
+             watch=None) -> Kernel:
     """The output node's Kernel (in the node's layout) for inputs x1, x2 (x2 None: x1);
     `inputs` holds extra kernel_fn inputs such as Aggregate's `pattern`.  Rolled loops run as
-    scans, except under masking (whose per-node masks are built by the unrolled walk)."""
+    scans, except under masking (whose per-node masks are built by the unrolled walk) or with
+    `watch(ctx, node, env)`, called after each node's Kernel `env[node.id]` is computed (in
+    execution order, its inputs still in `env`)."""
     mask_constant = (inputs or {}).get('mask_constant')
     masks = None if mask_constant is None else {}
     ctx = LowerCtx(graph=graph, xp=JNP, want_ntk=opts.want_ntk, inputs=inputs,
                    x1_is_x2=x2 is None, masks=masks)
     env: dict[int, Kernel] = {}
     uses = {nid: len(graph.consumers(nid)) for nid in graph.order()}
-    starts = {} if masks is not None else {lp.body[0]: lp for lp in loops(graph)}
+    unrolled = masks is not None or watch is not None
+    starts = {} if unrolled else {lp.body[0]: lp for lp in loops(graph)}
     inside = {nid for lp in starts.values() for nid in lp.members}
 
     def release(srcs):
@@ -188,8 +192,61 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None) ->
             env[node.id] = k
         else:
             env[node.id] = apply_node(ctx, graph, node, env)
+        if watch is not None:
+            watch(ctx, node, env)
         release(graph.inputs(node.id))
     return env[graph.output]
+
+
+def first_nonfinite(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None):
+    """(path, op kind) of the first node in execution order whose kernel has a NaN or Inf for
+    these concrete inputs, or None.  Runs the walk eagerly, node by node (slow: for errors);
+    inside a `Repeat` it finds the body's layer and the iteration."""
+    class Found(Exception):
+        pass
+
+    def watch(ctx, node, env):
+        if _finite(env[node.id]):
+            return
+        if node.op.kind == 'Repeat' and ctx.masks is None:
+            src = graph.inputs(node.id)[0]
+            inside = _first_nonfinite_in_repeat(
+                ctx, node, adapt(env[src], needed_input(node, graph.node(src))))
+            if inside is not None:
+                raise Found(*inside)
+        raise Found(node.path or node.op.kind, node.op.kind)
+
+    try:
+        evaluate(graph, opts, x1, x2, inputs, watch=watch)
+    except Found as found:
+        return found.args
+    return None
+
+
+def _finite(k: Kernel) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(a))) for a in (k.nngp, k.ntk, k.cov1, k.cov2)
+               if a is not None)
+
+
+def _first_nonfinite_in_repeat(ctx: LowerCtx, node: Node, k: Kernel):
+    """(path with the iteration, op kind) of the first non-finite layer of a Repeat's body,
+    iterating eagerly from the Repeat's input Kernel `k`, or None."""
+    from ..passes.repeat import body_plan
+    op = node.op
+    body = body_plan(op, ctx.in_type(node), k.layout, Options(), node.path)
+    bctx = LowerCtx(graph=body, xp=ctx.xp, want_ntk=ctx.want_ntk, inputs=ctx.inputs,
+                    x1_is_x2=ctx.x1_is_x2)
+    if ctx.want_ntk and k.ntk is None:
+        k = k.replace(ntk=jnp.zeros_like(k.nngp))
+    for i in range(op.n):
+        env = {body.input_nodes()[0]: k}
+        for b in body.nodes():
+            if body.inputs(b.id):
+                env[b.id] = apply_node(bctx, body, b, env)
+                if not _finite(env[b.id]):
+                    return f'{node.path}.{b.path} (iteration {i + 1} of {op.n})', b.op.kind
+        k = adapt(env[body.output], k.layout)
+    return None
 
 
 # ----------------------------------------------------------------------------- output
