@@ -18,7 +18,7 @@ import pytest
 import ntc.runtime.batching as batching
 from ntc import stax
 from ntc.errors import NumericalError, StoreError
-from ntc.plan import Unfingerprintable, value_fingerprint
+from ntc.fingerprint import Unfingerprintable, value_fingerprint
 from ntc.runtime.batching import batch
 from ntc.runtime.monte_carlo import monte_carlo_kernel_fn
 from ntc.runtime.store import JOURNAL, MANIFEST, TileStore

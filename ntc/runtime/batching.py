@@ -40,7 +40,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ..api import compile as compile_plan
 from ..api import normalize_get
 from ..errors import InputError, NumericalError, StoreError
-from ..plan import KernelPlan, Unfingerprintable, result_type, value_fingerprint
+from ..fingerprint import Unfingerprintable, value_fingerprint
+from ..plan import KernelPlan, result_type
 from .store import Job, TileStore, array_hash, write_error
 
 AXIS = 'tiles'

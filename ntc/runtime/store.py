@@ -17,7 +17,7 @@ file systems without atomic appends, such as NFS).  Readers take the union of al
 What keeps jobs apart:
 
 - The job (`Job`) records everything that determines the numbers: the plan's fingerprint (user
-  functions hashed by value, see `ntc.plan.value_fingerprint`), the keyword inputs, hashes of
+  functions hashed by value, see `ntc.fingerprint.value_fingerprint`), the keyword inputs, hashes of
   x1 and x2, their dtype, the precision in effect (jax_enable_x64), the kernels asked for, and
   the tile grid.
 - Every journal line carries the id of its job (a hash of the `Job`): a line of another job,
