@@ -50,6 +50,23 @@ def test_concat_along_the_batch_axis_is_refused(axis):
         concat(axis).kernel_fn(X, None, 'nngp')
 
 
+def test_concat_axes_follow_the_network_batch_axis():
+    """With batch_axis=1, channel_axis=0 the batch axis is 1 (or -1) and the channel axis 0."""
+    def net(axis):
+        def dense():
+            return stax.Dense(3, batch_axis=1, channel_axis=0)
+        return stax.serial(stax.FanOut(2), stax.parallel(dense(), dense()),
+                           stax.FanInConcat(axis=axis))
+
+    for axis in (1, -1):
+        with pytest.raises(ShapeError, match='batch axis'):
+            ntc.compile(net(axis), (4, -1))
+    with pytest.raises(ShapeError, match=r'axis=2 is out of range.*batch axis \(1\)'):
+        ntc.compile(net(2), (4, -1))
+    plan = ntc.compile(net(0), (4, -1))
+    assert plan.graph.node(plan.graph.output).ttype.shape == (6, None)
+
+
 def test_concat_in_range_axes_agree():
     """axis=1 and axis=-1 name the channel axis of 2-D inputs: the kernel of two Dense branches
     of one width is the Dense kernel x·x'/d (W_std=1, no bias)."""
