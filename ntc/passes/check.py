@@ -68,7 +68,7 @@ def _check_branches(g: Graph, node, sources: dict[int, frozenset[int]]) -> None:
                 f'branches {i} and {j} of {node.op.kind} are correlated: both are functions of '
                 f'{_shared(g, common)} with no independent random affine layer in between, so '
                 'the kernel of their combination needs their joint moments', path=node.path,
-                hint='start each branch with its own Dense or Conv layer (W_std > 0)')
+                hint='start each branch with its own Dense or Conv layer with W_std > 0')
         fresh = g.node(a).ttype.is_fresh or g.node(b).ttype.is_fresh
         if need == 'uncorrelated' and not fresh:
             raise ArchitectureError(
