@@ -49,6 +49,21 @@ def test_check_leaves_a_valid_graph_unchanged():
     assert check(g, Options()) == g
 
 
+def test_field_sources_stop_at_the_nearest_independent_affine_layer():
+    """Each value is a function of the nodes back to (and including) the nearest random affine
+    layer on every path; Dense(W_std=0, no bias) outputs zeros and does not cut the walk."""
+    from ntc.passes.check import field_sources
+    net = stax.serial(stax.Dense(4), stax.FanOut(3),
+                      stax.parallel(stax.serial(stax.Dense(4), stax.Erf()), stax.Relu(),
+                                    stax.Dense(4, W_std=0.0)),
+                      stax.FanInConcat())
+    g = infer_types(source(net), Options())
+    assert [(n.path, sorted(field_sources(g)[n.id])) for n in g.nodes()] == [
+        ('input', [0]), ('serial[0].Dense', [1]), ('serial[2].parallel[0].serial[0].Dense', [2]),
+        ('serial[2].parallel[0].serial[1].Erf', [2, 3]), ('serial[2].parallel[1].Relu', [1, 4]),
+        ('serial[2].parallel[2].Dense', [1, 5]), ('serial[3].FanInConcat', [1, 2, 3, 4, 5, 6])]
+
+
 def test_canonicalize_golden_drops_identity_and_folds_affine_chains():
     g = canonicalize(infer_types(source(), Options()), Options())
     assert lines(g) == [

@@ -91,6 +91,24 @@ class Op(BaseModel):
         stencil), so a fused producer would be recomputed once per read."""
         return False
 
+    def independent_of_input(self) -> bool:
+        """True when, at infinite width, the output is independent of every random value its
+        input depends on: a random affine map whose own weights (or bias) are random, so its
+        output is a fresh Gaussian field (read by the `check` pass)."""
+        return False
+
+    def branch_need(self, out: TensorType) -> Literal['independent', 'uncorrelated'] | None:
+        """What the kernel rule of a fan-in assumes of its branches (the `check` pass):
+        'independent' (a product), 'uncorrelated' (a sum: zero cross second moments), or
+        None (no assumption)."""
+        return None
+
+    def no_kernel(self, ins: list[TensorType]) -> tuple[str, str] | None:
+        """(reason, fix) when this layer has no infinite-width kernel for inputs of types
+        `ins`, None when it has one.  The `check` pass turns it into a compile-time
+        NoClosedFormError; the finite network (init_fn, apply_fn) does not read it."""
+        return None
+
     def label(self) -> str:
         """Short text for plans: kind and non-default arguments."""
         defaults = {k: f.default for k, f in type(self).model_fields.items()}
@@ -138,6 +156,9 @@ class FanInSum(Op):
     op: Literal['FanInSum'] = 'FanInSum'
     arity: ClassVar[int | None] = None
 
+    def branch_need(self, out):
+        return 'uncorrelated'  # K of a sum = Σ K_i + the cross terms, which must vanish
+
     def infer(self, ins, path):
         _same_shapes(ins, path, 'FanInSum')
         return ins[0].model_copy(update=dict(
@@ -151,6 +172,9 @@ class FanInProd(Op):
     op: Literal['FanInProd'] = 'FanInProd'
     arity: ClassVar[int | None] = None
 
+    def branch_need(self, out):
+        return 'independent'  # E[Π a_i a_i'] = Π E[a_i a_i'] needs independent branches
+
     def infer(self, ins, path):
         _same_shapes(ins, path, 'FanInProd')
         return ins[0].model_copy(update=dict(is_gaussian=False, is_fresh=False))
@@ -163,8 +187,18 @@ class FanInConcat(Op):
     arity: ClassVar[int | None] = None
     axis: int = -1
 
+    def branch_need(self, out):
+        # along channels the kernel is the channel-weighted mean, whatever the correlations;
+        # along space the cross blocks between branches are taken to be zero
+        return None if self.axis % out.ndim == out.channel else 'uncorrelated'
+
     def infer(self, ins, path):
         t0 = ins[0]
+        if not -t0.ndim <= self.axis < t0.ndim:
+            raise ShapeError(f'axis={self.axis} is out of range for branches of rank {t0.ndim} '
+                             f'{t0.describe()}', path=path,
+                             hint=f'choose an axis in [{-t0.ndim}, {t0.ndim - 1}] other than '
+                             f'the batch axis ({t0.batch})')
         axis = self.axis % t0.ndim
         if axis == t0.batch:
             raise ShapeError('cannot concatenate along the batch axis', path=path,
@@ -207,6 +241,9 @@ class _AffineBase(Op):
         """Actual output channels for a nominal width n: standard parameterization scales the
         layer's width by s[1] (Sohl-Dickstein et al. 2020; NT's `s`), NTK ignores `s`."""
         return n * self.s[1] if self.parameterization == 'standard' else n
+
+    def independent_of_input(self) -> bool:
+        return self.W_std > 0 or bool(self.b_std)  # W = b = 0 outputs zeros: inherit
 
     def weight_term(self, fan_in: int) -> float:
         """The NTK's weight-gradient factor d in Θ' = c Θ + d K + e under the standard
@@ -730,6 +767,13 @@ class Elementwise(Nonlinearity):
     d_nngp_fn: Callable | None = None
     serializable: ClassVar[bool] = False
 
+    def no_kernel(self, ins):
+        if self.nngp_fn is not None:
+            return None
+        return ('Elementwise was given no nngp_fn, so it has no kernel',
+                'pass nngp_fn=..., use ElementwiseNumerical(fn, deg) for a numerical kernel, or '
+                'estimate the kernel with ntc.monte_carlo_kernel_fn')
+
 
 class ElementwiseNumerical(Nonlinearity):
     """A user nonlinearity whose kernel is computed by `deg`-point Gauss-Hermite quadrature."""
@@ -828,6 +872,20 @@ class GlobalSelfAttention(Op):
 
     def input_axes(self, ndim: int) -> tuple[int, int]:
         return self.batch_axis % ndim, self.channel_axis % ndim
+
+    def independent_of_input(self) -> bool:
+        # the output projection W_out (or the bias) is random and its own
+        return (self.W_out_std > 0 and self.W_value_std > 0) or bool(self.b_std)
+
+    def no_kernel(self, ins):
+        if self.linear_scaling or self.attention_mechanism == 'IDENTITY':
+            return None
+        return (f"GlobalSelfAttention(attention_mechanism='{self.attention_mechanism}', "
+                f'linear_scaling=False, pos_emb_type={self.pos_emb_type!r}) has no known '
+                'closed-form kernel (the softmax/abs/relu of a Gaussian logit matrix has no '
+                'tractable expectation)',
+                "use linear_scaling=True or attention_mechanism='IDENTITY', or estimate the "
+                'kernel with ntc.monte_carlo_kernel_fn')
 
     def pos_emb_channels(self, in_channels: int) -> int:
         """Channels of the positional embedding (NT: the input's, unless given)."""
@@ -1161,6 +1219,16 @@ class Index(Op):
                           channel_axis=kept.index(t.channel), is_gaussian=t.is_gaussian,
                           is_fresh=t.is_fresh)
 
+    def no_kernel(self, ins):
+        t = ins[0]
+        sel = self.per_axis(t.ndim)[t.channel]
+        if range(*sel.indices(t.channels)) == range(t.channels):
+            return None
+        return (f'indexing the channel axis ({sel}) leaves finitely many channels, which has '
+                'no infinite-width kernel',
+                "index spatial or batch axes only (':' on the channel axis), or estimate the "
+                'kernel with ntc.monte_carlo_kernel_fn')
+
     def spatial_need(self, out, in_type):
         if not in_type.spatial_axes:
             return 'NONE'
@@ -1194,6 +1262,7 @@ RESIZE_METHODS = {
     'triangle': 'linear', 'cubic': 'cubic', 'bicubic': 'cubic', 'tricubic': 'cubic',
     'lanczos3': 'lanczos3', 'lanczos5': 'lanczos5',
 }
+KERNEL_RESIZE_METHODS = ('linear', 'nearest')  # the methods whose kernel ntc (and NT) computes
 
 
 class ImageResize(Op):
@@ -1233,6 +1302,18 @@ class ImageResize(Op):
     def resized(self, t: TensorType) -> tuple[int, ...]:
         """Spatial axes (tensor positions) whose size changes."""
         return tuple(a for a in t.spatial_axes if self.shape[a] not in (-1, t.shape[a]))
+
+    def no_kernel(self, ins):
+        t = ins[0]
+        if self.shape[t.channel] not in (-1, t.channels):
+            return ('ImageResize of the channel axis has no infinite-width kernel',
+                    f'set shape[{t.channel}] = -1')
+        if self.resized(t) and self.method not in KERNEL_RESIZE_METHODS:
+            return (f"the kernel of ImageResize supports the methods 'linear' and 'nearest', "
+                    f'not {self.method!r} (as in neural-tangents)',
+                    "use method='linear' or 'nearest', or estimate the kernel with "
+                    'ntc.monte_carlo_kernel_fn')
+        return None
 
     def infer(self, ins, path):
         t = ins[0]
@@ -1347,6 +1428,14 @@ class Repeat(Op):
 
     def reads_neighbours(self) -> bool:
         return any(n.op.reads_neighbours() for n in self.layer.graph().nodes())
+
+    def no_kernel(self, ins):
+        g = self._body(ins[0])
+        for n in g.nodes():
+            reason = n.op.no_kernel([g.node(i).ttype for i in g.inputs(n.id)])
+            if reason is not None:
+                return f'in its body, {n.path}: {reason[0]}', reason[1]
+        return None
 
 
 # ----------------------------------------------------------------------------- the union

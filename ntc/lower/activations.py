@@ -477,11 +477,11 @@ def _user_phi(op, x):
 def elementwise(xp, op, c12, q1, q2):
     """User-given k12 = nngp_fn(c12, q1, q2) and kdot12 = d_nngp_fn(c12, q1, q2), by default
     ∂nngp_fn/∂c12 through JAX autodiff (Price's theorem).  The scalar functions are vectorised
-    over the broadcast arrays."""
-    if op.nngp_fn is None:
-        raise NoClosedFormError(f'{op.kind} was given no nngp_fn, so it has no kernel',
-                                hint='pass nngp_fn=..., or use ElementwiseNumerical or a '
-                                     'Monte-Carlo estimate')
+    over the broadcast arrays.  `ntc.compile` rejects a missing nngp_fn earlier (the check pass
+    reads `Elementwise.no_kernel`); the test here guards direct use of this table."""
+    reason = op.no_kernel([])
+    if reason is not None:
+        raise NoClosedFormError(reason[0], hint=reason[1])
     if xp.symbolic:
         raise NoClosedFormError(f'{op.kind} (a user function) has no symbolic kernel',
                                 hint='evaluate it numerically')

@@ -26,7 +26,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ..errors import NoClosedFormError
 from .kernel import batch_diag
 from .masking import NEG_INF, side_masks, to_storage
 from .registry import finite_rule, kernel_rule
@@ -95,17 +94,11 @@ def _mechanism(op, logits, key_mask):
 
 @kernel_rule('GlobalSelfAttention')
 def attention_kernel(ctx, node, k):
-    """See the module docstring.  Needs FULL spatial covariances (and FULL marginals)."""
+    """See the module docstring.  Needs FULL spatial covariances (and FULL marginals).  The
+    check pass has rejected the combinations without a closed form
+    (`GlobalSelfAttention.no_kernel`)."""
     op = node.op
     t = ctx.in_type(node)
-    if not op.linear_scaling and op.attention_mechanism != 'IDENTITY':
-        raise NoClosedFormError(
-            f"GlobalSelfAttention(attention_mechanism='{op.attention_mechanism}', "
-            f'linear_scaling=False, pos_emb_type={op.pos_emb_type!r}) has no known closed-form '
-            'kernel (the softmax/abs/relu of a Gaussian logit matrix has no tractable '
-            'expectation)', path=node.path,
-            hint="use linear_scaling=True or attention_mechanism='IDENTITY', or estimate the "
-            'kernel with ntc.monte_carlo_kernel_fn')
     order = k.layout.axis_order
     ns = len(order)
     sizes = tuple(t.spatial_shape[i] for i in order)

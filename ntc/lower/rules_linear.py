@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..errors import NoClosedFormError
 from ..ir.types import TensorType
 from .registry import finite_rule, kernel_rule
 
@@ -123,13 +122,6 @@ def index_kernel(ctx, node, k):
     layouts are indexed directly); an integer index drops the axis pair."""
     op, t = node.op, ctx.in_type(node)
     per = op.per_axis(t.ndim)
-    if per[t.channel] != slice(None) and range(*per[t.channel].indices(t.channels)) != \
-            range(t.channels):
-        raise NoClosedFormError(
-            f'indexing the channel axis ({per[t.channel]}) leaves finitely many channels, which '
-            'has no infinite-width kernel', path=node.path,
-            hint="index spatial or batch axes only (':' on the channel axis), or estimate the "
-            'kernel with ntc.monte_carlo_kernel_fn')
     lay = k.layout
     order = lay.axis_order
 
@@ -176,8 +168,6 @@ def index_apply(op, params, inputs, ctx):
 
 # ----------------------------------------------------------------------------- ImageResize
 
-KERNEL_RESIZE_METHODS = ('linear', 'nearest')
-
 
 def resize(op, y, spatial_only: TensorType | None = None):
     """jax.image.resize of `y` to the op's shape (-1 keeps an axis).  With `spatial_only`
@@ -195,19 +185,11 @@ def resize(op, y, spatial_only: TensorType | None = None):
 @kernel_rule('ImageResize')
 def image_resize_kernel(ctx, node, k):
     """The resize R applied to both position indices: K -> R K Rᵀ (exact: resizing is
-    linear and acts on every channel alike)."""
+    linear and acts on every channel alike).  The check pass has rejected resizes of the
+    channel axis and methods without a kernel (`ImageResize.no_kernel`)."""
     op, tin = node.op, ctx.in_type(node)
-    if op.shape[tin.channel] not in (-1, tin.channels):
-        raise NoClosedFormError('ImageResize of the channel axis has no infinite-width kernel',
-                                path=node.path, hint=f'set shape[{tin.channel}] = -1')
     if not op.resized(tin):
         return k
-    if op.method not in KERNEL_RESIZE_METHODS:
-        raise NoClosedFormError(
-            f"the kernel of ImageResize supports the methods 'linear' and 'nearest', not "
-            f'{op.method!r} (as in neural-tangents)', path=node.path,
-            hint="use method='linear' or 'nearest', or estimate the kernel with "
-            'ntc.monte_carlo_kernel_fn')
 
     def fn(y):
         return resize(op, y, tin)

@@ -20,7 +20,7 @@ from ..ir.graph import Graph
 from ..ir.ops import max_spatial
 from ..ir.types import CovType, TensorType
 from .canonicalize import canonicalize
-from .check import check
+from .check import check_structure
 from .choose_layouts import propagate_needs
 from .infer_types import infer_types
 from .options import Options
@@ -38,11 +38,13 @@ def _prefixed(e: NtcError, path: str) -> NtcError:
 
 @functools.lru_cache(maxsize=256)
 def typed_body(op: ops.Repeat, t: TensorType, path: str = 'repeat') -> Graph:
-    """The body's graph typed for input `t`, checked, with Identity and dead nodes dropped."""
+    """The body's graph typed for input `t`, its structure checked (`check_structure`: the
+    pipeline's `check` pass reads the body's kernels through `Repeat.no_kernel`), with Identity
+    and dead nodes dropped."""
     g = op.layer.graph().copy()
     g.replace(g.input_nodes()[0], ttype=t)
     try:
-        g = check(infer_types(g, Options()), Options())
+        g = check_structure(infer_types(g, Options()))
     except NtcError as e:
         raise _prefixed(e, path) from None
     return canonicalize(g, Options(reference=True))  # no folding: node paths stay the layers'
