@@ -217,3 +217,17 @@ def test_terabyte_call_is_refused_before_allocating():
     x = np.ones((10 ** 6, 1))
     with pytest.raises(InputError, match=r'needs about .* GB .* ntc\.batch'):
         stax.serial(stax.Dense(2), stax.Relu()).kernel_fn(x, None, 'nngp')
+
+
+def test_batched_kernels_cast_integers_and_refuse_nan():
+    """ntc.batch checks its inputs as kernel_fn does: uint8 pixels give the float kernel, NaN
+    is refused before any tile is computed."""
+    net = stax.serial(stax.Dense(3, W_std=1.0, b_std=0.0))
+    x = np.array([[100, 100], [3, 4], [0, 7]], np.uint8)
+    want = x.astype(np.float64) @ x.astype(np.float64).T / 2  # x·x'/features, no overflow
+    got = ntc.batch(net.kernel_fn, 2)(x, None, 'nngp')
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12)
+    bad = x.astype(np.float64)
+    bad[1, 0] = np.nan
+    with pytest.raises(ntc.NtcError, match=r'x1.*entry \[1, 0\]'):
+        ntc.batch(net.kernel_fn, 2)(bad, None, 'nngp')

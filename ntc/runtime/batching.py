@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .. import checks
 from ..api import compile as compile_plan
 from ..api import normalize_get
 from ..errors import InputError, NumericalError, StoreError
@@ -93,18 +94,13 @@ def _pad_rows(x, n):
 
 
 def free_device_bytes(device) -> float:
-    """Free memory of a device (host memory for CPU devices)."""
-    stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
-    if stats and 'bytes_limit' in stats:
-        return float(stats['bytes_limit'] - stats.get('bytes_in_use', 0))
-    try:
-        with open('/proc/meminfo') as f:
-            info = dict(line.split(':', 1) for line in f)
-        avail = float(info['MemAvailable'].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        avail = 4e9
-    n_cpu = max(1, sum(d.platform == 'cpu' for d in jax.devices()))
-    return avail / n_cpu
+    """Free memory one tile may use on `device`: `checks.free_memory`, with the host's memory
+    shared among the CPU devices (their tiles run at the same time)."""
+    free = checks.free_memory(device)
+    free = 4e9 if math.isinf(free) else free  # unknown: a modest default
+    if device.platform != 'cpu':
+        return free
+    return free / max(1, sum(d.platform == 'cpu' for d in jax.devices()))
 
 
 def auto_tile(plan: KernelPlan, n: int, device) -> int:
@@ -215,7 +211,12 @@ class BatchedKernelFn:
         if isinstance(self.kernel_fn, KernelPlan) and get is None:
             names, form = self.kernel_fn.opts.get, 'tuple'
         symmetric = x2 is None or x2 is x1
-        x1 = np.asarray(x1)
+        mask = (kwargs or {}).get('mask_constant')
+        x1 = np.asarray(checks.as_input(x1, 'x1'))  # integers cast, complex refused
+        checks.check_values(x1, 'x1', mask)
+        if not symmetric:
+            x2 = np.asarray(checks.as_input(x2, 'x2'))
+            checks.check_values(x2, 'x2', mask)
         plan = self._plan(x1, names)
         self._batch_axis = plan.input_type.batch if plan is not None else 0
         x1 = np.moveaxis(x1, self._batch_axis, 0)
