@@ -10,10 +10,13 @@ import argparse
 import importlib
 import importlib.util
 import json
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
-from .errors import NtcError
+from .errors import InputError, NtcError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,11 +65,149 @@ def load_net(source: str):
 
 
 def _load_array(path: str, what: str):
+    """The array in the .npy file `path`, memory-mapped; refuses, with one line naming the file,
+    what is not a numeric .npy array: a missing file or a directory, a text file, a truncated
+    file, a damaged header, and object arrays (never unpickled)."""
     import numpy as np
+    fmt = np.lib.format
     p = Path(path)
     if not p.exists():
-        raise NtcError(f'{what} file {p} does not exist')
-    return np.load(p, mmap_mode='r')
+        raise InputError(f'{what} file {p} does not exist')
+    if not p.is_file():
+        raise InputError(f'{what} {p} is not a regular file', hint='pass a .npy file')
+    try:
+        with open(p, 'rb') as f:
+            try:
+                version = fmt.read_magic(f)
+            except ValueError:
+                raise InputError(f'{what} file {p} is not a .npy file (no NumPy header)',
+                                 hint='write arrays with numpy.save') from None
+            readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+            if version not in readers:
+                raise InputError(f'{what} file {p} has .npy format version {version}, which '
+                                 'holds structured data', hint='save a plain numeric array')
+            try:
+                shape, _, dtype = readers[version](f)
+            except ValueError as e:
+                raise InputError(f'{what} file {p} has a damaged .npy header '
+                                 f'({" ".join(str(e).split())[:80]})',
+                                 hint='write it again with numpy.save') from None
+            data_start = f.tell()
+        if dtype.hasobject:
+            raise InputError(f'{what} file {p} holds Python objects (a pickled array), which '
+                             'ntc never loads', hint='save a numeric array, e.g. '
+                             'numpy.save(path, x.astype(np.float64))')
+        if dtype.kind not in 'biuf':
+            raise InputError(f'{what} file {p} holds {dtype} values', hint='ntc takes real '
+                             'numbers: save a bool, integer or float array')
+        expected = data_start + math.prod(shape) * dtype.itemsize
+        size = p.stat().st_size
+        if size < expected:
+            raise InputError(f'{what} file {p} is truncated: its header announces shape '
+                             f'{shape} ({expected} bytes in all) but the file has {size} bytes',
+                             hint='write it again with numpy.save')
+        if math.prod(shape) == 0:
+            return np.load(p, allow_pickle=False)
+        return np.load(p, mmap_mode='r', allow_pickle=False)
+    except OSError as e:
+        raise InputError(f'cannot read {what} file {p}: {e.strerror or e}') from None
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """Refuse, before anything is computed, an output file that cannot be written: a directory,
+    a path under a missing directory or under a file, a read-only or virtual file system
+    (/proc, /sys), an existing file that is not a regular, writable file."""
+    if path.is_dir():
+        raise InputError(f'{what} {path} is a directory', hint=f'name a file, e.g. '
+                         f'{path / "kernel.npy"}')
+    parent = path.absolute().parent
+    if not parent.exists():
+        raise InputError(f'cannot write {path}: the directory {parent} does not exist',
+                         hint='create it first')
+    if not parent.is_dir():
+        raise InputError(f'cannot write {path}: {parent} is not a directory',
+                         hint='choose a path in a directory')
+    try:
+        if path.exists():
+            if not path.is_file():
+                raise InputError(f'{what} {path} is not a regular file',
+                                 hint='choose a path for a new file')
+            with open(path, 'r+b'):
+                pass
+    except OSError as e:
+        raise InputError(f'cannot write {what} {path}: {e.strerror or e}',
+                         hint='choose a path on a writable file system') from None
+    try:
+        with tempfile.TemporaryFile(dir=parent, prefix='.ntc-probe-') as probe:
+            probe.write(b'0')
+            probe.flush()
+    except OSError as e:
+        raise InputError(f'cannot write {what} {path}: cannot create a file in {parent} '
+                         f'({e.strerror or e})',
+                         hint='choose a path on a writable file system') from None
+
+
+def _check_store(store: Path) -> None:
+    """The tile store directory must be a directory, or creatable."""
+    if store.exists():
+        if not store.is_dir():
+            raise InputError(f'the tile store {store} is not a directory',
+                             hint='pass --store DIR, a directory for the tiles')
+        return
+    _check_writable(store, 'tile store')
+
+
+def _output_paths(out: Path, names) -> dict[str, Path]:
+    """The file each kernel is written to: `out` itself for one kernel, OUT.name.npy (OUT
+    without its .npy) for each of several."""
+    kernels = [n for n in names if n in ('nngp', 'ntk')]
+    if len(kernels) == 1:
+        return {kernels[0]: out}
+    stem = out.name[:-4] if out.name.endswith('.npy') else out.name
+    return {n: out.with_name(f'{stem}.{n}.npy') for n in kernels}
+
+
+def _first_non_finite(path: Path):
+    """The index of the first non-finite entry of the .npy file `path`, or None; reads the file
+    in blocks of rows."""
+    import numpy as np
+    arr = np.load(path, mmap_mode='r')
+    rows = max(1, (64 * 2 ** 20) // max(1, arr[:1].nbytes))
+    for r0 in range(0, len(arr), rows):
+        bad = ~np.isfinite(arr[r0:r0 + rows])
+        if bad.any():
+            idx = np.unravel_index(int(np.argmax(bad)), bad.shape)
+            return (r0 + int(idx[0]),) + tuple(int(i) for i in idx[1:])
+    return None
+
+
+class _Outputs:
+    """Kernel files computed under temporary names next to OUT, checked for non-finite values,
+    then renamed into place: a failed or interrupted run leaves no file that looks complete."""
+
+    def __init__(self, out: Path, names):
+        self.final = _output_paths(out, names)
+        self.tmp_out = out.with_name(f'.{out.name}.partial')
+        self.tmp = _output_paths(self.tmp_out, names)
+
+    def discard(self) -> None:
+        for p in self.tmp.values():
+            p.unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        from .errors import NumericalError
+        for name, p in self.tmp.items():
+            if not p.exists():
+                raise NtcError(f'no {name} kernel was computed; nothing was written to '
+                               f'{self.final[name]}')
+            where = _first_non_finite(p)
+            if where is not None:
+                raise NumericalError(f'the {name} kernel has a non-finite value at '
+                                     f'{list(where)}; nothing was written to '
+                                     f'{self.final[name]}', hint='check the inputs and the '
+                                     'layer parameters')
+        for name, p in self.tmp.items():
+            os.replace(p, self.final[name])
 
 
 # ----------------------------------------------------------------------------- commands
@@ -132,40 +273,59 @@ def _kernel(args, info) -> int:
 
     from .runtime.batching import batch
     multi = info.num_processes > 1
-    net, _ = load_net(args.spec)
+    net, doc = load_net(args.spec)
     x1 = np.asarray(_load_array(args.x1, '--x1'))
     x2 = None if args.x2 is None else np.asarray(_load_array(args.x2, '--x2'))
+    _check_input_shape(x1, doc, '--x1')
+    if x2 is not None:
+        _check_input_shape(x2, doc, '--x2')
     out = Path(args.out)
-    if not out.parent.exists():
-        raise NtcError(f'cannot write {out}: the directory {out.parent} does not exist',
-                       hint='create it first')
+    outputs = _Outputs(out, args.get)
+    for path in outputs.final.values():
+        _check_writable(path, '--out')
     store = args.store or f'{out}.tiles'
+    _check_store(Path(store))
     get = args.get if len(args.get) > 1 else args.get[0]
-    if multi:
-        return _kernel_multi(net, x1, x2, get, out, store, args, info)
-    fn = batch(net.kernel_fn, args.tile, store_on_device=False, progress=args.progress,
-               store=store, resume=args.resume)
-    fn(x1, x2, get, out=out)
-    s = fn.stats
-    print(f'wrote {out} ({", ".join(args.get)}): {s.tiles_computed} tiles computed, '
-          f'{s.tiles_resumed} resumed, {s.tiles_skipped_symmetric} skipped by symmetry, '
-          f'tile {s.tile}', file=sys.stderr)
-    return 0
+    try:
+        if multi:
+            done = _kernel_multi(net, x1, x2, get, outputs, store, args, info)
+        else:
+            fn = batch(net.kernel_fn, args.tile, store_on_device=False, progress=args.progress,
+                       store=store, resume=args.resume)
+            fn(x1, x2, get, out=outputs.tmp_out)
+            outputs.commit()
+            s = fn.stats
+            print(f'wrote {_written(outputs)} ({", ".join(args.get)}): {s.tiles_computed} '
+                  f'tiles computed, {s.tiles_resumed} resumed, {s.tiles_skipped_symmetric} '
+                  f'skipped by symmetry, tile {s.tile}', file=sys.stderr)
+            done = 0
+    except BaseException:
+        if info.process_id == 0:
+            outputs.discard()
+        raise
+    return done
 
 
-def _kernel_multi(net, x1, x2, get, out, store, args, info) -> int:
+def _written(outputs) -> str:
+    return ' and '.join(str(p) for p in outputs.final.values())
+
+
+def _kernel_multi(net, x1, x2, get, outputs, store, args, info) -> int:
     from .runtime.distributed import distributed_batch
     fn = distributed_batch(net.kernel_fn, args.tile, store=store, resume=args.resume,
                            progress=args.progress)
-    fn(x1, x2, get, out=out)
+    fn(x1, x2, get, out=outputs.tmp_out)
+    if info.process_id == 0:
+        outputs.commit()
     s = fn.stats
     print(f'process {s.process_id} of {s.num_processes}: {s.tiles_computed} tiles computed '
           f'(share {s.share_sizes[s.process_id]} of shares {s.share_sizes}), '
           f'{s.tiles_resumed} resumed, tile {s.tile}, {s.seconds_compute:.2f} s computing, '
           f'{s.seconds_wait:.2f} s waiting', file=sys.stderr)
     if info.process_id == 0:
-        print(f'wrote {out} ({", ".join(args.get)}): {sum(s.share_sizes)} tiles computed by '
-              f'{s.num_processes} processes, {s.tiles_resumed} resumed', file=sys.stderr)
+        print(f'wrote {_written(outputs)} ({", ".join(args.get)}): {sum(s.share_sizes)} tiles '
+              f'computed by {s.num_processes} processes, {s.tiles_resumed} resumed',
+              file=sys.stderr)
     return 0
 
 
@@ -177,41 +337,88 @@ def cmd_predict(args) -> int:
     if args.x64:
         import jax
         jax.config.update('jax_enable_x64', True)
+    from .errors import NumericalError
     from .runtime import predict
     from .runtime.batching import batch
-    net, _ = load_net(args.spec)
+    net, doc = load_net(args.spec)
     x_train = np.asarray(_load_array(args.train[0], '--train X'))
     y_train = np.asarray(_load_array(args.train[1], '--train Y'))
     x_test = np.asarray(_load_array(args.test, '--test'))
+    _check_input_shape(x_train, doc, '--train X')
+    _check_input_shape(x_test, doc, '--test')
     if y_train.ndim == 1:
         y_train = y_train[:, None]
+    if y_train.ndim != 2:
+        raise InputError(f'--train Y has shape {y_train.shape}', hint='pass targets of shape '
+                         '(N,) or (N, outputs)')
     if len(y_train) != len(x_train):
-        raise NtcError(f'--train: X has {len(x_train)} rows but Y has {len(y_train)}',
-                       hint='pass one target row per training input')
+        raise InputError(f'--train: X has {len(x_train)} rows but Y has {len(y_train)}',
+                         hint='pass one target row per training input')
     if x_test.shape[1:] != x_train.shape[1:]:
-        raise NtcError(f'--test has feature shape {x_test.shape[1:]} but --train X has '
-                       f'{x_train.shape[1:]}', hint='test and train inputs must match')
+        raise InputError(f'--test has feature shape {x_test.shape[1:]} but --train X has '
+                         f'{x_train.shape[1:]}', hint='test and train inputs must match')
     out = Path(args.out)
-    if not out.parent.exists():
-        raise NtcError(f'cannot write {out}: the directory {out.parent} does not exist',
-                       hint='create it first')
+    cov_path = None
+    if args.cov:
+        cov_path = out.with_name(out.name[:-4] if out.name.endswith('.npy') else out.name)
+        cov_path = cov_path.with_name(cov_path.name + '.cov.npy')
+    targets = {'mean': out, 'covariance': cov_path} if args.cov else {'mean': out}
+    for path in targets.values():
+        _check_writable(path, '--out')
     kernel_fn = batch(net.kernel_fn, args.tile, store_on_device=False, progress=args.progress)
     predict_fn = predict.gradient_descent_mse_ensemble(
         kernel_fn, x_train, y_train, learning_rate=args.learning_rate, diag_reg=args.diag_reg)
     res = predict_fn(t=args.t, x_test=x_test, get=args.get, compute_cov=args.cov)
-    mean = np.asarray(res.mean if args.cov else res)
-    np.save(out, mean)
-    written = [str(out)]
+    values = {'mean': np.asarray(res.mean if args.cov else res)}
     if args.cov:
-        cov_path = out.with_name(out.name[:-4] if out.name.endswith('.npy') else out.name)
-        cov_path = cov_path.with_name(cov_path.name + '.cov.npy')
-        np.save(cov_path, np.asarray(res.covariance))
-        written.append(str(cov_path))
+        values['covariance'] = np.asarray(res.covariance)
+    for what, v in values.items():
+        bad = np.argwhere(~np.isfinite(v))
+        if len(bad):
+            raise NumericalError(f'the predicted {what} has a non-finite value at '
+                                 f'{bad[0].tolist()}; nothing was written to {targets[what]}',
+                                 hint='check the inputs, the targets and --diag-reg; try --x64')
+    _save_all({targets[w]: v for w, v in values.items()})
+    mean = values['mean']
     when = 'infinite time' if args.t is None else f't = {args.t:g}'
     what = 'NNGP' if args.get == 'nngp' else 'NTK'
-    print(f'wrote {" and ".join(written)}: {what} ensemble predictions at {when} for '
-          f'{len(x_test)} test inputs, shape {mean.shape}', file=sys.stderr)
+    print(f'wrote {" and ".join(map(str, targets.values()))}: {what} ensemble predictions at '
+          f'{when} for {len(x_test)} test inputs, shape {mean.shape}', file=sys.stderr)
     return 0
+
+
+def _save_all(arrays: dict) -> None:
+    """np.save each array under a temporary name, then rename them all into place: a failed
+    write leaves no file that looks complete."""
+    import numpy as np
+    tmps = {path: path.with_name(f'.{path.name}.partial') for path in arrays}
+    try:
+        for path, value in arrays.items():
+            with open(tmps[path], 'wb') as f:
+                np.save(f, value, allow_pickle=False)
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    except OSError as e:
+        raise InputError(f'cannot write {e.filename or "the output"}: {e.strerror or e}',
+                         hint='check the free space and the permissions of the directory') from None
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+
+
+def _check_input_shape(x, doc, what: str) -> None:
+    """Refuse inputs whose shape differs from the spec's declared input_shape (-1 or null
+    entries match any size)."""
+    shape = doc.get('input_shape')
+    if not shape:
+        return
+    shape = tuple(shape) if shape[0] == -1 else (-1, *shape)
+    ok = x.ndim == len(shape) and all(
+        d is None or d < 0 or d == n for d, n in zip(shape[1:], x.shape[1:]))
+    if not ok:
+        declared = '(N, ' + ', '.join(str(d) for d in shape[1:]) + ')'
+        raise InputError(f'{what} has shape {x.shape} but the spec declares inputs of shape '
+                         f'{declared}', hint='reshape the inputs or fix input_shape in the spec')
 
 
 def cmd_demo(args) -> int:
@@ -327,6 +534,10 @@ def main(argv=None) -> int:
         parser.error(f'--diag-reg must be non-negative, got {args.diag_reg}')
     if getattr(args, 'tile', None) is not None and args.tile <= 0:
         parser.error(f'--tile must be a positive integer, got {args.tile}')
+    if args.command == 'kernel':
+        bad = [n for n in args.get if n not in ('nngp', 'ntk')] or ([] if args.get else [''])
+        if bad:
+            parser.error(f'--get: ntc kernel writes the nngp and ntk kernels, got {bad[0]!r}')
     try:
         return args.fn(args)
     except NtcError as e:
