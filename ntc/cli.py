@@ -26,10 +26,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _shape(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in text.split(','))
+        shape = tuple(int(v) for v in text.split(','))
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') \
             from None
+    sizes = shape[1:] if shape[:1] == (-1,) else shape
+    if not sizes or any(d <= 0 for d in sizes):
+        raise argparse.ArgumentTypeError(f'expected positive sizes (a leading -1 for the batch '
+                                         f'is allowed), got {text!r}')
+    return shape
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -46,14 +51,18 @@ def load_net(source: str):
         doc = spec.load_document(path)
         return doc['net'], doc
     if path.suffix == '.py':
-        if not path.exists():
-            raise NtcError(f'{path} does not exist')
+        if not path.is_file():
+            raise NtcError(f'{path} does not exist' if not path.exists() else
+                           f'{path} is not a regular file')
         mod_spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
+        _run_user_code(lambda: mod_spec.loader.exec_module(module), str(path))
     else:
+        if not all(part.isidentifier() for part in source.split('.')):
+            raise NtcError(f'{source!r} is not a spec file (.yaml/.yml/.json), a .py file or a '
+                           'module name', hint='pass the path of a spec file or a module name')
         try:
-            module = importlib.import_module(source)
+            module = _run_user_code(lambda: importlib.import_module(source), source)
         except ImportError as e:
             raise NtcError(f'cannot import {source!r}: {e}',
                            hint='pass a spec file (.yaml/.json), a .py file or a module',
@@ -61,7 +70,33 @@ def load_net(source: str):
     net = getattr(module, 'net', None)
     if not isinstance(net, Net):
         raise NtcError(f'{source} defines no `net` built with ntc.stax')
-    return net, {'net': net, 'input_shape': getattr(module, 'input_shape', None)}
+    shape = getattr(module, 'input_shape', None)
+    if shape is not None:
+        if not (isinstance(shape, (list, tuple)) and shape and all(
+                d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in shape)):
+            raise NtcError(f'{source}: input_shape must be a list of integers such as '
+                           f'[-1, 32, 32, 3], got {repr(shape)[:60]}')
+        shape = [-1 if d is None else d for d in shape]
+    return net, {'net': net, 'input_shape': shape}
+
+
+def _run_user_code(run, where: str):
+    """run(), turning an exception raised by the user's Python file or module into one line
+    that names the file and the line (an NtcError, or an import failure, passes through)."""
+    import traceback
+    try:
+        return run()
+    except (NtcError, ImportError):
+        raise
+    except SyntaxError as e:
+        raise NtcError(f'{e.filename or where}, line {e.lineno}: SyntaxError: {e.msg}') from None
+    except Exception as e:
+        frames = [f for f in traceback.extract_tb(e.__traceback__)
+                  if not f.filename.startswith('<frozen')]
+        line = f', line {frames[-1].lineno}' if frames else ''
+        file = frames[-1].filename if frames else where
+        raise NtcError(f'{where} failed to run: {type(e).__name__}: {e} ({file}{line})',
+                       hint='fix the Python file that defines `net`') from None
 
 
 def _load_array(path: str, what: str):
@@ -97,6 +132,10 @@ def _load_array(path: str, what: str):
             raise InputError(f'{what} file {p} holds Python objects (a pickled array), which '
                              'ntc never loads', hint='save a numeric array, e.g. '
                              'numpy.save(path, x.astype(np.float64))')
+        if 0 in shape or not shape:
+            raise InputError(f'{what} file {p} holds an array of shape {shape}, which has no '
+                             'inputs or no features', hint='pass an array of shape (N, ...) '
+                             'with N ≥ 1 and features')
         if dtype.kind not in 'biuf':
             raise InputError(f'{what} file {p} holds {dtype} values', hint='ntc takes real '
                              'numbers: save a bool, integer or float array')
@@ -106,8 +145,6 @@ def _load_array(path: str, what: str):
             raise InputError(f'{what} file {p} is truncated: its header announces shape '
                              f'{shape} ({expected} bytes in all) but the file has {size} bytes',
                              hint='write it again with numpy.save')
-        if math.prod(shape) == 0:
-            return np.load(p, allow_pickle=False)
         return np.load(p, mmap_mode='r', allow_pickle=False)
     except OSError as e:
         raise InputError(f'cannot read {what} file {p}: {e.strerror or e}') from None
@@ -423,7 +460,13 @@ def _check_input_shape(x, doc, what: str) -> None:
 
 def cmd_demo(args) -> int:
     from . import demo
-    demo.run(args.quick, args.out)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f'cannot create the output folder --out {out}: {e.strerror or e}',
+                         hint='choose a writable folder') from None
+    demo.run(args.quick, out)
     return 0
 
 
@@ -528,10 +571,16 @@ def main(argv=None) -> int:
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, 'learning_rate', 1.) <= 0:
-        parser.error(f'--learning-rate must be positive, got {args.learning_rate}')
-    if getattr(args, 'diag_reg', 0.) < 0:
-        parser.error(f'--diag-reg must be non-negative, got {args.diag_reg}')
+    for name, positive in (('learning_rate', True), ('diag_reg', False),
+                           ('connect_timeout', True), ('heartbeat_timeout', True)):
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and (value > 0 if positive
+                                                                else value >= 0)):
+            flag = '--' + name.replace('_', '-')
+            parser.error(f'{flag} must be a finite {"positive" if positive else "non-negative"}'
+                         f' number, got {value}')
+    if getattr(args, 'n', None) is not None and args.n <= 0:
+        parser.error(f'--n must be a positive integer, got {args.n}')
     if getattr(args, 'tile', None) is not None and args.tile <= 0:
         parser.error(f'--tile must be a positive integer, got {args.tile}')
     if args.command == 'kernel':
@@ -541,7 +590,14 @@ def main(argv=None) -> int:
     try:
         return args.fn(args)
     except NtcError as e:
-        print(f'ntc: error: {e}', file=sys.stderr)
+        print(f'ntc: error: {" ".join(str(e).split())}', file=sys.stderr)
+        return 1
+    except OSError as e:   # the world said no: a full disk, a vanished file, a permission
+        where = f' ({e.filename})' if e.filename else ''
+        print(f'ntc: error: {e.strerror or e}{where}', file=sys.stderr)
+        return 1
+    except MemoryError:
+        print('ntc: error: out of memory (pass a smaller --tile)', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
