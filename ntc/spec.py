@@ -290,7 +290,7 @@ def parse(data: Any, path: str = '') -> Net:
             if loc in seen:  # one message per field (unions report each member)
                 continue
             seen.add(loc)
-            msg = err['msg']
+            msg = err['msg'].removeprefix('Value error, ')
             if err['type'] == 'literal_error':
                 msg = 'must be one of ' + err['ctx']['expected'].replace("'", '')
             elif err['type'] == 'extra_forbidden':
