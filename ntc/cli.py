@@ -145,7 +145,14 @@ def _load_array(path: str, what: str):
             raise InputError(f'{what} file {p} is truncated: its header announces shape '
                              f'{shape} ({expected} bytes in all) but the file has {size} bytes',
                              hint='write it again with numpy.save')
-        return np.load(p, mmap_mode='r', allow_pickle=False)
+        arr = np.load(p, mmap_mode='r', allow_pickle=False)
+        if dtype.kind == 'f':
+            bad = _first_non_finite(arr)
+            if bad is not None:
+                raise InputError(f'{what} file {p} has a non-finite value ({arr[bad]}) at '
+                                 f'{list(bad)}', hint='remove or impute NaN and infinite '
+                                 'entries')
+        return arr
     except OSError as e:
         raise InputError(f'cannot read {what} file {p}: {e.strerror or e}') from None
 
@@ -204,11 +211,12 @@ def _output_paths(out: Path, names) -> dict[str, Path]:
     return {n: out.with_name(f'{stem}.{n}.npy') for n in kernels}
 
 
-def _first_non_finite(path: Path):
-    """The index of the first non-finite entry of the .npy file `path`, or None; reads the file
-    in blocks of rows."""
+def _first_non_finite(arr):
+    """The index of the first non-finite entry of `arr` (an array, or the path of a .npy file,
+    memory-mapped), or None; reads it in blocks of rows."""
     import numpy as np
-    arr = np.load(path, mmap_mode='r')
+    if isinstance(arr, Path):
+        arr = np.load(arr, mmap_mode='r')
     rows = max(1, (64 * 2 ** 20) // max(1, arr[:1].nbytes))
     for r0 in range(0, len(arr), rows):
         bad = ~np.isfinite(arr[r0:r0 + rows])

@@ -233,7 +233,8 @@ def test_nan_kernel_exits_1_and_writes_nothing(files, capsys):
     np.save(files / 'xnan.npy', x)
     out = files / 'k.npy'
     line = error_line(capsys, kernel_argv(files, out, x1='xnan.npy'))
-    assert 'non-finite' in line or 'NaN' in line
+    assert line == (f'ntc: error: --x1 file {files / "xnan.npy"} has a non-finite value (nan) '
+                    'at [3, 1] (remove or impute NaN and infinite entries)')
     assert not out.exists()
     assert not any('.partial' in p.name for p in files.iterdir())
 
