@@ -238,6 +238,9 @@ def _document(data) -> dict:
                 isinstance(d, int) and not isinstance(d, bool) for d in shape)):
             raise _err('input_shape', f'must be a list of integers such as [-1, 32, 32, 3], '
                        f'got {_short(shape)}')
+        if any(d == 0 or d < -1 for d in shape):
+            raise _err('input_shape', f'sizes must be positive (-1 for the batch axis), got '
+                       f'{_short(shape)}')
         doc['input_shape'] = shape
     return doc
 

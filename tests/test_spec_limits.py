@@ -134,3 +134,12 @@ def test_overflowing_parameter_names_file_and_field(tmp_path):
     f.write_text('net:\n  serial:\n    - Dense: {out_dim: 4, W_std: 1e400}\n')
     with pytest.raises(NtcError, match=r'inf\.yaml: net\.serial\[0\]\.Dense\.W_std'):
         spec.load(f)
+
+
+@pytest.mark.parametrize('shape', ['[-1, 0]', '[-1, 8, -3, 1]'])
+def test_input_shape_sizes_are_positive(tmp_path, shape):
+    f = tmp_path / 'shape.yaml'
+    f.write_text(f'input_shape: {shape}\nnet: Relu\n')
+    with pytest.raises(ValidationError, match=r'shape\.yaml: input_shape: sizes must be '
+                       r'positive \(-1 for the batch axis\)'):
+        spec.load(f)
