@@ -1,7 +1,10 @@
 """The `ntc` command line: plan, kernel, predict, demo, bench, schema.
 
-Every argument error prints one line (no traceback) and exits with status 2; an `NtcError`
-prints one line and exits with status 1.
+Every argument error prints one line (no traceback) and exits with status 2; an `NtcError`,
+an `OSError` or a `MemoryError` prints one line and exits with status 1.  Input files are
+checked before anything is computed (numeric .npy arrays only, never unpickled; finite; the
+spec's input_shape), and so are the output paths.  Kernels and predictions are written under
+temporary names, checked finite, and only then renamed to `--out`.
 """
 
 from __future__ import annotations
