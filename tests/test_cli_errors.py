@@ -317,3 +317,24 @@ def test_demo_out_under_a_file(files, capsys):
     line = error_line(capsys, ['demo', '--quick', '--out', files / 'x.npy' / 'demo'])
     assert line == (f'ntc: error: cannot create the output folder --out {files / "x.npy"}/demo: '
                     'Not a directory (choose a writable folder)')
+
+
+NAN_NET = '''
+import jax.numpy as jnp
+from ntc import stax
+# a nonlinearity whose kernel rule breaks down for large correlations: NaN past 0.5
+rule = lambda cov12, var1, var2: jnp.where(cov12 > 0.5, jnp.nan, cov12)
+net = stax.serial(stax.Dense(4), stax.Elementwise(fn=lambda x: x, nngp_fn=rule), stax.Dense(1))
+'''
+
+
+def test_nan_from_the_network_exits_1_and_writes_nothing(files, capsys):
+    """The issue's example: a NaN made by the network itself (here an Elementwise rule), which
+    today's main writes to --out and exits 0."""
+    (files / 'nan_net.py').write_text(NAN_NET)
+    out = files / 'k.npy'
+    line = error_line(capsys, ['kernel', files / 'nan_net.py', '--x1', files / 'x.npy',
+                               '--out', out])
+    assert 'non-finite' in line or 'NaN' in line, line
+    assert not out.exists()
+    assert not any('.partial' in p.name for p in files.iterdir())
