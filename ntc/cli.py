@@ -64,12 +64,10 @@ def load_net(source: str):
         if not all(part.isidentifier() for part in source.split('.')):
             raise NtcError(f'{source!r} is not a spec file (.yaml/.yml/.json), a .py file or a '
                            'module name', hint='pass the path of a spec file or a module name')
-        try:
-            module = _run_user_code(lambda: importlib.import_module(source), source)
-        except ImportError as e:
-            raise NtcError(f'cannot import {source!r}: {e}',
-                           hint='pass a spec file (.yaml/.json), a .py file or a module',
-                           ) from None
+        if _run_user_code(lambda: _find_module(source), source) is None:
+            raise NtcError(f'cannot import {source!r}: no module named {source!r}',
+                           hint='pass a spec file (.yaml/.json), a .py file or a module')
+        module = _run_user_code(lambda: importlib.import_module(source), source)
     net = getattr(module, 'net', None)
     if not isinstance(net, Net):
         raise NtcError(f'{source} defines no `net` built with ntc.stax')
@@ -83,13 +81,21 @@ def load_net(source: str):
     return net, {'net': net, 'input_shape': shape}
 
 
+def _find_module(name: str):
+    """The module's import spec, or None when there is no such module."""
+    try:
+        return importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return None
+
+
 def _run_user_code(run, where: str):
     """run(), turning an exception raised by the user's Python file or module into one line
-    that names the file and the line (an NtcError, or an import failure, passes through)."""
+    that names the file and the line (an NtcError passes through)."""
     import traceback
     try:
         return run()
-    except (NtcError, ImportError):
+    except NtcError:
         raise
     except SyntaxError as e:
         raise NtcError(f'{e.filename or where}, line {e.lineno}: SyntaxError: {e.msg}') from None

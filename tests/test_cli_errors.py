@@ -219,6 +219,12 @@ def test_errors_in_a_python_net(files, capsys):
     (files / 'syntax.py').write_text('net = (\n')
     line = error_line(capsys, ['plan', files / 'syntax.py'])
     assert line == f"ntc: error: {files / 'syntax.py'}, line 1: SyntaxError: '(' was never closed"
+    (files / 'imports.py').write_text('import no_such_package_xyz\n')
+    line = error_line(capsys, ['plan', files / 'imports.py'])
+    assert line.startswith(f'ntc: error: {files / "imports.py"} failed to run: '
+                           "ModuleNotFoundError: No module named 'no_such_package_xyz' (")
+    line = error_line(capsys, ['plan', 'no_such_package_xyz.net'])
+    assert line.startswith("ntc: error: cannot import 'no_such_package_xyz.net': no module")
     for source in ('..relative', ''):
         line = error_line(capsys, ['plan', source])
         assert 'is not a spec file (.yaml/.yml/.json), a .py file or a module name' in line
