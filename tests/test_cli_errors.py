@@ -100,6 +100,30 @@ def test_store_that_is_a_file(files, capsys):
     assert not out.exists()
 
 
+def test_store_on_a_virtual_file_system(files, capsys):
+    out = files / 'k.npy'
+    line = error_line(capsys, kernel_argv(files, out, '--store', '/proc/self/tiles'))
+    assert line.startswith('ntc: error: cannot write tile store /proc/self/tiles: cannot create '
+                           'a file in /proc/self')
+    assert not out.exists()
+
+
+def test_non_finite_predictions_are_not_written(files, capsys, monkeypatch):
+    import ntc.runtime.predict as predict
+
+    def nan_ensemble(*args, **kwargs):
+        return lambda t=None, x_test=None, get=None, compute_cov=False: np.array(
+            [[0.5], [np.nan], [1.0], [2.0], [3.0]])
+    monkeypatch.setattr(predict, 'gradient_descent_mse_ensemble', nan_ensemble)
+    out = files / 'p.npy'
+    line = error_line(capsys, ['predict', files / 'net.yaml', '--train', files / 'x.npy',
+                               files / 'y.npy', '--test', files / 'x.npy', '--out', out])
+    assert line == (f'ntc: error: the predicted mean has a non-finite value at [1, 0]; nothing '
+                    f'was written to {out} (check the inputs, the targets and --diag-reg; try '
+                    '--x64)')
+    assert not out.exists() and not any('.partial' in p.name for p in files.iterdir())
+
+
 def test_predict_out_checked_before_computing(files, capsys, monkeypatch):
     import ntc.runtime.predict as predict
     monkeypatch.setattr(predict, 'gradient_descent_mse_ensemble',
