@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -285,7 +286,7 @@ def parse(data: Any, path: str = '') -> Net:
         if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
             raise _err(f'{where}.{name}', f'expected a number, got {str(value).lower()}')
     try:
-        return layer(cls(**args))
+        op = cls(**args)
     except pydantic.ValidationError as e:
         msgs, seen = [], set()
         for err in e.errors():
@@ -305,6 +306,18 @@ def parse(data: Any, path: str = '') -> Net:
                 msg = f'{msg} (got {_short(err["input"], 40)})'
             msgs.append(f'{where}.{loc}: {msg}' if loc else f'{where}: {msg}')
         raise ValidationError('; '.join(msgs)) from None
+    for name, value in args.items():
+        if _has_non_finite(getattr(op, name, None)):
+            raise _err(f'{where}.{name}', f'must be finite, got {_short(value)} (numbers beyond '
+                       '1.8e308, .inf and .nan read as infinite or NaN)')
+    return layer(op)
+
+
+def _has_non_finite(value) -> bool:
+    """True when `value`, or a number in a tuple or list of it, is infinite or NaN."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, (list, tuple)) and any(_has_non_finite(v) for v in value)
 
 
 def _is_union_tag(part) -> bool:

@@ -126,14 +126,16 @@ def test_negative_parameter_names_file_and_field(tmp_path):
         spec.load(f)
 
 
-@pytest.mark.xfail(strict=False, reason='needs the finiteness validators of the op models '
-                   '(ntc/ir/ops.py), added on another branch of issue 19')
 def test_overflowing_parameter_names_file_and_field(tmp_path):
     # YAML reads 1e400 as inf: a kernel of no meaning
     f = tmp_path / 'inf.yaml'
     f.write_text('net:\n  serial:\n    - Dense: {out_dim: 4, W_std: 1e400}\n')
-    with pytest.raises(NtcError, match=r'inf\.yaml: net\.serial\[0\]\.Dense\.W_std'):
+    with pytest.raises(NtcError, match=r"inf\.yaml: net\.serial\[0\]\.Dense\.W_std: must be "
+                       "finite, got '1e400'"):
         spec.load(f)
+    for text in ('.nan', '-.inf', '.inf', '1.0e+400'):
+        with pytest.raises(NtcError, match=r'^net\.Conv\.b_std: '):
+            spec.loads(f'net: {{Conv: {{out_chan: 2, filter_shape: [3], b_std: {text}}}}}')
 
 
 @pytest.mark.parametrize('shape', ['[-1, 0]', '[-1, 8, -3, 1]'])
