@@ -86,6 +86,34 @@ def test_out_on_a_read_only_file_system(files, capsys):
                            f'file in {ro}')
 
 
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory on a read-only tmpfs holding one file, old.npy (needs root and mount)."""
+    d = tmp_path / 'ro'
+    d.mkdir()
+    if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs',
+                                            str(d)], capture_output=True).returncode != 0:
+        pytest.skip('mounting a tmpfs needs root')
+    try:
+        np.save(d / 'old.npy', np.zeros(3))
+        subprocess.run(['mount', '-o', 'remount,ro', str(d)], check=True)
+        yield d
+    finally:
+        subprocess.run(['umount', str(d)], capture_output=True)
+
+
+def test_out_on_a_read_only_mount(files, capsys, read_only_dir):
+    out = read_only_dir / 'k.npy'
+    line = error_line(capsys, kernel_argv(files, out))
+    assert line == (f'ntc: error: cannot write --out {out}: cannot create a file in '
+                    f'{read_only_dir} (Read-only file system) (choose a path on a writable file '
+                    'system)')
+    old = read_only_dir / 'old.npy'
+    line = error_line(capsys, kernel_argv(files, old))
+    assert line == (f'ntc: error: cannot write --out {old}: Read-only file system (choose a path '
+                    'on a writable file system)')
+
+
 def test_out_that_is_a_device(files, capsys):
     line = error_line(capsys, kernel_argv(files, '/dev/null'))
     assert line == 'ntc: error: --out /dev/null is not a regular file (choose a path for a ' \
