@@ -45,6 +45,12 @@ def input_type(net: Net, input_shape: Sequence[int]) -> TensorType:
         if axes is not None:
             batch_axis, channel_axis, first = *axes(len(shape)), node
             break
+    for name in ('batch_axis', 'channel_axis'):
+        axis = getattr(first.op, name, None) if first is not None else None
+        if isinstance(axis, int) and not -len(shape) <= axis < len(shape):
+            raise ShapeError(f'{name}={axis} is out of range for input shape '
+                             f'{tuple(input_shape)} of rank {len(shape)}', path=first.path,
+                             hint=f'use an axis in {-len(shape)}..{len(shape) - 1}')
     specs = getattr(first.op, 'specs', None) if first is not None else None
     if specs is not None and len(specs()[0]) != len(shape):
         lhs = specs()[0]

@@ -317,3 +317,12 @@ def test_rank_mismatch_is_one_line_with_the_layer_path(shape, hint):
                                               'padding': 'SAME'}}, 'Relu']})
     with pytest.raises(ShapeError, match=r"^serial\[0\]\.Conv: dimension_numbers"):
         ntc.compile(loaded, (-1,) + shape[1:])
+
+
+@pytest.mark.parametrize('axis', [4, -3])
+def test_out_of_range_batch_axis_is_refused(axis):
+    """Today a batch_axis of 4 on a rank-2 input wraps round to axis 0 without a word."""
+    net = stax.serial(stax.Dense(2, batch_axis=axis), stax.Relu())
+    with pytest.raises(ShapeError, match=rf'^serial\[0\]\.Dense: batch_axis={axis} is out of '
+                       r'range for input shape \(3, 4\) of rank 2 \(use an axis in -2\.\.1\)'):
+        net.kernel_fn(np.ones((3, 4)), None, 'nngp')
