@@ -609,6 +609,9 @@ def main(argv=None) -> int:
     except NtcError as e:
         print(f'ntc: error: {" ".join(str(e).split())}', file=sys.stderr)
         return 1
+    except BrokenPipeError:   # `ntc plan ... | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as e:   # the world said no: a full disk, a vanished file, a permission
         where = f' ({e.filename})' if e.filename else ''
         print(f'ntc: error: {e.strerror or e}{where}', file=sys.stderr)

@@ -396,3 +396,17 @@ def test_nan_from_the_network_exits_1_and_writes_nothing(files, capsys):
     assert 'non-finite' in line or 'NaN' in line, line
     assert not out.exists()
     assert not any('.partial' in p.name for p in files.iterdir())
+
+
+def test_closed_pipe_stops_quietly():
+    """`ntc schema | head -1`: no 'Broken pipe' error, no traceback."""
+    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    read_end, write_end = os.pipe()
+    os.close(read_end)   # the reader is gone before ntc writes anything
+    try:
+        res = subprocess.run([sys.executable, '-m', 'ntc', 'schema'], cwd=ROOT, env=env,
+                             stdout=write_end, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write_end)
+    assert res.returncode == 1
+    assert res.stderr.decode() == ''
