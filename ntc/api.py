@@ -40,17 +40,41 @@ def input_type(net: Net, input_shape: Sequence[int]) -> TensorType:
     if len(shape) < 2:
         raise ShapeError(f'input shape {tuple(input_shape)} needs a batch axis and a channel axis',
                          hint='pass (N, features) or (N, spatial..., channels)')
-    batch_axis, channel_axis = 0, -1
+    batch_axis, channel_axis, first = 0, -1, None
     for node in net.graph().nodes():
         axes = getattr(node.op, 'input_axes', None)
         if axes is not None:
-            batch_axis, channel_axis = axes(len(shape))
+            batch_axis, channel_axis, first = *axes(len(shape)), node
             break
+    for name in ('batch_axis', 'channel_axis'):
+        axis = getattr(first.op, name, None) if first is not None else None
+        if isinstance(axis, int) and not -len(shape) <= axis < len(shape):
+            raise ShapeError(f'{name}={axis} is out of range for input shape '
+                             f'{tuple(input_shape)} of rank {len(shape)}', path=first.path,
+                             hint=f'use an axis in {-len(shape)}..{len(shape) - 1}')
+    specs = getattr(first.op, 'specs', None) if first is not None else None
+    if specs is not None and len(specs()[0]) != len(shape):
+        lhs = specs()[0]
+        raise ShapeError(f'dimension_numbers {specs()} take inputs of rank {len(lhs)} '
+                         f'{_axes_example(lhs)}, got input shape {tuple(input_shape)} of rank '
+                         f'{len(shape)}', path=first.path,
+                         hint='reshape the inputs' + (
+                             f', or give the {first.op.kind} a {len(shape) - 2}-d filter'
+                             if len(shape) > 2 else ', or use Dense for inputs without '
+                             'spatial axes'))
     shape = tuple(None if i == batch_axis % len(shape) else d for i, d in enumerate(shape))
     try:
         return TensorType(shape=shape, batch_axis=batch_axis, channel_axis=channel_axis)
     except ValueError as e:
-        raise ShapeError(f'input shape {tuple(input_shape)}: {e}') from None
+        errors = e.errors() if hasattr(e, 'errors') else [{'msg': str(e)}]
+        msg = errors[0]['msg'].removeprefix('Value error, ')
+        raise ShapeError(f'input shape {tuple(input_shape)}: {msg}',
+                         path=first.path if first is not None else None) from None
+
+
+def _axes_example(lhs: str) -> str:
+    """'NHWC' -> '(N, H, W, C)'."""
+    return '(' + ', '.join(lhs) + ')'
 
 
 def typed_graph(net: Net, t: TensorType, checked: bool = True):

@@ -12,7 +12,7 @@ none; `serial` and `parallel` hold lists.  A file may hold the net alone or a do
         - Erf
         - Dense: {out_dim: 1, W_std: 1.5, b_std: 0.05}
 
-Specs are data: files are read with `yaml.safe_load` only (no tag can build an object or run
+Specs are data: files are read with yaml's safe loader only (no tag can build an object or run
 code), every layer's arguments are validated by the IR's pydantic models (unknown keys are
 rejected), and every error names its place, e.g. ``serial[3].Conv.padding: ...``.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -62,32 +63,128 @@ def _accepts_bool(annotation) -> bool:
     return 'bool' in str(annotation)
 
 
+#: bounds on a spec: the most nodes (mappings, lists and scalars, an alias counted at every
+#: place it is used), the deepest nesting and the largest file.  Far above any real network,
+#: far below what would exhaust memory, time or Python's stack.
+MAX_NODES = 100_000
+MAX_DEPTH = 200
+MAX_BYTES = 10 * 2 ** 20
+
+
+class _TooBig(Exception):
+    """A spec beyond MAX_NODES or MAX_DEPTH (turned into a ValidationError naming the file)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing nesting beyond MAX_DEPTH while it composes (its composer
+    recurses once per level)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooBig(f'the spec nests more than {MAX_DEPTH} levels deep')
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _yaml_load(text: str):
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def check_size(data) -> None:
+    """Raise `_TooBig` when `data` (plain lists, dicts and scalars, possibly sharing parts, as
+    YAML aliases make them) expands to more than MAX_NODES nodes, nests deeper than MAX_DEPTH or
+    contains itself.  Iterative, and linear in the number of distinct containers."""
+    done: dict[int, tuple[int, int]] = {}  # id -> (expanded size, height)
+    open_: set[int] = set()
+    stack = [(data, False)]
+    while stack:
+        obj, finished = stack.pop()
+        key = id(obj)
+        if key in done:
+            continue
+        children = list(obj.values()) if isinstance(obj, dict) else obj
+        if not finished:
+            if key in open_:
+                raise _TooBig('the spec contains itself (a recursive alias)')
+            open_.add(key)
+            stack.append((obj, True))
+            stack.extend((c, False) for c in children if isinstance(c, (list, dict)))
+            continue
+        open_.discard(key)
+        size, height = 1 + (len(obj) if isinstance(obj, dict) else 0), 0
+        for c in children:
+            s, h = done[id(c)] if isinstance(c, (list, dict)) else (1, 0)
+            size, height = size + s, max(height, h)
+        done[key] = (size, height + 1)
+        if size > MAX_NODES:
+            raise _TooBig(f'the spec expands to more than {MAX_NODES} nodes (aliases count at '
+                          'every place they are used)')
+        if height + 1 > MAX_DEPTH:
+            raise _TooBig(f'the spec nests more than {MAX_DEPTH} levels deep')
+
+
 def _read(source) -> Any:
     if isinstance(source, (dict, list, str)) and not _looks_like_path(source):
         return source
     path = Path(source)
     if not path.exists():
         raise _err('', f'spec file {path} does not exist')
-    text = path.read_text()
+    if not path.is_file():
+        raise _err('', f'spec file {path} is not a regular file (a directory or device?)')
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise _err('', f'cannot read the spec file {path}: {e.strerror or e}') from None
+    if len(raw) > MAX_BYTES:
+        raise _err('', f'{path}: the spec file has {len(raw)} bytes; specs are at most '
+                   f'{MAX_BYTES} bytes')
+    try:
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b'\n') + 1
+        raise _err('', f'{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at line {line}, '
+                   f'offset {e.start})', ) from None
     if not text.strip():
         raise _err('', f'{path}: the spec file is empty (expected a layer or a document with '
                    'a `net` key)')
-    if path.suffix == '.json':
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise _err('', f'{path}: JSON syntax error at line {e.lineno}: {e.msg}') from None
     try:
-        return yaml.safe_load(text)
+        return _parse_text(text, 'json' if path.suffix == '.json' else 'yaml')
+    except ValidationError as e:
+        raise _err('', f'{path}: {e}') from None
+
+
+def _parse_text(text: str, fmt: str) -> Any:
+    """Plain data from spec text, bounded in size and depth (`check_size`)."""
+    try:
+        data = json.loads(text) if fmt == 'json' else _yaml_load(text)
+        check_size(data)
+        return data
+    except _TooBig as e:
+        raise _err('', str(e)) from None
+    except RecursionError:
+        raise _err('', f'the spec nests more than {MAX_DEPTH} levels deep') from None
+    except json.JSONDecodeError as e:
+        raise _err('', f'JSON syntax error at line {e.lineno}: {e.msg}') from None
     except yaml.constructor.ConstructorError as e:
         mark = e.problem_mark
         where = f' at line {mark.line + 1}' if mark else ''
-        raise _err('', f'{path}: {e.problem}{where} (specs are data; tags that build Python '
+        raise _err('', f'{e.problem}{where} (specs are data; tags that build Python '
                    'objects are not allowed)') from None
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
-        raise _err('', f'{path}: YAML syntax error{where}: '
+        raise _err('', f'YAML syntax error{where}: '
                    f'{getattr(e, "problem", None) or e}') from None
 
 
@@ -112,7 +209,15 @@ def load_document(source) -> dict:
         raise
 
 
+def _bounded(data) -> None:
+    try:
+        check_size(data)
+    except _TooBig as e:
+        raise _err('', str(e)) from None
+
+
 def _document(data) -> dict:
+    _bounded(data)
     if not (isinstance(data, dict) and any(k in DOCUMENT_KEYS for k in data)):
         return {'net': parse(data)}
     unknown = sorted(set(data) - set(DOCUMENT_KEYS))
@@ -134,6 +239,9 @@ def _document(data) -> dict:
                 isinstance(d, int) and not isinstance(d, bool) for d in shape)):
             raise _err('input_shape', f'must be a list of integers such as [-1, 32, 32, 3], '
                        f'got {_short(shape)}')
+        if any(d == 0 or d < -1 for d in shape):
+            raise _err('input_shape', f'sizes must be positive (-1 for the batch axis), got '
+                       f'{_short(shape)}')
         doc['input_shape'] = shape
     return doc
 
@@ -148,6 +256,8 @@ def parse(data: Any, path: str = '') -> Net:
     {serial|parallel: [layers]}); `path` prefixes error locations.  Arguments are validated by
     the op's pydantic model: unknown keys, wrong types and bad values raise a one-line
     `ValidationError` naming the place, e.g. ``serial[3].Conv.padding: must be one of ...``."""
+    if not path:
+        _bounded(data)
     if isinstance(data, str):
         data = {data: None}
     if not isinstance(data, dict) or len(data) != 1:
@@ -176,7 +286,7 @@ def parse(data: Any, path: str = '') -> Net:
         if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
             raise _err(f'{where}.{name}', f'expected a number, got {str(value).lower()}')
     try:
-        return layer(cls(**args))
+        op = cls(**args)
     except pydantic.ValidationError as e:
         msgs, seen = [], set()
         for err in e.errors():
@@ -184,7 +294,7 @@ def parse(data: Any, path: str = '') -> Net:
             if loc in seen:  # one message per field (unions report each member)
                 continue
             seen.add(loc)
-            msg = err['msg']
+            msg = err['msg'].removeprefix('Value error, ')
             if err['type'] == 'literal_error':
                 msg = 'must be one of ' + err['ctx']['expected'].replace("'", '')
             elif err['type'] == 'extra_forbidden':
@@ -196,6 +306,18 @@ def parse(data: Any, path: str = '') -> Net:
                 msg = f'{msg} (got {_short(err["input"], 40)})'
             msgs.append(f'{where}.{loc}: {msg}' if loc else f'{where}: {msg}')
         raise ValidationError('; '.join(msgs)) from None
+    for name, value in args.items():
+        if _has_non_finite(getattr(op, name, None)):
+            raise _err(f'{where}.{name}', f'must be finite, got {_short(value)} (numbers beyond '
+                       '1.8e308, .inf and .nan read as infinite or NaN)')
+    return layer(op)
+
+
+def _has_non_finite(value) -> bool:
+    """True when `value`, or a number in a tuple or list of it, is infinite or NaN."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, (list, tuple)) and any(_has_non_finite(v) for v in value)
 
 
 def _is_union_tag(part) -> bool:
@@ -224,12 +346,8 @@ def dumps(net: Net, fmt: str = 'yaml') -> str:
 
 
 def loads(text: str, fmt: str = 'yaml') -> Net:
-    """A Net from spec text (YAML, or JSON, which is YAML too), read with yaml.safe_load."""
-    try:
-        data = json.loads(text) if fmt == 'json' else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise _err('', f'cannot parse the spec text: {" ".join(str(e).split())}') from None
-    return _document(data)['net']
+    """A Net from spec text (YAML, or JSON, which is YAML too), read with yaml's safe loader."""
+    return _document(_parse_text(text, fmt))['net']
 
 
 def dump_document(net: Net, name: str | None = None, description: str | None = None,

@@ -11,7 +11,7 @@ import pytest
 
 import ntc
 from ntc import spec, stax
-from ntc.errors import NtcError, ValidationError
+from ntc.errors import NtcError, ShapeError, ValidationError
 
 SPECS = Path(__file__).resolve().parent.parent / 'specs'
 S2 = 2 ** 0.5
@@ -262,3 +262,67 @@ def test_other_malformed_documents(tmp_path):
     assert msg == 'serial: must be a list of layers, got dict'
     msg = _error({'serial': [{'Dense': {'out_dim': 1}, 'Relu': None}]})
     assert msg.startswith('serial[0]: a layer must be a name or a one-key mapping')
+
+
+# ----------------------------------------------------------------------------- dimension numbers
+# and input ranks: one line naming the layer and the field, from a spec or from ntc.stax
+
+
+@pytest.mark.parametrize('dn, problem', [
+    (('NHWC', 'HWOO', 'NHWC'), "the rhs spec 'HWOO' must name O and I and each axis once"),
+    (('NHWC', 'XYIO', 'NHWC'), "the rhs spec 'XYIO' must have the spatial axes of the lhs spec"),
+    (('nhwc', 'hwio', 'nhwc'), "the lhs spec 'nhwc' must name N and C"),
+    (('', '', ''), "the lhs spec '' must name N and C"),
+    (('NHXC', 'HWIO', 'NHWC'), "the rhs spec 'HWIO' must have the spatial axes of the lhs"),
+    (('NHC', 'HIO', 'NHC'), '1 spatial axes for a 2-d filter'),
+])
+def test_bad_dimension_numbers_name_layer_and_field(dn, problem):
+    example = "e.g. ('NHWC', 'HWIO', 'NHWC')"
+    with pytest.raises(ValidationError) as e:
+        stax.Conv(4, (3, 3), dimension_numbers=dn)
+    assert str(e.value).startswith(f'Conv.dimension_numbers: Value error, {problem}')
+    assert example in str(e.value)
+    data = {'serial': [{'Conv': {'out_chan': 4, 'filter_shape': [3, 3],
+                                 'dimension_numbers': list(dn)}}, 'Relu']}
+    with pytest.raises(ValidationError) as e:
+        spec.parse(data)
+    assert str(e.value).startswith(f'serial[0].Conv.dimension_numbers: {problem}')
+    assert '\n' not in str(e.value)
+
+
+def test_valid_dimension_numbers_still_work():
+    x = np.random.default_rng(0).normal(size=(2, 3, 5, 4))   # N, C, H, W
+    nchw = stax.Conv(2, (3, 2), dimension_numbers=('NCHW', 'OIHW', 'NCHW'))
+    nhwc = stax.Conv(2, (3, 2))
+    k1 = np.asarray(nchw.kernel_fn(x, None, 'nngp'))
+    k2 = np.asarray(nhwc.kernel_fn(x.transpose(0, 2, 3, 1), None, 'nngp'))
+    np.testing.assert_allclose(k1, k2, rtol=1e-12)
+
+
+@pytest.mark.parametrize('shape, hint', [
+    ((2, 5, 3), 'give the Conv a 1-d filter'),
+    ((2, 3), 'use Dense for inputs without spatial axes'),
+])
+def test_rank_mismatch_is_one_line_with_the_layer_path(shape, hint):
+    net = stax.serial(stax.Conv(4, (3, 3), padding='SAME'), stax.Relu())
+    x = np.ones(shape)
+    with pytest.raises(ShapeError) as e:
+        net.kernel_fn(x, None, 'nngp')
+    text = str(e.value)
+    assert text.startswith("serial[0].Conv: dimension_numbers ('NHWC', 'HWIO', 'NHWC') take "
+                           f'inputs of rank 4 (N, H, W, C), got input shape {shape} of rank '
+                           f'{len(shape)}')
+    assert hint in text and '\n' not in text and 'pydantic' not in text
+    loaded = spec.parse({'serial': [{'Conv': {'out_chan': 4, 'filter_shape': [3, 3],
+                                              'padding': 'SAME'}}, 'Relu']})
+    with pytest.raises(ShapeError, match=r"^serial\[0\]\.Conv: dimension_numbers"):
+        ntc.compile(loaded, (-1,) + shape[1:])
+
+
+@pytest.mark.parametrize('axis', [4, -3])
+def test_out_of_range_batch_axis_is_refused(axis):
+    """Today a batch_axis of 4 on a rank-2 input wraps round to axis 0 without a word."""
+    net = stax.serial(stax.Dense(2, batch_axis=axis), stax.Relu())
+    with pytest.raises(ShapeError, match=rf'^serial\[0\]\.Dense: batch_axis={axis} is out of '
+                       r'range for input shape \(3, 4\) of rank 2 \(use an axis in -2\.\.1\)'):
+        net.kernel_fn(np.ones((3, 4)), None, 'nngp')

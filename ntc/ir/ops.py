@@ -401,6 +401,34 @@ class _ConvBase(_WindowBase, _AffineBase):
     def window(self):
         return self.filter_shape
 
+    @field_validator('dimension_numbers')
+    @classmethod
+    def _valid_specs(cls, v, info):
+        """(lhs, rhs, out) as lax.conv_general_dilated reads them: lhs and out hold N, C and
+        the spatial letters, rhs holds O, I and the same spatial letters, one per filter
+        dimension, each letter once."""
+        if v is None:
+            return v
+        lhs, rhs, out = v
+        n = len(info.data['filter_shape']) if 'filter_shape' in info.data else None
+        spatial = sorted(set(lhs) - set('NC'))
+        problem = None
+        for name, spec, fixed in (('lhs', lhs, 'NC'), ('rhs', rhs, 'OI'), ('out', out, 'NC')):
+            if len(set(spec)) != len(spec) or not set(fixed) <= set(spec):
+                problem = (f'the {name} spec {spec!r} must name {fixed[0]} and {fixed[1]} and '
+                           'each axis once')
+                break
+            if sorted(set(spec) - set(fixed)) != spatial:
+                problem = (f'the {name} spec {spec!r} must have the spatial axes of the lhs '
+                           f'spec {lhs!r}')
+                break
+        if problem is None and n is not None and len(spatial) != n:
+            problem = f'{len(spatial)} spatial axes for a {n}-d filter'
+        if problem:
+            example = default_dimension_numbers(n if n is not None else 2)
+            raise ValueError(f'{problem}, e.g. {example}')
+        return v
+
     def specs(self) -> tuple[str, str, str]:
         return self.dimension_numbers or default_dimension_numbers(len(self.filter_shape))
 
