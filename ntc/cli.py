@@ -236,12 +236,13 @@ def _first_non_finite(arr):
 
 
 class _Outputs:
-    """Kernel files computed under temporary names next to OUT, checked for non-finite values,
-    then renamed into place: a failed or interrupted run leaves no file that looks complete."""
+    """Kernel files computed under hidden names next to OUT (`.OUT`, which `ntc.batch` itself
+    assembles as `.OUT.partial`), checked for non-finite values, then renamed into place: a
+    failed or interrupted run leaves no file that looks complete."""
 
     def __init__(self, out: Path, names):
         self.final = _output_paths(out, names)
-        self.tmp_out = out.with_name(f'.{out.name}.partial')
+        self.tmp_out = out.with_name(f'.{out.name}')
         self.tmp = _output_paths(self.tmp_out, names)
 
     def discard(self) -> None:

@@ -130,8 +130,8 @@ def test_overflowing_parameter_names_file_and_field(tmp_path):
     # YAML reads 1e400 as inf: a kernel of no meaning
     f = tmp_path / 'inf.yaml'
     f.write_text('net:\n  serial:\n    - Dense: {out_dim: 4, W_std: 1e400}\n')
-    with pytest.raises(NtcError, match=r"inf\.yaml: net\.serial\[0\]\.Dense\.W_std: must be "
-                       "finite, got '1e400'"):
+    with pytest.raises(NtcError, match=r"inf\.yaml: net\.serial\[0\]\.Dense\.W_std: .*finite "
+                       r".*'1e400'"):
         spec.load(f)
     for text in ('.nan', '-.inf', '.inf', '1.0e+400'):
         with pytest.raises(NtcError, match=r'^net\.Conv\.b_std: '):
