@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from ..checks import all_finite
 from ..ir.graph import Graph, Node
 from ..ir.types import CovType
 from ..passes.options import Options
@@ -224,8 +225,7 @@ def first_nonfinite(graph: Graph, opts: Options, x1, x2, inputs: dict | None = N
 
 
 def _finite(k: Kernel) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(a))) for a in (k.nngp, k.ntk, k.cov1, k.cov2)
-               if a is not None)
+    return all_finite([a for a in (k.nngp, k.ntk, k.cov1, k.cov2) if a is not None])
 
 
 def _first_nonfinite_in_repeat(ctx: LowerCtx, node: Node, k: Kernel):
