@@ -211,13 +211,9 @@ def _check_store(store: Path) -> None:
 
 
 def _output_paths(out: Path, names) -> dict[str, Path]:
-    """The file each kernel is written to: `out` itself for one kernel, OUT.name.npy (OUT
-    without its .npy) for each of several."""
-    kernels = [n for n in names if n in ('nngp', 'ntk')]
-    if len(kernels) == 1:
-        return {kernels[0]: out}
-    stem = out.name[:-4] if out.name.endswith('.npy') else out.name
-    return {n: out.with_name(f'{stem}.{n}.npy') for n in kernels}
+    """The file each kernel is written to, named as `ntc.batch` names them."""
+    from .runtime.batching import output_path
+    return {n: Path(output_path(out, n, names)) for n in names if n in ('nngp', 'ntk')}
 
 
 def _first_non_finite(arr):

@@ -434,7 +434,11 @@ class BatchedKernelFn:
         """A result array: in memory, or memory-mapped under a temporary name (see `_finish`)."""
         if out is None:
             return np.zeros(shape, dtype)
-        final = _out_path(out, name, names)
+        final = output_path(out, name, names)
+        parent = os.path.dirname(os.path.abspath(final))
+        if not os.path.isdir(parent):
+            raise StoreError(f'cannot write {final}: the directory {parent} does not exist',
+                             hint='create the directory or choose another output path')
         tmp = final + '.partial'
         self._partials.append((tmp, final))
         return _allocate(tmp, shape, dtype)
@@ -467,16 +471,13 @@ def tile_grid(n1: int, n2: int, tile: int, symmetric: bool) -> list[tuple[int, i
     return [(i, j) for i in range(t1) for j in range(t2) if not symmetric or j >= i]
 
 
-def _out_path(out, name, names) -> str:
-    """The file of kernel `name` for `out=` (one file per kernel when several are asked)."""
+def output_path(out, name, names) -> str:
+    """The file of kernel `name` for `out=`: `out` itself, or OUT.name.npy (OUT without its
+    .npy) for each kernel when several are asked."""
     path = os.fspath(out)
     if len([n for n in names if n in ('nngp', 'ntk')]) > 1:
         stem = path[:-4] if path.endswith('.npy') else path
         path = f'{stem}.{name}.npy'
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise StoreError(f'cannot write {path}: the directory {parent} does not exist',
-                         hint='create the directory or choose another output path')
     return path
 
 
