@@ -52,10 +52,10 @@ def input_type(net: Net, input_shape: Sequence[int]) -> TensorType:
             raise ShapeError(f'{name}={axis} is out of range for input shape '
                              f'{tuple(input_shape)} of rank {len(shape)}', path=first.path,
                              hint=f'use an axis in {-len(shape)}..{len(shape) - 1}')
-    specs = getattr(first.op, 'specs', None) if first is not None else None
-    if specs is not None and len(specs()[0]) != len(shape):
-        lhs = specs()[0]
-        raise ShapeError(f'dimension_numbers {specs()} take inputs of rank {len(lhs)} '
+    specs = first.op.specs() if first is not None and hasattr(first.op, 'specs') else None
+    if specs is not None and len(specs[0]) != len(shape):
+        lhs = specs[0]
+        raise ShapeError(f'dimension_numbers {specs} take inputs of rank {len(lhs)} '
                          f'{_axes_example(lhs)}, got input shape {tuple(input_shape)} of rank '
                          f'{len(shape)}', path=first.path,
                          hint='reshape the inputs' + (
