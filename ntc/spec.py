@@ -165,11 +165,10 @@ def _read(source) -> Any:
 
 
 def _parse_text(text: str, fmt: str) -> Any:
-    """Plain data from spec text, bounded in size and depth (`check_size`)."""
+    """Plain data from spec text, its nesting bounded while it is read (its expanded size is
+    bounded by `_document`, which every caller passes it to)."""
     try:
-        data = json.loads(text) if fmt == 'json' else _yaml_load(text)
-        check_size(data)
-        return data
+        return json.loads(text) if fmt == 'json' else _yaml_load(text)
     except _TooBig as e:
         raise _err('', str(e)) from None
     except RecursionError:
