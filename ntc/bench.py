@@ -55,22 +55,27 @@ CASES = {
 }
 
 
+def time_jitted(kernel_fn, x1, x2, repeats: int):
+    """(jitted function, compile seconds, median seconds): the bench kit's protocol, also the
+    demo's: `jax.jit(kernel_fn, static_argnames='get')` on nngp+ntk, one call to compile, then
+    the median of `repeats` steady-state calls."""
+    f = jax.jit(kernel_fn, static_argnames='get')
+
+    def call() -> float:
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(x1, x2, get=('nngp', 'ntk')))
+        return time.perf_counter() - t0
+    compile_s = call()
+    return f, compile_s, statistics.median(call() for _ in range(repeats))
+
+
 def time_case(name: str) -> dict:
     """Compile and steady-state timings of one case, with the plan's FLOP and memory model."""
     build, shape, repeats = CASES[name]
     net = build()
     _, _, kernel_fn = net
     x = np.random.RandomState(0).randn(*shape).astype(np.float32)
-    f = jax.jit(kernel_fn, static_argnames='get')
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(x, x, get=('nngp', 'ntk')))
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(x, x, get=('nngp', 'ntk')))
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+    f, compile_s, med = time_jitted(kernel_fn, x, x, repeats)
     plan = compile_plan(net, (-1,) + shape[1:], ('nngp', 'ntk'), dtype=np.float32)
     n = shape[0]
     flops = plan.total('flops', n, n)

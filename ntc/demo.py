@@ -164,18 +164,9 @@ print(json.dumps(dict(version=nt.__version__, compile_s=compile_s,
 
 def time_ntc_tile(kernel_fn, x1, x2, rounds: int = 3) -> float:
     """Median seconds of ntc's jitted `kernel_fn` (NNGP and NTK) on x1 × x2, after one call to
-    compile: the same protocol as `_NT_TIMER`."""
-    import statistics
-
-    import jax
-    fn = jax.jit(kernel_fn, static_argnames='get')
-
-    def call():
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(x1, x2, get=('nngp', 'ntk')))
-        return time.perf_counter() - t0
-    call()
-    return statistics.median(call() for _ in range(rounds))
+    compile: the bench kit's protocol (`ntc.bench.time_jitted`), which `_NT_TIMER` follows."""
+    from .bench import time_jitted
+    return time_jitted(kernel_fn, x1, x2, rounds)[2]
 
 
 def time_nt(net, x1, x2, rounds: int = 3, timeout: float = 300.) -> dict:
