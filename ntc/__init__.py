@@ -1,11 +1,11 @@
 """ntc, the neural tangents compiler: infinite-width NNGP and NTK kernels as compiled, inspectable
 JAX programs.  `from ntc import stax` is a drop-in for `neural_tangents.stax`."""
 
-from . import spec, stax
+from . import layers, spec, stax
 from .api import compile
+from .covariance.kernel import Kernel
 from .errors import AccuracyWarning, NtcError
 from .ir.net import Net
-from .lower.kernel import Kernel
 from .plan import KernelPlan
 from .runtime import (
     NtkImplementation,
@@ -20,7 +20,8 @@ from .runtime import (
     taylor_expand,
 )
 
-__all__ = ['stax', 'spec', 'compile', 'NtcError', 'Net', 'Kernel', 'KernelPlan', 'predict',
+__all__ = ['stax', 'spec', 'layers', 'compile', 'NtcError', 'Net', 'Kernel', 'KernelPlan',
+           'predict',
            'batch', 'TileStore', 'NtkImplementation', 'empirical_kernel_fn', 'empirical_nngp_fn',
            'empirical_ntk_fn', 'monte_carlo_kernel_fn', 'linearize', 'taylor_expand']
 __all__ += ['AccuracyWarning']

@@ -42,9 +42,9 @@ def input_type(net: Net, input_shape: Sequence[int]) -> TensorType:
                          hint='pass (N, features) or (N, spatial..., channels)')
     batch_axis, channel_axis, first = 0, -1, None
     for node in net.graph().nodes():
-        axes = getattr(node.op, 'input_axes', None)
+        axes = node.op.input_axes(len(shape))
         if axes is not None:
-            batch_axis, channel_axis, first = *axes(len(shape)), node
+            (batch_axis, channel_axis), first = axes, node
             break
     for name in ('batch_axis', 'channel_axis'):
         axis = getattr(first.op, name, None) if first is not None else None
@@ -52,7 +52,7 @@ def input_type(net: Net, input_shape: Sequence[int]) -> TensorType:
             raise ShapeError(f'{name}={axis} is out of range for input shape '
                              f'{tuple(input_shape)} of rank {len(shape)}', path=first.path,
                              hint=f'use an axis in {-len(shape)}..{len(shape) - 1}')
-    specs = first.op.specs() if first is not None and hasattr(first.op, 'specs') else None
+    specs = first.op.input_specs() if first is not None else None
     if specs is not None and len(specs[0]) != len(shape):
         lhs = specs[0]
         raise ShapeError(f'dimension_numbers {specs} take inputs of rank {len(lhs)} '

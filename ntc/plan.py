@@ -14,11 +14,14 @@ import jax
 import sympy
 
 from . import checks
+from .covariance.kernel import Kernel
 from .errors import InputError
 from .fingerprint import graph_fingerprint
 from .ir.graph import Graph
+from .ir.registry import KERNEL_INPUTS
 from .ir.types import TensorType
-from .lower.kernel import Kernel
+from .lower.lower import first_nonfinite, lower
+from .lower.symbolic import symbolic_kernels
 from .passes import Options
 from .passes.cost import N1, N2, NodeCost, cost
 from .passes.roll_loops import loops
@@ -53,7 +56,6 @@ class KernelPlan:
     def fn(self):
         """The lowered, jitted function (x1, x2) -> {name: array}."""
         if self._fn is None:
-            from .lower.lower import lower
             self._fn = lower(self.graph, self.opts)
         return self._fn
 
@@ -96,7 +98,6 @@ class KernelPlan:
                                 next(iter(x1.devices())))
         out = self.fn(x1, x2, inputs) if inputs else self.fn(x1, x2)
         if concrete:
-            from .lower.lower import first_nonfinite
             checks.check_results(out, lambda: first_nonfinite(self.graph, self.opts, x1, x2,
                                                               inputs or None), x1.dtype)
         return out
@@ -186,7 +187,6 @@ class KernelPlan:
     def symbolic(self):
         """The output NNGP and NTK as sympy expressions of k11, k12, k22 and the layers'
         σw, σb (see `ntc.lower.symbolic`)."""
-        from .lower.symbolic import symbolic_kernels
         return symbolic_kernels(self.source, self.opts)
 
 
@@ -194,8 +194,6 @@ def kernel_inputs(kwargs: dict, x1, x2) -> dict:
     """Normalise kernel_fn's extra keyword inputs (NT passes them to every layer's kernel_fn)
     through the `KERNEL_INPUTS` table; None values count as absent, unknown names are an error
     (NT would silently ignore a misspelt one)."""
-    from .lower import lower as _  # noqa: F401  (fills the rule tables)
-    from .lower.registry import KERNEL_INPUTS
     out = {}
     for name, value in kwargs.items():
         if value is None:
@@ -208,8 +206,6 @@ def kernel_inputs(kwargs: dict, x1, x2) -> dict:
             for leaf in jax.tree_util.tree_leaves(out[name]):
                 checks.check_values(leaf, name)
     return out
-
-
 
 
 def _at(expr, n1, n2) -> float:

@@ -32,13 +32,16 @@ import pydantic_core
 import yaml
 
 from .errors import ValidationError
-from .ir import ops
 from .ir.net import Net, layer
+from .ir.registry import OPS
 
 STRUCTURAL = ('serial', 'parallel')
-#: op kinds a spec may name (internal ops made by passes are not layers)
-LAYERS = {kind: cls for kind, cls in ops.OPS.items()
-          if kind not in ('Input', 'Affine', 'Transpose') and cls.serializable}
+
+
+def spec_layers() -> dict:
+    """The op kinds a spec may name, by kind: every registered layer whose `in_specs` trait is
+    set (not the ops passes make, nor layers holding Python functions)."""
+    return {kind: cls for kind, cls in OPS.items() if cls.in_specs}
 
 
 def _err(path: str, msg: str) -> ValidationError:
@@ -271,12 +274,13 @@ def parse(data: Any, path: str = '') -> Net:
             raise _err(base, f'must be a list of layers, got {type(args).__name__}')
         return Net(kind, children=tuple(parse(c, f'{base}[{i}]') for i, c in enumerate(args)))
     where = f'{path}.{kind}' if path else str(kind)
-    cls = LAYERS.get(kind)
+    layers = spec_layers()
+    cls = layers.get(kind)
     if cls is None:
-        close = difflib.get_close_matches(str(kind), list(LAYERS) + list(STRUCTURAL), n=1)
+        close = difflib.get_close_matches(str(kind), list(layers) + list(STRUCTURAL), n=1)
         guess = f'did you mean {close[0]}? ' if close else ''
         raise _err(where, f'unknown layer {kind!r}; {guess}known layers: serial, parallel, '
-                   + ', '.join(sorted(LAYERS)))
+                   + ', '.join(sorted(layers)))
     args = {} if args is None else args
     if not isinstance(args, dict):
         raise _err(where, f'arguments must be a mapping {{argument: value}}, got {_short(args)}')
@@ -330,7 +334,7 @@ def dump(net: Net) -> Any:
     if net.kind in STRUCTURAL:
         return {net.kind: [dump(c) for c in net.children]}
     op = net.op
-    if not op.serializable or any(callable(v) for v in op.args().values()):
+    if not op.serializable():
         raise ValidationError(f'{op.kind} holds Python functions and cannot be written to a '
                               'spec; build it in Python with ntc.stax')
     defaults = {k: f.default for k, f in type(op).model_fields.items()}
@@ -383,7 +387,7 @@ class _SchemaGen(pydantic.json_schema.GenerateJsonSchema):
 def json_schema() -> dict:
     """A JSON Schema for spec documents, generated from the IR's op models."""
     layer_refs, defs = [], {}
-    for kind, cls in sorted(LAYERS.items()):
+    for kind, cls in sorted(spec_layers().items()):
         schema = cls.model_json_schema(mode='validation', schema_generator=_SchemaGen)
         schema.get('properties', {}).pop('op', None)
         if 'required' in schema:

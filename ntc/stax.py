@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 import pydantic
 
+from . import layers
 from .errors import ValidationError
-from .ir import ops
 from .ir.net import Net, as_net, layer
 
 __all__ = [
@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-def _make(cls: type[ops.Op], **kwargs) -> Net:
+def _make(cls: type[layers.Op], **kwargs) -> Net:
     """Validate the arguments into an op model; errors name the layer and the field."""
     try:
         return layer(cls(**kwargs))
@@ -59,27 +59,27 @@ def parallel(*layers: Net) -> Net:
 
 def FanOut(num: int) -> Net:
     """Copies the input into `num` values (for `parallel`)."""
-    return _make(ops.FanOut, num=num)
+    return _make(layers.FanOut, num=num)
 
 
 def FanInSum() -> Net:
     """Sums the values of a fan-out."""
-    return _make(ops.FanInSum)
+    return _make(layers.FanInSum)
 
 
 def FanInProd() -> Net:
     """Multiplies the values of a fan-out elementwise."""
-    return _make(ops.FanInProd)
+    return _make(layers.FanInProd)
 
 
 def FanInConcat(axis: int = -1) -> Net:
     """Concatenates the values of a fan-out along `axis`."""
-    return _make(ops.FanInConcat, axis=axis)
+    return _make(layers.FanInConcat, axis=axis)
 
 
 def Identity() -> Net:
     """The identity layer."""
-    return _make(ops.Identity)
+    return _make(layers.Identity)
 
 
 # ----------------------------------------------------------------------------- affine
@@ -90,7 +90,7 @@ def Dense(out_dim: int, W_std: float = 1., b_std: float | None = None, batch_axi
           s: tuple[int, int] = (1, 1)) -> Net:
     """Fully connected layer: K -> W_std² K + b_std² (NTK parameterization, Jacot et al. 2018;
     standard parameterization after Sohl-Dickstein et al. 2020)."""
-    return _make(ops.Dense, out_dim=out_dim, W_std=W_std, b_std=b_std, batch_axis=batch_axis,
+    return _make(layers.Dense, out_dim=out_dim, W_std=W_std, b_std=b_std, batch_axis=batch_axis,
                  channel_axis=channel_axis, parameterization=parameterization, s=_tuple(s))
 
 
@@ -101,7 +101,7 @@ def Conv(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int] | No
     """Convolution over 1, 2 or 3 (or more) spatial axes: the covariance of every pair of
     positions becomes the W_std²-scaled mean over the filter window of the shifted pairs, plus
     b_std² (Novak et al. 2019, Garriga-Alonso et al. 2019)."""
-    return _make(ops.Conv, out_chan=out_chan, filter_shape=_tuple(filter_shape),
+    return _make(layers.Conv, out_chan=out_chan, filter_shape=_tuple(filter_shape),
                  strides=_tuple(strides), padding=padding, W_std=W_std, b_std=b_std,
                  dimension_numbers=_tuple(dimension_numbers), parameterization=parameterization,
                  s=_tuple(s))
@@ -112,7 +112,7 @@ def ConvTranspose(out_chan: int, filter_shape: Sequence[int], strides: Sequence[
                   dimension_numbers: tuple[str, str, str] | None = None,
                   parameterization: str = 'ntk', s: tuple[int, int] = (1, 1)) -> Net:
     """Transposed convolution: the window mean of the stride-dilated covariance."""
-    return _make(ops.ConvTranspose, out_chan=out_chan, filter_shape=_tuple(filter_shape),
+    return _make(layers.ConvTranspose, out_chan=out_chan, filter_shape=_tuple(filter_shape),
                  strides=_tuple(strides), padding=padding, W_std=W_std, b_std=b_std,
                  dimension_numbers=_tuple(dimension_numbers), parameterization=parameterization,
                  s=_tuple(s))
@@ -125,7 +125,7 @@ def AvgPool(window_shape: Sequence[int], strides: Sequence[int] | None = None,
             padding: str = 'VALID', normalize_edges: bool = False, batch_axis: int = 0,
             channel_axis: int = -1) -> Net:
     """Average pooling: the covariance is averaged over both windows of each pair."""
-    return _make(ops.AvgPool, window_shape=_tuple(window_shape), strides=_tuple(strides),
+    return _make(layers.AvgPool, window_shape=_tuple(window_shape), strides=_tuple(strides),
                  padding=padding, normalize_edges=normalize_edges, batch_axis=batch_axis,
                  channel_axis=channel_axis)
 
@@ -133,23 +133,23 @@ def AvgPool(window_shape: Sequence[int], strides: Sequence[int] | None = None,
 def SumPool(window_shape: Sequence[int], strides: Sequence[int] | None = None,
             padding: str = 'VALID', batch_axis: int = 0, channel_axis: int = -1) -> Net:
     """Sum pooling: the covariance is summed over both windows of each pair."""
-    return _make(ops.SumPool, window_shape=_tuple(window_shape), strides=_tuple(strides),
+    return _make(layers.SumPool, window_shape=_tuple(window_shape), strides=_tuple(strides),
                  padding=padding, batch_axis=batch_axis, channel_axis=channel_axis)
 
 
 def GlobalAvgPool(batch_axis: int = 0, channel_axis: int = -1) -> Net:
     """Mean over all spatial positions: K' = mean over (s, s') of K[s, s']."""
-    return _make(ops.GlobalAvgPool, batch_axis=batch_axis, channel_axis=channel_axis)
+    return _make(layers.GlobalAvgPool, batch_axis=batch_axis, channel_axis=channel_axis)
 
 
 def GlobalSumPool(batch_axis: int = 0, channel_axis: int = -1) -> Net:
     """Sum over all spatial positions: K' = sum over (s, s') of K[s, s']."""
-    return _make(ops.GlobalSumPool, batch_axis=batch_axis, channel_axis=channel_axis)
+    return _make(layers.GlobalSumPool, batch_axis=batch_axis, channel_axis=channel_axis)
 
 
 def Flatten(batch_axis: int = 0, batch_axis_out: int = 0) -> Net:
     """Flattens all but the batch axis: K' = mean over positions s of K[s, s]."""
-    return _make(ops.Flatten, batch_axis=batch_axis, batch_axis_out=batch_axis_out)
+    return _make(layers.Flatten, batch_axis=batch_axis, batch_axis_out=batch_axis_out)
 
 
 # ----------------------------------------------------------------------------- nonlinearities
@@ -157,109 +157,109 @@ def Flatten(batch_axis: int = 0, batch_axis_out: int = 0) -> Net:
 
 def Relu(do_stabilize: bool = False) -> Net:
     """max(x, 0); arc-cosine kernel of order 1 (Cho & Saul 2009)."""
-    return _make(ops.Relu, do_stabilize=do_stabilize)
+    return _make(layers.Relu, do_stabilize=do_stabilize)
 
 
 def LeakyRelu(alpha: float, do_stabilize: bool = False) -> Net:
     """x for x > 0, alpha·x otherwise."""
-    return _make(ops.LeakyRelu, alpha=alpha, do_stabilize=do_stabilize)
+    return _make(layers.LeakyRelu, alpha=alpha, do_stabilize=do_stabilize)
 
 
 def ABRelu(a: float, b: float, do_stabilize: bool = False) -> Net:
     """a·min(x, 0) + b·max(x, 0)."""
-    return _make(ops.ABRelu, a=a, b=b, do_stabilize=do_stabilize)
+    return _make(layers.ABRelu, a=a, b=b, do_stabilize=do_stabilize)
 
 
 def Abs(do_stabilize: bool = False) -> Net:
     """|x|."""
-    return _make(ops.Abs, do_stabilize=do_stabilize)
+    return _make(layers.Abs, do_stabilize=do_stabilize)
 
 
 def Erf(a: float = 1., b: float = 1., c: float = 0.) -> Net:
     """a·erf(b·x) + c; arcsine kernel (Williams 1997)."""
-    return _make(ops.Erf, a=a, b=b, c=c)
+    return _make(layers.Erf, a=a, b=b, c=c)
 
 
 def Sigmoid_like() -> Net:
     """erf(x / 2.4020563531719796) / 2 + 1/2."""
-    return _make(ops.Sigmoid_like)
+    return _make(layers.Sigmoid_like)
 
 
 def Gelu(approximate: bool = False) -> Net:
     """x·Φ(x) (Hendrycks & Gimpel 2016); `approximate` affects the finite network only."""
-    return _make(ops.Gelu, approximate=approximate)
+    return _make(layers.Gelu, approximate=approximate)
 
 
 def Sin(a: float = 1., b: float = 1., c: float = 0.) -> Net:
     """a·sin(b·x + c)."""
-    return _make(ops.Sin, a=a, b=b, c=c)
+    return _make(layers.Sin, a=a, b=b, c=c)
 
 
 def Cos(a: float = 1., b: float = 1., c: float = 0.) -> Net:
     """a·cos(b·x + c)."""
-    return _make(ops.Cos, a=a, b=b, c=c)
+    return _make(layers.Cos, a=a, b=b, c=c)
 
 
 def Exp(a: float = 1, b: float = 1) -> Net:
     """a·exp(b·x)."""
-    return _make(ops.Exp, a=a, b=b)
+    return _make(layers.Exp, a=a, b=b)
 
 
 def ExpNormalized(gamma: float = 1, shift: float = -1, do_clip: bool = False) -> Net:
     """The Gaussian normalised kernel of Shankar et al. 2020 (kernel only)."""
-    return _make(ops.ExpNormalized, gamma=gamma, shift=shift, do_clip=do_clip)
+    return _make(layers.ExpNormalized, gamma=gamma, shift=shift, do_clip=do_clip)
 
 
 def Gaussian(a: float = 1, b: float = -1) -> Net:
     """a·exp(b·x²)."""
-    return _make(ops.Gaussian, a=a, b=b)
+    return _make(layers.Gaussian, a=a, b=b)
 
 
 def Rbf(gamma: float = 1.0) -> Net:
     """sqrt(2)·sin(sqrt(2γ)·x + π/4), the dual of the RBF kernel exp(-γ‖x - x'‖²/d)."""
-    return _make(ops.Rbf, gamma=gamma)
+    return _make(layers.Rbf, gamma=gamma)
 
 
 def Sign() -> Net:
     """sign(x)."""
-    return _make(ops.Sign)
+    return _make(layers.Sign)
 
 
 def Gabor() -> Net:
     """exp(-x²)·sin(x)."""
-    return _make(ops.Gabor)
+    return _make(layers.Gabor)
 
 
 def Monomial(degree: int) -> Net:
     """x**degree."""
-    return _make(ops.Monomial, degree=degree)
+    return _make(layers.Monomial, degree=degree)
 
 
 def RectifiedMonomial(degree: int) -> Net:
     """max(x, 0)**degree; arc-cosine kernel of order `degree` (Cho & Saul 2009)."""
-    return _make(ops.RectifiedMonomial, degree=degree)
+    return _make(layers.RectifiedMonomial, degree=degree)
 
 
 def Polynomial(coef: Sequence[float]) -> Net:
     """coef[0] + coef[1]·x + ... + coef[n]·x**n."""
-    return _make(ops.Polynomial, coef=_tuple(coef))
+    return _make(layers.Polynomial, coef=_tuple(coef))
 
 
 def Hermite(degree: int) -> Net:
     """The probabilists' Hermite polynomial He_degree, normalised to unit Gaussian norm."""
-    return _make(ops.Hermite, degree=degree)
+    return _make(layers.Hermite, degree=degree)
 
 
 def Elementwise(fn: Callable | None = None, nngp_fn: Callable | None = None,
                 d_nngp_fn: Callable | None = None) -> Net:
     """A custom nonlinearity `fn` with its kernel `nngp_fn(cov12, var1, var2)`; the NTK uses
     `d_nngp_fn`, or ∂nngp_fn/∂cov12 by autodiff when it is None."""
-    return _make(ops.Elementwise, fn=fn, nngp_fn=nngp_fn, d_nngp_fn=d_nngp_fn)
+    return _make(layers.Elementwise, fn=fn, nngp_fn=nngp_fn, d_nngp_fn=d_nngp_fn)
 
 
 def ElementwiseNumerical(fn: Callable, deg: int, df: Callable | None = None) -> Net:
     """A custom nonlinearity whose kernel comes from deg×deg Gauss-Hermite quadrature."""
-    return _make(ops.ElementwiseNumerical, fn=fn, deg=deg, df=df)
+    return _make(layers.ElementwiseNumerical, fn=fn, deg=deg, df=df)
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -269,13 +269,13 @@ def LayerNorm(axis: int | Sequence[int] = -1, eps: float = 1e-12, batch_axis: in
               channel_axis: int = -1) -> Net:
     """Per-example normalisation over `axis` (infinite-width: K12 / sqrt(q1 q2))."""
     axis = axis if isinstance(axis, int) else tuple(axis)
-    return _make(ops.LayerNorm, axis=axis, eps=eps, batch_axis=batch_axis,
+    return _make(layers.LayerNorm, axis=axis, eps=eps, batch_axis=batch_axis,
                  channel_axis=channel_axis)
 
 
 def Dropout(rate: float, mode: str = 'train') -> Net:
     """Dropout keeping each unit with probability `rate`."""
-    return _make(ops.Dropout, rate=rate, mode=mode)
+    return _make(layers.Dropout, rate=rate, mode=mode)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -294,7 +294,7 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
     ("Infinite attention: NNGP and NTK for deep attention networks").  With
     `linear_scaling=True` (keys and queries tied, logits scaled by 1/n_chan_key) every
     `attention_mechanism` has a closed form; with `linear_scaling=False` only 'IDENTITY' does."""
-    return _make(ops.GlobalSelfAttention, n_chan_out=n_chan_out, n_chan_key=n_chan_key,
+    return _make(layers.GlobalSelfAttention, n_chan_out=n_chan_out, n_chan_key=n_chan_key,
                  n_chan_val=n_chan_val, n_heads=n_heads, linear_scaling=linear_scaling,
                  W_key_std=W_key_std, W_value_std=W_value_std, W_query_std=W_query_std,
                  W_out_std=W_out_std, b_std=b_std, attention_mechanism=attention_mechanism,
@@ -318,7 +318,7 @@ def Aggregate(aggregate_axis: int | Sequence[int] | None = None, batch_axis: int
     being padding."""
     axis = aggregate_axis if aggregate_axis is None or isinstance(aggregate_axis, int) \
         else tuple(aggregate_axis)
-    return _make(ops.Aggregate, aggregate_axis=axis, batch_axis=batch_axis,
+    return _make(layers.Aggregate, aggregate_axis=axis, batch_axis=batch_axis,
                  channel_axis=channel_axis, to_dense=to_dense, implementation=implementation)
 
 
@@ -326,7 +326,7 @@ def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), pr
                batch_axis: int = 0, channel_axis: int = -1) -> Net:
     """`lax.dot_general` of the input with a constant `lhs` or `rhs` (not trained): a fixed
     linear map M of the non-channel axes, whose kernel is M K Mᵀ on the position indices."""
-    return _make(ops.DotGeneral, lhs=lhs, rhs=rhs, dimension_numbers=dimension_numbers,
+    return _make(layers.DotGeneral, lhs=lhs, rhs=rhs, dimension_numbers=dimension_numbers,
                  precision=precision, batch_axis=batch_axis, channel_axis=channel_axis)
 
 
@@ -365,7 +365,7 @@ def Index(idx, batch_axis: int = 0, channel_axis: int = -1) -> Net:
     Slices of the batch axis select examples; an int drops a spatial axis; the channel axis
     can only be indexed trivially (`:` or `...`) in the kernel."""
     items = idx if isinstance(idx, tuple) else (idx,)
-    return _make(ops.Index, idx=tuple(_index_item(i) for i in items), batch_axis=batch_axis,
+    return _make(layers.Index, idx=tuple(_index_item(i) for i in items), batch_axis=batch_axis,
                  channel_axis=channel_axis)
 
 
@@ -374,7 +374,7 @@ def ImageResize(shape: Sequence[int], method, antialias: bool = True, precision=
     """`jax.image.resize` of the spatial axes (entries -1 keep an axis).  The kernel applies
     the same (linear) resize to both position indices of K; it supports the 'linear' and
     'nearest' methods (the others work in apply_fn only)."""
-    return _make(ops.ImageResize, shape=tuple(shape), method=method, antialias=antialias,
+    return _make(layers.ImageResize, shape=tuple(shape), method=method, antialias=antialias,
                  precision=precision, batch_axis=batch_axis, channel_axis=channel_axis)
 
 
@@ -385,7 +385,7 @@ def ConvLocal(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int]
     """Unshared (locally connected) convolution: independent weights and biases at every
     output position, so the output kernel is spatially diagonal, K'[o, o] = W_std²·A(K)[o, o] +
     b_std² with A the conv window mean (Novak et al. 2019, sec. 5.1)."""
-    return _make(ops.ConvLocal, out_chan=out_chan, filter_shape=_tuple(filter_shape),
+    return _make(layers.ConvLocal, out_chan=out_chan, filter_shape=_tuple(filter_shape),
                  strides=_tuple(strides), padding=padding, W_std=W_std, b_std=b_std,
                  dimension_numbers=_tuple(dimension_numbers), parameterization=parameterization,
                  s=_tuple(s))
@@ -401,4 +401,4 @@ def repeat(layer: Net, n: int) -> Net:
     """`layer` applied `n` times (each time with its own weights), like
     ``serial(*[layer] * n)`` but compiled as one `lax.scan` loop: compile time and program size
     do not grow with `n`.  `layer` must keep the shape of its input."""
-    return _make(ops.Repeat, layer=as_net(layer, 'repeat'), n=n)
+    return _make(layers.Repeat, layer=as_net(layer, 'repeat'), n=n)

@@ -1,4 +1,4 @@
-"""The dual activations of `ntc.lower.activations` against independent numerical integrals.
+"""The dual activations of `ntc.layers.activations` against independent numerical integrals.
 
 References are computed here in numpy from φ and φ' written out again.  Smooth φ: a dense 2-D
 trapezoid rule (exponentially accurate for these analytic integrands).  Positively homogeneous,
@@ -21,10 +21,11 @@ import sympy  # noqa: E402
 from numpy.polynomial import hermite_e, polynomial  # noqa: E402
 from scipy import special  # noqa: E402
 
+from ntc import layers  # noqa: E402
+from ntc.covariance.xp import JNP, SYM  # noqa: E402
 from ntc.errors import NoClosedFormError  # noqa: E402
-from ntc.ir import ops  # noqa: E402
-from ntc.lower.activations import ACTIVATIONS  # noqa: E402
-from ntc.lower.xp import JNP, SYM  # noqa: E402
+from ntc.ir.registry import OPS  # noqa: E402
+from ntc.layers.activations import ACTIVATIONS  # noqa: E402
 
 RNG = np.random.default_rng(20240611)
 # the trapezoid rule on a wide uniform grid: exponentially accurate for analytic integrands
@@ -109,51 +110,51 @@ def make_cases():
     cases = []
     for _ in range(2):
         a, b = _u(-1.5, 1.5), _u(-1.5, 1.5)
-        cases.append((ops.ABRelu(a=a, b=b, do_stabilize=bool(RNG.integers(2))), *_ab(a, b), 2))
+        cases.append((layers.ABRelu(a=a, b=b, do_stabilize=bool(RNG.integers(2))), *_ab(a, b), 2))
         al = _u(-0.5, 0.5)
-        cases.append((ops.LeakyRelu(alpha=al), *_ab(al, 1.0), 2))
+        cases.append((layers.LeakyRelu(alpha=al), *_ab(al, 1.0), 2))
         ea, eb, ec = _u(0.5, 2), _u(0.3, 2), _u(-0.5, 0.5)
-        cases.append((ops.Erf(a=ea, b=eb, c=ec), *_erf(ea, eb, ec), 'gh'))
+        cases.append((layers.Erf(a=ea, b=eb, c=ec), *_erf(ea, eb, ec), 'gh'))
         sa, sb, sc = _u(0.5, 1.5), _u(0.3, 1.5), _u(-1, 1)
-        cases.append((ops.Sin(a=sa, b=sb, c=sc),
+        cases.append((layers.Sin(a=sa, b=sb, c=sc),
                       lambda x, a=sa, b=sb, c=sc: a * np.sin(b * x + c),
                       lambda x, a=sa, b=sb, c=sc: a * b * np.cos(b * x + c), 'gh'))
-        cases.append((ops.Cos(a=sa, b=sb, c=sc),
+        cases.append((layers.Cos(a=sa, b=sb, c=sc),
                       lambda x, a=sa, b=sb, c=sc: a * np.cos(b * x + c),
                       lambda x, a=sa, b=sb, c=sc: -a * b * np.sin(b * x + c), 'gh'))
         xa, xb = _u(0.3, 1.0), _u(-0.5, 0.5)
-        cases.append((ops.Exp(a=xa, b=xb), lambda x, a=xa, b=xb: a * np.exp(b * x),
+        cases.append((layers.Exp(a=xa, b=xb), lambda x, a=xa, b=xb: a * np.exp(b * x),
                       lambda x, a=xa, b=xb: a * b * np.exp(b * x), 'gh'))
         ga, gb = _u(0.5, 1.5), _u(-1, -0.1)
-        cases.append((ops.Gaussian(a=ga, b=gb), lambda x, a=ga, b=gb: a * np.exp(b * x * x),
+        cases.append((layers.Gaussian(a=ga, b=gb), lambda x, a=ga, b=gb: a * np.exp(b * x * x),
                       lambda x, a=ga, b=gb: 2 * a * b * x * np.exp(b * x * x), 'gh'))
         gm = _u(0.2, 1.0)
         w = math.sqrt(2 * gm)
-        cases.append((ops.Rbf(gamma=gm),
+        cases.append((layers.Rbf(gamma=gm),
                       lambda x, w=w: math.sqrt(2) * np.sin(w * x + math.pi / 4),
                       lambda x, w=w: math.sqrt(2) * w * np.cos(w * x + math.pi / 4), 'gh'))
         coef = tuple(RNG.uniform(-1, 1, size=int(RNG.integers(1, 6))))
-        cases.append((ops.Polynomial(coef=coef), *_poly(coef), 'gh'))
+        cases.append((layers.Polynomial(coef=coef), *_poly(coef), 'gh'))
     cases += [
-        (ops.Relu(), *_ab(0.0, 1.0), 2),
-        (ops.Relu(do_stabilize=True), *_ab(0.0, 1.0), 2),
-        (ops.Abs(), *_ab(-1.0, 1.0), 2),
-        (ops.Sign(), np.sign, None, 0),
-        (ops.Sigmoid_like(), *_erf(0.5, 1 / SIG, 0.5), 'gh'),
-        (ops.Gelu(), lambda x: x * special.ndtr(x),
+        (layers.Relu(), *_ab(0.0, 1.0), 2),
+        (layers.Relu(do_stabilize=True), *_ab(0.0, 1.0), 2),
+        (layers.Abs(), *_ab(-1.0, 1.0), 2),
+        (layers.Sign(), np.sign, None, 0),
+        (layers.Sigmoid_like(), *_erf(0.5, 1 / SIG, 0.5), 'gh'),
+        (layers.Gelu(), lambda x: x * special.ndtr(x),
          lambda x: special.ndtr(x) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi), 'gh'),
-        (ops.Gelu(approximate=True), lambda x: x * special.ndtr(x),
+        (layers.Gelu(approximate=True), lambda x: x * special.ndtr(x),
          lambda x: special.ndtr(x) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi), 'gh'),
-        (ops.Gaussian(a=1.0, b=0.02), lambda x: np.exp(0.02 * x * x),
+        (layers.Gaussian(a=1.0, b=0.02), lambda x: np.exp(0.02 * x * x),
          lambda x: 0.04 * x * np.exp(0.02 * x * x), 'gh'),
-        (ops.Gabor(), lambda x: np.exp(-x * x) * np.sin(x),
+        (layers.Gabor(), lambda x: np.exp(-x * x) * np.sin(x),
          lambda x: np.exp(-x * x) * (np.cos(x) - 2 * x * np.sin(x)), 'gh'),
-        (ops.Polynomial(coef=()), lambda x: 0 * x, lambda x: 0 * x, 'gh'),
+        (layers.Polynomial(coef=()), lambda x: 0 * x, lambda x: 0 * x, 'gh'),
     ]
     for n in range(6):
-        cases.append((ops.Monomial(degree=n), *_poly((0,) * n + (1,)), 'gh'))
-        cases.append((ops.Hermite(degree=n), *_herm(n), 'gh'))
-        cases.append((ops.RectifiedMonomial(degree=n), *_rect(n), 2 * n))
+        cases.append((layers.Monomial(degree=n), *_poly((0,) * n + (1,)), 'gh'))
+        cases.append((layers.Hermite(degree=n), *_herm(n), 'gh'))
+        cases.append((layers.RectifiedMonomial(degree=n), *_rect(n), 2 * n))
     return cases
 
 
@@ -204,10 +205,9 @@ def test_table_covers_every_nonlinearity():
             yield sub
             yield from subclasses(sub)
 
-    kinds = {cls.model_fields['op'].default for cls in subclasses(ops.Nonlinearity)
-             if cls.__module__ == ops.__name__}
-    kinds |= {cls.model_fields['op'].default for cls in ops.OP_CLASSES
-              if issubclass(cls, ops.Nonlinearity)}
+    kinds = {cls.model_fields['op'].default for cls in subclasses(layers.Nonlinearity)
+             if cls.__module__ == layers.activations.__name__}
+    kinds |= {kind for kind, cls in OPS.items() if issubclass(cls, layers.Nonlinearity)}
     assert kinds == set(ACTIVATIONS), (kinds ^ set(ACTIVATIONS))
     assert all(rule.phi is not None for kind, rule in ACTIVATIONS.items()
                if kind != 'ExpNormalized')
@@ -346,7 +346,7 @@ def test_broadcasting_and_zero_variance():
 
 def test_sign_and_step_at_zero_variance():
     """sign(0) = 0, so a zero-variance input has kernel 0 with everything."""
-    k, _ = ACTIVATIONS['Sign'].kernel(JNP, ops.Sign(), jnp.zeros(2), jnp.zeros(2),
+    k, _ = ACTIVATIONS['Sign'].kernel(JNP, layers.Sign(), jnp.zeros(2), jnp.zeros(2),
                                       jnp.array([0.0, 1.0]))
     assert np.all(np.asarray(k) == 0)
 
@@ -355,7 +355,7 @@ def test_exp_normalized():
     """k12 = √(q1 q2)·exp(γ(ρ + shift)) (Shankar et al. 2020), kdot12 = γ·exp(γ(ρ + shift))."""
     q1, q2, c = points(np.random.default_rng(1))
     for gamma, shift, clip in ((1.0, -1.0, False), (0.7, -0.4, True), (2.3, 0.2, False)):
-        op = ops.ExpNormalized(gamma=gamma, shift=shift, do_clip=clip)
+        op = layers.ExpNormalized(gamma=gamma, shift=shift, do_clip=clip)
         k, kd = jnp_kernel(op, c, q1, q2)
         rho = c / np.sqrt(q1 * q2)
         e = np.exp(gamma * (rho + shift))
@@ -370,7 +370,7 @@ def test_exp_normalized():
         assert_close(sk, jk, 'ExpNormalized SYM', rtol=1e-12)
         assert_close(skd, jkd, 'ExpNormalized SYM kdot', rtol=1e-12)
     assert ACTIVATIONS['ExpNormalized'].phi is None
-    assert np.all(np.isfinite(jnp_kernel(ops.ExpNormalized(), np.zeros(1), np.zeros(1),
+    assert np.all(np.isfinite(jnp_kernel(layers.ExpNormalized(), np.zeros(1), np.zeros(1),
                                          np.ones(1))))
 
 
@@ -383,8 +383,8 @@ def test_elementwise():
     q1, q2 = np.array([0.7, 1.9, 1.3]), np.array([1.4, 0.6, 1.3])
     c = np.array([0.4, -0.8, 1.3])
     want = np.array([reference(f, df, 'gh', *p) for p in zip(q1, q2, c)])
-    auto = ops.Elementwise(fn=special.erf, nngp_fn=_erf_nngp)
-    given = ops.Elementwise(nngp_fn=_erf_nngp, d_nngp_fn=lambda c, a, b: 4 / jnp.pi / jnp.sqrt(
+    auto = layers.Elementwise(fn=special.erf, nngp_fn=_erf_nngp)
+    given = layers.Elementwise(nngp_fn=_erf_nngp, d_nngp_fn=lambda c, a, b: 4 / jnp.pi / jnp.sqrt(
         (1 + 2 * a) * (1 + 2 * b) - 4 * c * c))
     for op in (auto, given):
         k, kd = jnp_kernel(op, c, q1, q2)
@@ -394,7 +394,7 @@ def test_elementwise():
                                               jnp.full((1, 3), 3.0))
     assert k.shape == kd.shape == (2, 3)
     with pytest.raises(NoClosedFormError, match='Elementwise'):
-        ACTIVATIONS['Elementwise'].kernel(JNP, ops.Elementwise(fn=jnp.tanh), 0.1, 1.0, 1.0)
+        ACTIVATIONS['Elementwise'].kernel(JNP, layers.Elementwise(fn=jnp.tanh), 0.1, 1.0, 1.0)
     with pytest.raises(NoClosedFormError, match='Elementwise'):
         ACTIVATIONS['Elementwise'].kernel(SYM, auto, *sympy.symbols('c a b'))
 
@@ -413,13 +413,13 @@ def test_elementwise_numerical():
         return jnp.cos(x) + 0.5 * jnp.cos(0.7 * x) - 0.35 * x * jnp.sin(0.7 * x)
 
     for d in (None, df):
-        op = ops.ElementwiseNumerical(fn=fn, deg=40, df=d)
+        op = layers.ElementwiseNumerical(fn=fn, deg=40, df=d)
         k, kd = jnp_kernel(op, c, q1, q2)
         assert_close(k, want[:, 0], 'ElementwiseNumerical k12', rtol=1e-10, atol=1e-10)
         assert_close(kd, want[:, 1], 'ElementwiseNumerical kdot12', rtol=1e-10, atol=1e-10)
     # exact on polynomials of degree < 2·deg, including the diagonal
-    op = ops.ElementwiseNumerical(fn=lambda x: x ** 3 - x, deg=4)
-    exact = ops.Polynomial(coef=(0.0, -1.0, 0.0, 1.0))
+    op = layers.ElementwiseNumerical(fn=lambda x: x ** 3 - x, deg=4)
+    exact = layers.Polynomial(coef=(0.0, -1.0, 0.0, 1.0))
     for args in ((c, q1, q2), (q1, q1, q1)):
         assert_close(jnp_kernel(op, *args), jnp_kernel(exact, *args), 'quadrature exactness',
                      rtol=1e-12, atol=1e-12)
@@ -433,8 +433,8 @@ def test_elementwise_numerical():
 def test_stabilize_has_no_effect():
     q1, q2, c = points(np.random.default_rng(3), 3)
     for a, b in ((0.0, 1.0), (-0.3, 1.2)):
-        k0 = jnp_kernel(ops.ABRelu(a=a, b=b), c, q1, q2)
-        k1 = jnp_kernel(ops.ABRelu(a=a, b=b, do_stabilize=True), c * 1e30, q1 * 1e30, q2 * 1e30)
+        k0 = jnp_kernel(layers.ABRelu(a=a, b=b), c, q1, q2)
+        k1 = jnp_kernel(layers.ABRelu(a=a, b=b, do_stabilize=True), c * 1e30, q1 * 1e30, q2 * 1e30)
         # (|ρ| = 1 inputs carry rounding of order √ε in the angle)
         assert_close(np.array(k1) / [[1e30], [1]], k0, 'do_stabilize', rtol=1e-12, atol=1e-8)
 

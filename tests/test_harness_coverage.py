@@ -3,7 +3,7 @@ case in `ntc.testing.cases.CASES`, and that case's network really contains the k
 
 import pytest
 
-from ntc.lower.registry import KERNEL_RULES
+from ntc.ir.registry import KERNEL_RULES
 from ntc.testing.cases import CASES
 from ntc.testing.coverage import PENDING, case_kinds, coverage_table, format_table
 

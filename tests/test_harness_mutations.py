@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
+from ntc.ir.registry import KERNEL_RULES
 from ntc.lower import activations, rules_conv
 from ntc.lower import lower as _lower  # noqa: F401  (fills the rule tables)
-from ntc.lower.registry import KERNEL_RULES
 from ntc.testing import check_cases
 from ntc.testing.cases import CASES, Case
 
@@ -36,7 +36,7 @@ def _relu_with_abs_derivative(monkeypatch):
 
 def _dense_ntk_without_weight_term(monkeypatch):
     """Dense's NTK forgets the weight-gradient term: Θ' = c Θ + e instead of c Θ + d K + e."""
-    from ntc.lower.rules_dense import affine_map
+    from ntc.layers.dense import affine_map
 
     def broken(ctx, node, k):
         a, b, c, d, e = node.op.coefficients(ctx.in_type(node).channels)

@@ -13,7 +13,7 @@ from scipy import stats
 
 import ntc
 from ntc import stax
-from ntc.lower.masking import MaskedArray
+from ntc.covariance.masking import MaskedArray
 from ntc.runtime.monte_carlo import monte_carlo_kernel_stats
 
 C = -7.0

@@ -13,7 +13,8 @@ import networkx as nx
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import NtcError, ValidationError
-from .ops import Op, op_from_dict
+from .op import Op
+from .registry import op_from_dict
 from .types import CovType, TensorType
 
 
@@ -168,7 +169,7 @@ class Graph:
         """Plain-dict form (JSON/YAML-safe).  Ops holding Python functions cannot be dumped."""
         nodes = []
         for n in self.nodes():
-            if not n.op.serializable:
+            if not n.op.serializable():
                 raise NtcError(f'{n.op.kind} holds Python functions and cannot be written out',
                                path=n.path, hint='build this layer in Python with ntc.stax')
             nodes.append(dict(

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ArchitectureError
+from ..layers.structure import FanOut, Input
 from .graph import Graph
-from .ops import FanOut, Input, Op
+from .op import Op
 
 Kind = Literal['layer', 'serial', 'parallel']
 

@@ -1,3 +1,2 @@
-"""Lowering: kernel and finite-network rule tables, the JAX lowering, the reference lowering."""
-
-from . import lower  # noqa: F401,E402  (importing it fills both rule tables)
+"""Lowering: a laid-out graph to one JAX function (`lower`), to the finite network (`finite`),
+and to sympy expressions (`symbolic`), through the rules `ntc.layers` registers."""

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import jax
 
+from ..covariance import masking
 from ..errors import NtcError
 from ..ir.graph import Graph
-from . import masking
-from .registry import get_finite_rule
+from ..ir.registry import get_finite_rule
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class ApplyCtx:
     path: str
     rng: jax.Array | None
     kwargs: dict
-    mask: jax.Array | None = None  # position mask (N, *spatial) of input 0 (`lower.masking`)
+    mask: jax.Array | None = None  # position mask (N, *spatial) of input 0 (`covariance.masking`)
     in_types: tuple = ()  # the inputs' TensorTypes
 
 
@@ -41,7 +41,8 @@ def init_params(graph: Graph, key) -> dict:
 
 def apply(graph: Graph, params: dict, x, rng=None, **kwargs):
     """Run the finite network on `x`.  With ``mask_constant=c``, entries of `x` equal to `c`
-    are masked (see `ntc.lower.masking`) and the output is a `MaskedArray` (NT's convention)."""
+    are masked (see `ntc.covariance.masking`) and the output is a `MaskedArray` (NT's
+    convention)."""
     mask_constant = kwargs.pop('mask_constant', None)
     mask = None
     if mask_constant is not None:

@@ -15,27 +15,14 @@ import jax
 import jax.numpy as jnp
 
 from ..checks import all_finite
+from ..covariance import masking
+from ..covariance.kernel import Kernel, adapt, batch_diag
+from ..covariance.xp import JNP
 from ..ir.graph import Graph, Node
+from ..ir.registry import get_kernel_rule
 from ..ir.types import CovType
 from ..passes.options import Options
 from ..passes.roll_loops import Loop, loops
-from . import (  # noqa: F401  (fill the rule tables)
-    masking,
-    rules_activation,
-    rules_attention,
-    rules_combinators,
-    rules_conv,
-    rules_conv_local,
-    rules_dense,
-    rules_graph,
-    rules_linear,
-    rules_norm,
-    rules_pool,
-    rules_repeat,
-)
-from .kernel import Kernel, adapt, batch_diag
-from .registry import get_kernel_rule
-from .xp import JNP
 
 
 @dataclass(frozen=True)
@@ -47,7 +34,7 @@ class LowerCtx:
     want_ntk: bool
     inputs: dict | None = None  # extra kernel_fn inputs (e.g. Aggregate's `pattern`), a pytree
     x1_is_x2: bool = False
-    masks: dict | None = None  # node id -> (mask1, mask2) position masks (`ntc.lower.masking`)
+    masks: dict | None = None  # node id -> (mask1, mask2) position masks (`ntc.covariance.masking`)
 
     def extra(self, name: str, default=None):
         """The extra kernel_fn input `name` (see `ntc.plan.kernel_inputs`)."""

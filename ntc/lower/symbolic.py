@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 
 import sympy
 
+from ..covariance.kernel import Kernel, adapt
+from ..covariance.xp import SYM
 from ..errors import NoClosedFormError
-from ..ir import ops
 from ..ir.graph import Graph
+from ..ir.op import Op
+from ..ir.registry import get_kernel_rule
 from ..ir.types import CovType
+from ..layers.dense import Dense
 from ..passes.options import Options
-from .kernel import Kernel, adapt
 from .lower import LowerCtx, needed_input
-from .registry import get_kernel_rule
-from .xp import SYM
 
 K11, K12, K22 = sympy.symbols('k11 k12 k22', real=True)
 
@@ -51,9 +52,9 @@ class SymbolicKernel:
         return f'K = {self.nngp}\nΘ = {self.ntk}'
 
 
-def _symbolic_op(op: ops.Op, index: int, params: dict) -> ops.Op:
+def _symbolic_op(op: Op, index: int, params: dict) -> Op:
     """A copy of an affine op whose stds are the symbols σ_w{index}, σ_b{index}."""
-    if not isinstance(op, (ops.Dense,)):
+    if not isinstance(op, (Dense,)):
         return op
     w = sympy.Symbol(f'sigma_w{index}', positive=True)
     params[w] = op.W_std
@@ -79,7 +80,7 @@ def symbolic_kernels(graph: Graph, opts: Options) -> SymbolicKernel:
         if node.op.kind == 'Input':
             env[node.id] = Kernel(nngp=K12, cov1=K11, cov2=K22, layout=lay)
             continue
-        if isinstance(node.op, ops.Dense):
+        if isinstance(node.op, Dense):
             index += 1
             node = node.model_copy(update=dict(op=_symbolic_op(node.op, index, params)))
         srcs = graph.inputs(node.id)

@@ -9,20 +9,16 @@ A chain folds when each intermediate value feeds only the next layer.
 
 from __future__ import annotations
 
-from ..ir import ops
 from ..ir.graph import Graph
+from ..layers.dense import Affine
 from .options import Options
 
 
 def _coefficients(g: Graph, nid: int) -> tuple[float, ...] | None:
-    node = g.node(nid)
-    if isinstance(node.op, ops.Affine):
-        o = node.op
-        return (o.a, o.b, o.c, o.d, o.e)
-    if isinstance(node.op, ops.Dense):
-        (src,) = g.inputs(nid)
-        return node.op.coefficients(g.node(src).ttype.channels)
-    return None
+    ins = g.inputs(nid)
+    if len(ins) != 1:
+        return None
+    return g.node(nid).op.pointwise_affine(g.node(ins[0]).ttype.channels)
 
 
 def compose(first: tuple[float, ...], second: tuple[float, ...]) -> tuple[float, ...]:
@@ -38,7 +34,7 @@ def canonicalize(graph: Graph, opts: Options) -> Graph:
     for nid in [n for n in g.order() if n not in live]:
         g.remove(nid)  # dead branches never reach the output
     for node in list(g.nodes()):
-        if isinstance(node.op, ops.Identity):
+        if node.op.is_identity():
             g.bypass(node.id)
     if opts.reference:
         return g
@@ -55,12 +51,12 @@ def canonicalize(graph: Graph, opts: Options) -> Graph:
         a, b, c, d, e = compose(first, second)
         paths = _folded(g, src) + _folded(g, nid)
         t = g.node(nid).ttype
-        g.replace(nid, op=ops.Affine(a=a, b=b, c=c, d=d, e=e, out_dim=t.channels,
-                                     folded=paths))
+        g.replace(nid, op=Affine(a=a, b=b, c=c, d=d, e=e, out_dim=t.channels,
+                                 folded=paths))
         g.bypass(src)
     return g
 
 
 def _folded(g: Graph, nid: int) -> tuple[str, ...]:
     op = g.node(nid).op
-    return op.folded if isinstance(op, ops.Affine) else (g.node(nid).path,)
+    return op.folded if isinstance(op, Affine) else (g.node(nid).path,)

@@ -22,9 +22,8 @@ value from being recomputed, and the mark measures within noise there.
 
 from __future__ import annotations
 
-from ..ir import ops
 from ..ir.graph import Graph
-from ..ir.ops import max_spatial
+from ..ir.op import max_spatial
 from ..ir.types import CovType
 from .options import Options
 
@@ -55,7 +54,7 @@ def output_spatial(g: Graph) -> str:
     node = g.node(g.output)
     if not node.ttype.spatial_axes:
         return 'NONE'
-    return getattr(node.op, 'natural_output', 'FULL')
+    return node.op.natural_output
 
 
 def choose_layouts(graph: Graph, opts: Options) -> Graph:
@@ -76,7 +75,7 @@ def choose_layouts(graph: Graph, opts: Options) -> Graph:
                 spatial = 'FULL'
                 marginal = None if marginal is None else 'FULL'
             cov = CovType(batch='DIAG', spatial=spatial, marginal=marginal, axis_order=order)
-        if node.id == g.output and isinstance(node.op, (ops.Dense, ops.Affine)) and not has_space:
+        if node.id == g.output and node.op.readout and not has_space:
             cov = cov.model_copy(update=dict(readout=t.channels))
         g.replace(node.id, cov=cov, materialize=should_materialize(g, node, cov))
     return g

@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import permutations
 
-from ..ir import ops
 from ..ir.graph import Graph
+from ..layers.linear import Transpose
 from .cost import N1, N2, node_bytes
 from .options import Options
 
@@ -82,7 +82,7 @@ def fuse_transposes(graph: Graph, opts: Options) -> Graph:
         _transpose_edge(g, src, dst, order, inserted)
     if best.output_fix is not None:
         out = g.node(g.output)
-        tid = g.insert_after(out.id, ops.Transpose(order=best.output_fix),
+        tid = g.insert_after(out.id, Transpose(order=best.output_fix),
                              f'{out.path}.Transpose')
         g.replace(tid, ttype=out.ttype, cov=out.cov.model_copy(
             update=dict(axis_order=best.output_fix)))
@@ -96,7 +96,7 @@ def _transpose_edge(g: Graph, src: int, dst: int, order, inserted: dict) -> None
         g.reconnect(src, dst, tid)
         return
     node = g.node(src)
-    tid = g.insert_on_edge(src, dst, ops.Transpose(order=order), f'{node.path}.Transpose')
+    tid = g.insert_on_edge(src, dst, Transpose(order=order), f'{node.path}.Transpose')
     g.replace(tid, ttype=node.ttype, cov=node.cov.model_copy(update=dict(axis_order=order)))
     inserted[key] = tid
 
@@ -108,14 +108,14 @@ def cancel_transposes(graph: Graph) -> Graph:
     while changed:
         changed = False
         for node in list(g.nodes()):
-            if not isinstance(node.op, ops.Transpose):
+            if not isinstance(node.op, Transpose):
                 continue
             (src,) = g.inputs(node.id)
             prev = g.node(src)
             if node.cov.axis_order == prev.cov.axis_order:
                 g.bypass(node.id)
                 changed = True
-            elif isinstance(prev.op, ops.Transpose) and len(g.consumers(src)) == 1:
+            elif isinstance(prev.op, Transpose) and len(g.consumers(src)) == 1:
                 g.bypass(src)
                 changed = True
     return g

@@ -15,9 +15,8 @@ from __future__ import annotations
 import functools
 
 from ..errors import NtcError, ShapeError
-from ..ir import ops
 from ..ir.graph import Graph
-from ..ir.ops import max_spatial
+from ..ir.op import Op, max_spatial
 from ..ir.types import CovType, TensorType
 from .canonicalize import canonicalize
 from .check import check_structure
@@ -37,7 +36,7 @@ def _prefixed(e: NtcError, path: str) -> NtcError:
 
 
 @functools.lru_cache(maxsize=256)
-def typed_body(op: ops.Repeat, t: TensorType, path: str = 'repeat') -> Graph:
+def typed_body(op: Op, t: TensorType, path: str = 'repeat') -> Graph:
     """The body's graph typed for input `t`, its structure checked (`check_structure`: the
     pipeline's `check` pass reads the body's kernels through `Repeat.no_kernel`), with Identity
     and dead nodes dropped."""
@@ -50,7 +49,7 @@ def typed_body(op: ops.Repeat, t: TensorType, path: str = 'repeat') -> Graph:
     return canonicalize(g, Options(reference=True))  # no folding: node paths stay the layers'
 
 
-def carry_types(op: ops.Repeat, t: TensorType, path: str) -> list[TensorType]:
+def carry_types(op: Op, t: TensorType, path: str) -> list[TensorType]:
     """Input types of the iterations until they stop changing (shape-preserving body)."""
     types = [t]
     for _ in range(min(op.n, 3)):
@@ -67,7 +66,7 @@ def carry_types(op: ops.Repeat, t: TensorType, path: str) -> list[TensorType]:
     return types
 
 
-def carry_layout(op: ops.Repeat, t: TensorType, out_x: str, out_m: str | None,
+def carry_layout(op: Op, t: TensorType, out_x: str, out_m: str | None,
                  path: str = 'repeat') -> tuple[str, str | None]:
     """(spatial, marginal) layout of the loop carry: the least fixed point described above."""
     if not t.spatial_axes:
@@ -85,7 +84,7 @@ def carry_layout(op: ops.Repeat, t: TensorType, out_x: str, out_m: str | None,
     return lx, lm
 
 
-def body_plan(op: ops.Repeat, t: TensorType, carry: CovType, opts: Options,
+def body_plan(op: Op, t: TensorType, carry: CovType, opts: Options,
               path: str = 'repeat') -> Graph:
     """The body laid out for a carry of layout `carry` (from `carry_layout`) in iteration
     steady state: every value gets the layout the analysis requires, the input and output the

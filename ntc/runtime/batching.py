@@ -458,7 +458,7 @@ class BatchedKernelFn:
         if form == 'one':
             return result[names[0]]
         if form == 'kernel':
-            from ..lower.kernel import Kernel
+            from ..covariance.kernel import Kernel
             return Kernel(nngp=result.get('nngp'), ntk=result.get('ntk'), cov1=result.get('cov1'),
                           cov2=result.get('cov2'), x1_is_x2=symmetric)
         return result_type(tuple(names))(*(result[n] for n in names))

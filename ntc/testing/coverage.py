@@ -1,6 +1,6 @@
 """The coverage table: every op kind with a kernel rule, and the harness case that checks it.
 
-Generated from the rule tables themselves (`ntc.lower.registry.KERNEL_RULES`, `FINITE_RULES`),
+Generated from the rule tables themselves (`ntc.ir.registry.KERNEL_RULES`, `FINITE_RULES`),
 so a new rule without an entry in `ntc.testing.cases.CASES` shows up as MISSING.
 """
 
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..lower import lower as _lower  # noqa: F401  (fills the rule tables)
-from ..lower.registry import FINITE_RULES, KERNEL_RULES
+from ..ir.registry import FINITE_RULES, KERNEL_RULES
 from .cases import CASES, harness_net
 from .layer import example_inputs
 

@@ -88,7 +88,7 @@ def check_spec_roundtrip(net: Net, x1=None, get=('nngp', 'ntk'), rtol: float = 0
     try:
         data = spec.dump(net)
     except NtcError as e:
-        if any(not n.op.serializable for n in net.graph().nodes()):
+        if any(not n.op.serializable() for n in net.graph().nodes()):
             return Report(True, 0.0, '', f'ok: not serialisable ({e})')
         raise
     back = spec.parse(data)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.net import Net
-from ..ir.ops import Dense, _ConvBase
+from ..layers.conv import _ConvBase
+from ..layers.dense import Dense
 from .cases import Case, harness_net
 from .invariants import (
     check_batching,

@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from ..ir.net import Net, _label
-from ..ir.ops import Dense, _ConvBase
+from ..layers.conv import _ConvBase
+from ..layers.dense import Dense
 from ..lower import lower as _lower  # noqa: F401  (fills the rule tables)
 from ..runtime.monte_carlo import monte_carlo_kernel_stats
 from .properties import Report

@@ -162,3 +162,16 @@ def adapt(k: Kernel, want: CovType) -> Kernel:
             cov1 = diag_to(cov1, ns, have.marginal, want.marginal, 1)
             cov2 = None if cov2 is None else diag_to(cov2, ns, have.marginal, want.marginal, 1)
     return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, layout=want)
+
+
+def reduce_spatial(k: Kernel, fn) -> Kernel:
+    """`k` with its spatial axes reduced by `fn` (jnp.mean, jnp.sum) in every covariance: a
+    DIAG layout's mean over positions, or a FULL layout's over pairs; the layout becomes NONE."""
+    lay = k.layout.model_copy(update=dict(spatial='NONE', axis_order=(),
+                                          marginal=None if k.layout.marginal is None else 'NONE'))
+
+    def red(x, lead):
+        return None if x is None else fn(x, axis=tuple(range(lead, x.ndim)))
+
+    return k.replace(nngp=red(k.nngp, 2), ntk=red(k.ntk, 2), cov1=red(k.cov1, 1),
+                     cov2=red(k.cov2, 1), layout=lay)

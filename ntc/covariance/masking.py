@@ -21,32 +21,20 @@ code moves them to a covariance's storage order with `to_storage`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
 from ..errors import NtcError
-from ..ir.ops import same_pads
+from ..ir.registry import MASK_RULES, kernel_input
 from ..ir.types import TensorType
 from .kernel import Kernel, expand
-from .registry import kernel_input
-
-MASK_RULES: dict[str, Callable] = {}
 
 #: logit given to masked keys under SOFTMAX (finite, so an all-masked row stays defined)
 NEG_INF = -1e20
 
 
-def mask_rule(*kinds: str):
-    """Register `fn(op, masks, in_types, out_type) -> mask` as the mask rule of op kinds;
-    `masks` are the inputs' canonical position masks (None where an input is unmasked)."""
-    def deco(fn):
-        for kind in kinds:
-            MASK_RULES[kind] = fn
-        return fn
-    return deco
 
 
 @kernel_input('mask_constant')
@@ -180,103 +168,26 @@ def side_masks(k: Kernel, m1, m2):
     return m, m
 
 
-# ----------------------------------------------------------------------------- mask rules
 
 
-def _axis_center_index(n_out: int, k: int, s: int, lo: int):
-    """Input index of each output's window centre: -lo + (k - 1)//2 + o·s."""
-    return -lo + (k - 1) // 2 + s * jnp.arange(n_out)
 
 
-def window_mask(m, in_type: TensorType, out_type: TensorType, windows):
-    """Mask of a strided window op: each output position takes its window centre's mask (the
-    identity for stride-1 SAME windows).  `windows` lists, per input spatial index i,
-    (i, output spatial index j, window size, stride, low padding)."""
-    perm = [0] * (1 + len(windows))
-    for i, j, k, s, lo in windows:
-        n_in, n_out = in_type.spatial_shape[i], out_type.spatial_shape[j]
-        perm[1 + j] = 1 + i
-        if n_in == n_out and s == 1 and lo == (k - 1) // 2:
-            continue
-        idx = jnp.clip(_axis_center_index(n_out, k, s, lo), 0, n_in - 1)
-        m = jnp.take(m, idx, axis=1 + i)
-    return jnp.transpose(m, perm)
 
 
-def _lo_pad(op, n: int, k: int, s: int) -> int:
-    return 0 if op.padding == 'VALID' else same_pads(n, k, s)[0]
 
 
-@mask_rule('Conv', 'ConvLocal')
-def _conv_mask(op, masks, in_types, out_type):
-    (m,), (t,) = masks, in_types
-    return window_mask(m, t, out_type, [(i, j, k, s, _lo_pad(op, t.spatial_shape[i], k, s))
-                                        for i, j, k, s in op.axis_map(t)])
 
 
-@mask_rule('ConvTranspose')
-def _conv_transpose_mask(op, masks, in_types, out_type):
-    """An output position is masked when a masked input reaches it through the filter
-    (neural_tangents' transposed-convolution mask)."""
-    (m,), (t,) = masks, in_types
-    for i, j, k, s in op.axis_map(t):
-        n_out = out_type.spatial_shape[j]
-        total = (t.spatial_shape[i] - 1) * s + k
-        lo = 0 if op.padding == 'VALID' else (total - n_out) // 2
-        m = m.astype(jnp.float32)
-        spread = jnp.zeros(m.shape[:1 + i] + (total,) + m.shape[2 + i:], m.dtype)
-        for d in range(k):
-            idx = jnp.arange(t.spatial_shape[i]) * s + d
-            spread = spread.at[(slice(None),) * (1 + i) + (idx,)].add(m)
-        m = jax.lax.slice_in_dim(spread, lo, lo + n_out, axis=1 + i) > 0
-    return m
 
 
-@mask_rule('Index')
-def _index_mask(op, masks, in_types, out_type):
-    """The mask is indexed like the activations (the channel index is trivial)."""
-    (m,), (t,) = masks, in_types
-    per = op.per_axis(t.ndim)
-    return m[(per[t.batch],) + tuple(per[a] for a in t.spatial_axes)]
 
 
-@mask_rule('AvgPool', 'SumPool')
-def _pool_mask(op, masks, in_types, out_type):
-    (m,), (t,) = masks, in_types
-    return window_mask(m, t, out_type, [
-        (i, i, k, s, _lo_pad(op, t.spatial_shape[i], k, s))
-        for i, (k, s) in enumerate(zip(op.window_shape, op.stride_tuple()))])
 
 
-@mask_rule('GlobalAvgPool', 'GlobalSumPool', 'Flatten')
-def _global_mask(op, masks, in_types, out_type):
-    (m,) = masks
-    return jnp.all(m.reshape(m.shape[0], -1), axis=1)
 
 
-def _and(masks):
-    present = [m for m in masks if m is not None]
-    out = present[0]
-    for m in present[1:]:
-        out = out & m
-    return out
 
 
-@mask_rule('FanInSum', 'FanInProd')
-def _fan_in_mask(op, masks, in_types, out_type):
-    return _and(masks)
-
-
-@mask_rule('FanInConcat')
-def _concat_mask(op, masks, in_types, out_type):
-    t0 = in_types[0]
-    axis = op.axis % t0.ndim
-    if axis == t0.channel:
-        return _and(masks)
-    full = [jnp.zeros((m_ref.shape[0],) + t.spatial_shape, bool) if m is None else m
-            for m, t in zip(masks, in_types)
-            for m_ref in [next(x for x in masks if x is not None)]]
-    return jnp.concatenate(full, axis=1 + t0.spatial_axes.index(axis))
 
 
 # ----------------------------------------------------------------------------- statistics

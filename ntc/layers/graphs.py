@@ -1,25 +1,84 @@
-"""Kernel and finite-network rules of Aggregate (graph networks), and its `pattern` input.
-
-Aggregation replaces every vertex by the weighted sum of its predecessors, y[n, j] =
-Σ_i x[n, i]·A[n, i, j], identically on every channel.  It is a per-example linear map of the
-vertex axes, so (Du et al. 2019, "Graph Neural Tangent Kernel")
-    K'[n1, n2, j, j'] = Σ_{i,i'} A1[n1, i, j]·K[n1, n2, i, i']·A2[n2, i', j'],
-and the same for the NTK.  The kernel rule applies the finite aggregation (dense matmul or
-sparse segment sum) to each side of the covariance with `map_covariance`.
-"""
+"""`Aggregate`: message passing over a graph given as an adjacency pattern."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from pydantic import field_validator
 
-from ..errors import InputError
-from .registry import finite_rule, kernel_input, kernel_rule
-from .rules_linear import map_kernel
+from ..errors import InputError, ShapeError
+from ..ir.op import Op
+from ..ir.registry import finite_rule, kernel_input, kernel_rule, register_op
+from ..ir.types import TensorType
+from .linear import map_kernel
+
+
+@register_op
+class Aggregate(Op):
+    """Graph aggregation (Du et al. 2019, "Graph Neural Tangent Kernel"): every vertex becomes
+    the weighted sum of its predecessors, out[n, j] = Σ_i x[n, i]·A[n, i, j], with the
+    per-example adjacency `pattern` given to apply_fn / kernel_fn.  Kernel:
+    K'[n1, n2, j, j'] = Σ_{i,i'} A1[n1, i, j]·K[n1, n2, i, i']·A2[n2, i', j']."""
+
+    op: Literal['Aggregate'] = 'Aggregate'
+    aggregate_axis: int | tuple[int, ...] | None = None
+    batch_axis: int = 0
+    channel_axis: int = -1
+    to_dense: Callable | None = None
+    implementation: Literal['DENSE', 'SPARSE'] = 'DENSE'
+
+    @field_validator('implementation', mode='before')
+    @classmethod
+    def _impl_upper(cls, v):
+        v = getattr(v, 'value', v)
+        return v.upper() if isinstance(v, str) else v
+
+    def input_axes(self, ndim: int) -> tuple[int, int]:
+        return self.batch_axis % ndim, self.channel_axis % ndim
+
+    def agg_axes(self, t: TensorType, path: str = '') -> tuple[int, ...]:
+        """Tensor positions of the aggregated axes."""
+        if self.aggregate_axis is None:
+            return t.spatial_axes
+        axes = (self.aggregate_axis,) if isinstance(self.aggregate_axis, int) \
+            else self.aggregate_axis
+        out = tuple(a % t.ndim for a in axes)
+        for a in out:
+            if a not in t.spatial_axes:
+                raise ShapeError(f'aggregate_axis={self.aggregate_axis} names axis {a}, which is '
+                                 f'the batch or channel axis of {t.describe()}', path=path,
+                                 hint='aggregate over spatial (vertex) axes only')
+        return out
+
+    def infer(self, ins, path):
+        t = ins[0]
+        if not t.spatial_axes:
+            raise ShapeError(f'Aggregate needs vertex (spatial) axes, got {t.describe()}',
+                             path=path, hint='give the input shape (N, vertices..., channels)')
+        self.agg_axes(t, path)
+        return t
+
+    def spatial_need(self, out, in_type):
+        return 'FULL'  # mixes vertices
+
+    def marginal_need(self, out, in_type):
+        return None if out is None else 'FULL'
+
+    def out_order(self, in_order, in_type, out_type):
+        return tuple(range(len(out_type.spatial_axes)))
+
+    def entry_flops(self, in_types, out_type):
+        t = in_types[0]
+        return 4.0 * math.prod(t.shape[a] for a in self.agg_axes(t))
+
+
+# ----------------------------------------------------------------------------- rules
 
 
 @kernel_input('pattern')
@@ -50,9 +109,6 @@ def _is_array(v) -> bool:
 
 def _arr(p):
     return jnp.asarray(p) if isinstance(p, (np.ndarray, list, tuple)) else p
-
-
-# ----------------------------------------------------------------------------- the map
 
 
 def aggregate(op, x, pattern, t, precision=None):
@@ -109,10 +165,7 @@ def _sparse(x, pattern, axes, b, c):
     return jnp.moveaxis(out, list(range(k + 1)) + [x.ndim - 1], [b, *axes, c])
 
 
-# ----------------------------------------------------------------------------- rules
-
-
-@kernel_rule('Aggregate')
+@kernel_rule(Aggregate)
 def aggregate_kernel(ctx, node, k):
     """K' = A1ᵀ K A2 per pair of examples (on both sides of every covariance)."""
     op, t = node.op, ctx.in_type(node)
@@ -149,7 +202,7 @@ def _concat(op, p1, p2):
     return jnp.concatenate([p1, p2])
 
 
-@finite_rule('Aggregate')
+@finite_rule(Aggregate)
 def aggregate_apply(op, params, inputs, ctx):
     """apply_fn(params, x, pattern=A): y = x aggregated by A (A None: the identity)."""
     (x,) = inputs

@@ -1,24 +1,4 @@
-"""Dual activations: the closed-form Gaussian expectations behind every nonlinearity's kernel.
-
-For (u, v) zero-mean jointly Gaussian with Var u = q1, Var v = q2 and Cov(u, v) = c12, each
-rule's `kernel(xp, op, c12, q1, q2)` returns
-
-    k12 = E[φ(u) φ(v)]       (the NNGP map, K' = k12)
-    kdot12 = E[φ'(u) φ'(v)]  (the NTK factor, Θ' = kdot12 · Θ)
-
-written once against the namespace `xp` (`xp.JNP` for arrays, `xp.SYM` for sympy expressions).
-The same call maps the marginal variances (c12 = q1 = q2); every formula is exact and finite
-there.  q1 and q2 are typically per-row arrays, (N, 1) and (1, N), against an (N, N) c12.  The
-closed forms use D = q1·q2 - c12² (≥ 0, exactly 0 when c12 = q1 = q2) instead of a correlation,
-so they need no division by √(q1 q2) and no clipping, and the diagonal is exact to round-off;
-`xp.safe_sqrt(D)` keeps their derivatives finite at D = 0 (its coefficient vanishes there).
-Only ExpNormalized and ElementwiseNumerical form ρ, from per-row 1/√q.
-
-By Price's theorem kdot12 = ∂k12/∂c12 for every φ whose derivative is a function; φ with jumps
-(Sign, RectifiedMonomial(0)) follow neural-tangents and the finite network's autodiff: φ' = 0.
-
-`phi(op, x)` is φ itself in jax.numpy, for the finite network (None for ExpNormalized).
-"""
+"""Elementwise nonlinearities: the op models and their closed-form kernels."""
 
 from __future__ import annotations
 
@@ -27,13 +7,223 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
+from typing import Annotated, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pydantic import Field
 
 from ..errors import NoClosedFormError, NtcError
-from ..ir.ops import SIGMOID_LIKE_SCALE
+from ..ir.op import Op, PosInt, max_spatial
+from ..ir.registry import finite_rule, kernel_rule, register_op
+
+
+class Nonlinearity(Op):
+    """An elementwise nonlinearity φ.  Its kernel rule maps (K12, K11, K22) to E[φ(u)φ(v)]
+    and E[φ'(u)φ'(v)] for (u, v) Gaussian with that covariance."""
+
+    needs_gaussian: ClassVar[bool] = True
+    flops_per_entry: ClassVar[float] = 20.0
+
+    def marginal_need(self, out, in_type):
+        # reads the variance at every position, whatever its consumers need
+        return max_spatial(out, 'DIAG' if in_type.spatial_axes else 'NONE')
+
+
+@register_op
+class ABRelu(Nonlinearity):
+    """φ(x) = a·min(x, 0) + b·max(x, 0)."""
+
+    op: Literal['ABRelu'] = 'ABRelu'
+    a: float
+    b: float
+    do_stabilize: bool = False
+
+
+@register_op
+class Relu(Nonlinearity):
+    op: Literal['Relu'] = 'Relu'
+    do_stabilize: bool = False
+
+
+@register_op
+class LeakyRelu(Nonlinearity):
+    op: Literal['LeakyRelu'] = 'LeakyRelu'
+    alpha: float
+    do_stabilize: bool = False
+
+
+@register_op
+class Abs(Nonlinearity):
+    op: Literal['Abs'] = 'Abs'
+    do_stabilize: bool = False
+
+
+@register_op
+class Erf(Nonlinearity):
+    """φ(x) = a·erf(b·x) + c."""
+
+    op: Literal['Erf'] = 'Erf'
+    a: float = 1.0
+    b: float = 1.0
+    c: float = 0.0
+
+
+@register_op
+class Sigmoid_like(Nonlinearity):  # noqa: N801 (NT's name)
+    """φ(x) = erf(x / 2.4020563531719796) / 2 + 1/2, a sigmoid-like function with an Erf kernel."""
+
+    op: Literal['Sigmoid_like'] = 'Sigmoid_like'
+
+
+@register_op
+class Gelu(Nonlinearity):
+    """φ(x) = x·Φ(x); `approximate` uses the tanh form in the finite network only."""
+
+    op: Literal['Gelu'] = 'Gelu'
+    approximate: bool = False
+
+
+@register_op
+class Sin(Nonlinearity):
+    """φ(x) = a·sin(b·x + c)."""
+
+    op: Literal['Sin'] = 'Sin'
+    a: float = 1.0
+    b: float = 1.0
+    c: float = 0.0
+
+
+@register_op
+class Cos(Nonlinearity):
+    """φ(x) = a·cos(b·x + c)."""
+
+    op: Literal['Cos'] = 'Cos'
+    a: float = 1.0
+    b: float = 1.0
+    c: float = 0.0
+
+
+@register_op
+class Exp(Nonlinearity):
+    """φ(x) = a·exp(b·x)."""
+
+    op: Literal['Exp'] = 'Exp'
+    a: float = 1.0
+    b: float = 1.0
+
+
+@register_op
+class ExpNormalized(Nonlinearity):
+    """The "Gaussian normalised kernel" of Shankar et al. 2020 ("Neural Kernels Without
+    Tangents", p. 6), applied to the covariance; it has no finite-network form."""
+
+    op: Literal['ExpNormalized'] = 'ExpNormalized'
+    gamma: float = 1.0
+    shift: float = -1.0
+    do_clip: bool = False
+
+
+@register_op
+class Gaussian(Nonlinearity):
+    """φ(x) = a·exp(b·x²)."""
+
+    op: Literal['Gaussian'] = 'Gaussian'
+    a: float = 1.0
+    b: float = -1.0
+
+
+@register_op
+class Rbf(Nonlinearity):
+    """φ(x) = sqrt(2)·sin(sqrt(2γ)·x + π/4), whose kernel is exp(-γ‖x1 - x2‖²)."""
+
+    op: Literal['Rbf'] = 'Rbf'
+    gamma: Annotated[float, Field(gt=0)] = 1.0
+
+
+@register_op
+class Sign(Nonlinearity):
+    op: Literal['Sign'] = 'Sign'
+
+
+@register_op
+class Gabor(Nonlinearity):
+    """φ(x) = exp(-x²)·sin(x)."""
+
+    op: Literal['Gabor'] = 'Gabor'
+
+
+@register_op
+class Monomial(Nonlinearity):
+    """φ(x) = x**degree."""
+
+    op: Literal['Monomial'] = 'Monomial'
+    degree: Annotated[int, Field(ge=0)]
+
+
+@register_op
+class RectifiedMonomial(Nonlinearity):
+    """φ(x) = max(x, 0)**degree (the arc-cosine kernel of that order)."""
+
+    op: Literal['RectifiedMonomial'] = 'RectifiedMonomial'
+    degree: Annotated[int, Field(ge=0)]
+
+
+@register_op
+class Polynomial(Nonlinearity):
+    """φ(x) = Σ_i coef[i]·x**i."""
+
+    op: Literal['Polynomial'] = 'Polynomial'
+    coef: tuple[float, ...]
+
+
+@register_op
+class Hermite(Nonlinearity):
+    """φ(x) = He_degree(x)/sqrt(degree!), the normalised probabilists' Hermite polynomial."""
+
+    op: Literal['Hermite'] = 'Hermite'
+    degree: Annotated[int, Field(ge=0)]
+
+
+@register_op
+class Elementwise(Nonlinearity):
+    """A user nonlinearity `fn` with its NNGP map `nngp_fn(cov12, var1, var2)` and, optionally,
+    `d_nngp_fn` for the NTK (otherwise ∂nngp_fn/∂cov12 by autodiff, Price's theorem)."""
+
+    op: Literal['Elementwise'] = 'Elementwise'
+    in_specs: ClassVar[bool] = False
+    fn: Callable | None = None
+    nngp_fn: Callable | None = None
+    d_nngp_fn: Callable | None = None
+
+    def no_kernel(self, ins):
+        if self.nngp_fn is not None:
+            return None
+        return ('Elementwise was given no nngp_fn, so it has no kernel',
+                'pass nngp_fn=..., use ElementwiseNumerical(fn, deg) for a numerical kernel, or '
+                'estimate the kernel with ntc.monte_carlo_kernel_fn')
+
+
+@register_op
+class ElementwiseNumerical(Nonlinearity):
+    """A user nonlinearity whose kernel is computed by `deg`-point Gauss-Hermite quadrature."""
+
+    op: Literal['ElementwiseNumerical'] = 'ElementwiseNumerical'
+    in_specs: ClassVar[bool] = False
+    fn: Callable
+    deg: PosInt
+    df: Callable | None = None
+    flops_per_entry: ClassVar[float] = 200.0
+
+
+SIGMOID_LIKE_SCALE = 2.4020563531719796
+
+
+SQRT2 = math.sqrt(2.0)
+
+
+# ----------------------------------------------------------------------------- rules
 
 
 @dataclass(frozen=True)
@@ -57,8 +247,34 @@ def register(kind: str, phi: Callable | None = None):
 
         kernel.__name__, kernel.__doc__, kernel.__wrapped__ = fn.__name__, fn.__doc__, fn
         ACTIVATIONS[kind] = ActivationRule(kernel=kernel, phi=phi)
+        kernel_rule(kind)(activation_kernel)
+        finite_rule(kind)(activation_apply)
         return fn
     return deco
+
+
+def activation_kernel(ctx, node, k):
+    """K' = E[φ(u)φ(v)], Θ' = E[φ'(u)φ'(v)]·Θ, cov' = E[φ(u)²]-style map of each marginal."""
+    math = ACTIVATIONS[node.op.kind].kernel
+    q1, q2 = k.cross_vars()
+    nngp, kdot = math(ctx.xp, node.op, k.nngp, q1, q2)
+    ntk = None if (k.ntk is None or not ctx.want_ntk) else k.ntk * kdot
+
+    def marginal(cov):
+        if cov is None:
+            return None
+        qa, qb = k.marginal_vars(cov)
+        return math(ctx.xp, node.op, cov, qa, qb)[0]
+
+    return k.replace(nngp=nngp, ntk=ntk, cov1=marginal(k.cov1), cov2=marginal(k.cov2))
+
+
+def activation_apply(op, params, inputs, ctx):
+    phi = ACTIVATIONS[op.kind].phi
+    if phi is None:
+        raise NtcError(f'{op.kind} defines a kernel only and has no finite-network form',
+                       hint='use it with kernel_fn, not apply_fn')
+    return phi(op, inputs[0])
 
 
 def _gap(c12, q1, q2):
@@ -72,9 +288,6 @@ def _sine(xp, c12, qq):
     x1-with-itself entry computed by different reductions) stays exactly on the diagonal instead
     of being pushed off it by √ε."""
     return xp.safe_sqrt(xp.drop_roundoff(qq - c12 * c12, qq))
-
-
-# ----------------------------------------------------------------------------- ReLU family
 
 
 def _abrelu(xp, a, b, c12, q1, q2):
@@ -127,9 +340,6 @@ def sign(xp, op, c12, q1, q2):
     0 is what neural-tangents and the finite network's autodiff use."""
     root = _sine(xp, c12, q1 * q2)
     return (2 / xp.pi) * xp.arctan2(c12, root), 0
-
-
-# ----------------------------------------------------------------------------- arc-cosine
 
 
 def _padd(p, r):
@@ -212,9 +422,6 @@ def rectified_monomial(xp, op, c12, q1, q2):
 
     kdot = n * n * j(n - 1) if n else 0
     return j(n), kdot
-
-
-# ----------------------------------------------------------------------------- polynomials
 
 
 def _monomial_in_hermite(i: int, l: int) -> int:
@@ -304,9 +511,6 @@ def hermite(xp, op, c12, q1, q2):
     n = op.degree
     return _poly_kernel(xp, hermite_coefficients(n), c12, q1, q2,
                         scale=Fraction(1, math.factorial(n)))
-
-
-# ----------------------------------------------------------------------------- smooth
 
 
 def _erf_kernel(xp, a, b, c, c12, q1, q2):
@@ -461,9 +665,6 @@ def exp_normalized(xp, op, c12, q1, q2):
         rho = xp.clip(rho, -1, 1)
     e = xp.exp(gamma * (rho + shift))
     return xp.sqrt(q1) * xp.sqrt(q2) * e, gamma * e
-
-
-# ----------------------------------------------------------------------------- user functions
 
 
 def _user_phi(op, x):

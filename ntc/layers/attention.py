@@ -1,39 +1,110 @@
-"""Kernel and finite-network rules of `GlobalSelfAttention`.
-
-Infinite-width limit after Hron et al. 2020 ("Infinite attention: NNGP and NTK for deep
-attention networks", ICML), with neural_tangents' conventions for positional embeddings, bias
-and masking.  Positions are flattened to one axis of size S; per example the *interpolated*
-covariance is  C̃ = w_x·C + w_p·R, where R is the positional embeddings' covariance (identity, or
-`pos_emb_decay_fn` of the L^p distance between positions) and (w_x, w_p) = (1, σ_pe²) for SUM,
-(C/(C+P), σ_pe²·P/(C+P)) for CONCAT of P embedding channels to C input channels.
-
-- `linear_scaling=True` (keys and queries tied, logits scaled by 1/n_chan_key): the logits
-  converge to the deterministic σ_QK·C̃(x, x), so the attention weights G(x) = mech(σ_QK·C̃(x, x))
-  are deterministic (softmax over keys) and the output is a random linear map of G·V:
-      K'(x, y) = σ_OV²·G(x) K_v(x, y) G(y)ᵀ + σ_b²,
-      Θ'(x, y) = σ_OV²·G(x) Θ_v(x, y) G(y)ᵀ + σ_b² + 2·σ_OV²·G(x) K_v(x, y) G(y)ᵀ
-  (value and output weights each add one K term), K_v = K̃ with `val_pos_emb`, else K.
-- `linear_scaling=False`, IDENTITY: the logits are Gaussian; with ⟨A, B⟩ the sum over all
-  position pairs, K' = σ²⟨K̃, K_v⟩ K̃ + σ_b² and
-      Θ' = σ²((⟨K̃, Θ̃_v⟩ + ⟨K̃_v, Θ̃⟩)·K̃ + ⟨K̃, K_v⟩(Θ̃ + 4 K̃)) + σ_b²,   σ = σ_QK σ_OV.
-- `linear_scaling=False` with any other mechanism has no known closed form.
-"""
+"""`GlobalSelfAttention` (Hron et al. 2020, "Infinite attention")."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Annotated, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
+from pydantic import Field, field_validator
 
-from .kernel import batch_diag
-from .masking import NEG_INF, side_masks, to_storage
-from .registry import finite_rule, kernel_rule
+from ..covariance.kernel import batch_diag
+from ..covariance.masking import NEG_INF, side_masks, to_storage
+from ..errors import ShapeError
+from ..ir.op import NonNegFloat, Op, PosInt
+from ..ir.registry import finite_rule, kernel_rule, register_op
+
+AttentionMechanism = Literal['SOFTMAX', 'IDENTITY', 'ABS', 'RELU']
+
+
+PositionalEmbedding = Literal['NONE', 'SUM', 'CONCAT']
+
+
+@register_op
+class GlobalSelfAttention(Op):
+    """Multi-head self-attention over all spatial positions (Hron et al. 2020, "Infinite
+    attention").  Mixes every pair of positions, so it needs FULL spatial covariances."""
+
+    op: Literal['GlobalSelfAttention'] = 'GlobalSelfAttention'
+    n_chan_out: PosInt
+    n_chan_key: PosInt
+    n_chan_val: PosInt
+    n_heads: PosInt
+    linear_scaling: bool = True
+    W_key_std: NonNegFloat = 1.0
+    W_value_std: NonNegFloat = 1.0
+    W_query_std: NonNegFloat = 1.0
+    W_out_std: NonNegFloat = 1.0
+    b_std: NonNegFloat | None = None
+    attention_mechanism: AttentionMechanism = 'SOFTMAX'
+    pos_emb_type: PositionalEmbedding = 'NONE'
+    pos_emb_p_norm: Annotated[float, Field(gt=0, allow_inf_nan=True)] = 2  # inf: max norm
+    pos_emb_decay_fn: Callable | None = None
+    n_chan_pos_emb: PosInt | None = None
+    W_pos_emb_std: NonNegFloat = 1.0
+    val_pos_emb: bool = False
+    batch_axis: int = 0
+    channel_axis: int = -1
+    creates_fresh: ClassVar[bool] = True
+
+    @field_validator('attention_mechanism', 'pos_emb_type', mode='before')
+    @classmethod
+    def _upper(cls, v):
+        return v.upper() if isinstance(v, str) else v
+
+    def input_axes(self, ndim: int) -> tuple[int, int]:
+        return self.batch_axis % ndim, self.channel_axis % ndim
+
+    def independent_of_input(self) -> bool:
+        # the output projection W_out (or the bias) is random and its own
+        return (self.W_out_std > 0 and self.W_value_std > 0) or bool(self.b_std)
+
+    def no_kernel(self, ins):
+        if self.linear_scaling or self.attention_mechanism == 'IDENTITY':
+            return None
+        return (f"GlobalSelfAttention(attention_mechanism='{self.attention_mechanism}', "
+                f'linear_scaling=False, pos_emb_type={self.pos_emb_type!r}) has no known '
+                'closed-form kernel (the softmax/abs/relu of a Gaussian logit matrix has no '
+                'tractable expectation)',
+                "use linear_scaling=True or attention_mechanism='IDENTITY', or estimate the "
+                'kernel with ntc.monte_carlo_kernel_fn')
+
+    def pos_emb_channels(self, in_channels: int) -> int:
+        """Channels of the positional embedding (NT: the input's, unless given)."""
+        return in_channels if self.n_chan_pos_emb is None else self.n_chan_pos_emb
+
+    def infer(self, ins, path):
+        t = ins[0]
+        if not t.spatial_axes:
+            raise ShapeError(f'GlobalSelfAttention needs an input with spatial axes (positions '
+                             f'to attend over), got {t.describe()}', path=path,
+                             hint='give the input a sequence or image axis, e.g. (N, L, C)')
+        if self.pos_emb_type == 'SUM' and self.pos_emb_channels(t.channels) != t.channels:
+            raise ShapeError(f"pos_emb_type='SUM' adds embeddings of {self.n_chan_pos_emb} "
+                             f'channels to an input of {t.channels}', path=path,
+                             hint="leave n_chan_pos_emb=None, or use pos_emb_type='CONCAT'")
+        shape = list(t.shape)
+        shape[t.channel] = self.n_chan_out
+        return t.model_copy(update=dict(shape=tuple(shape), is_gaussian=True, is_fresh=True))
+
+    def spatial_need(self, out, in_type):
+        return 'FULL'  # every output position reads every pair of input positions
+
+    def marginal_need(self, out, in_type):
+        if self.linear_scaling:
+            return 'FULL'  # the attention weights are functions of each example's covariance
+        return None if out is None else 'FULL'
+
+    def entry_flops(self, in_types, out_type):
+        return 4.0 * math.prod(out_type.spatial_shape) + 2.0
+
+
+# ----------------------------------------------------------------------------- rules
+
 
 _HI = jax.lax.Precision.HIGHEST
-
-
-# ----------------------------------------------------------------------------- helpers
 
 
 def _flat(x, lead: int, ns: int):
@@ -89,10 +160,7 @@ def _mechanism(op, logits, key_mask):
     return jax.nn.relu(logits)
 
 
-# ----------------------------------------------------------------------------- kernel
-
-
-@kernel_rule('GlobalSelfAttention')
+@kernel_rule(GlobalSelfAttention)
 def attention_kernel(ctx, node, k):
     """See the module docstring.  Needs FULL spatial covariances (and FULL marginals).  The
     check pass has rejected the combinations without a closed form
@@ -202,9 +270,6 @@ def ctx_masks(ctx, node, slot: int = 0):
     return masks.get(src, (None, None))
 
 
-# ----------------------------------------------------------------------------- finite network
-
-
 def _attention_init(key, op, in_types):
     (t,) = in_types
     kq, kk, kv, ko, kb, kp = jax.random.split(key, 6)
@@ -225,7 +290,7 @@ def _attention_init(key, op, in_types):
     return dict(queries=queries, keys=keys, values=values, out=w_out, b=b, pos_emb=pos_emb)
 
 
-@finite_rule('GlobalSelfAttention', init=_attention_init)
+@finite_rule(GlobalSelfAttention, init=_attention_init)
 def attention_apply(op, params, inputs, ctx):
     """f(x) = concat_h[mech(σ_QK·Q_h K_hᵀ / (C·d_k^α)) V_h] W_out·σ_OV/sqrt(H·d_v·C) + σ_b·b,
     α = 1 (tied Q = K) with linear scaling, 1/2 otherwise; NTK parameterisation throughout."""
@@ -270,4 +335,3 @@ def attention_apply(op, params, inputs, ctx):
         out = out + op.b_std * params['b']
     out = out.reshape((n,) + spatial + (op.n_chan_out,))
     return jnp.moveaxis(out, (0, -1), (b_ax, c_ax))
-

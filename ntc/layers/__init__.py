@@ -1,0 +1,72 @@
+"""Every built-in layer, one module per family; importing this package registers them all.
+
+A family module holds, for each of its layers, the op model (arguments, shape rule, layout
+needs, cost: see `ntc.ir.op.Op`) and every rule: the infinite-width kernel, the finite network
+(init and apply) and how the layer moves `mask_constant` masks, each registered next to it with
+the decorators of `ntc.ir.registry`.  `FAMILIES` below is the one place that loads them; a layer
+of your own registers the same way from your module (see docs/adding_a_layer.md).
+"""
+
+from __future__ import annotations
+
+from ..ir.op import Op
+from ..ir.registry import finite_rule, kernel_input, kernel_rule, mask_rule, register_op
+from . import (
+    activations,
+    attention,
+    conv,
+    dense,
+    dropout,
+    graphs,
+    linear,
+    normalization,
+    pooling,
+    structure,
+)
+from .activations import (
+    ABRelu,
+    Abs,
+    Cos,
+    Elementwise,
+    ElementwiseNumerical,
+    Erf,
+    Exp,
+    ExpNormalized,
+    Gabor,
+    Gaussian,
+    Gelu,
+    Hermite,
+    LeakyRelu,
+    Monomial,
+    Nonlinearity,
+    Polynomial,
+    Rbf,
+    RectifiedMonomial,
+    Relu,
+    Sigmoid_like,
+    Sign,
+    Sin,
+)
+from .attention import GlobalSelfAttention
+from .conv import Conv, ConvLocal, ConvTranspose
+from .dense import Affine, Dense
+from .dropout import Dropout
+from .graphs import Aggregate
+from .linear import DotGeneral, Flatten, ImageResize, Index, Transpose
+from .normalization import LayerNorm
+from .pooling import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
+from .structure import FanInConcat, FanInProd, FanInSum, FanOut, Identity, Input
+
+FAMILIES = (structure, dense, conv, pooling, activations, normalization, dropout, attention,
+            linear, graphs)
+
+__all__ = [
+    'FAMILIES', 'Op', 'register_op', 'kernel_rule', 'finite_rule', 'mask_rule', 'kernel_input',
+    'ABRelu', 'Abs', 'Affine', 'Aggregate', 'AvgPool', 'Conv', 'ConvLocal', 'ConvTranspose',
+    'Cos', 'Dense', 'DotGeneral', 'Dropout', 'Elementwise', 'ElementwiseNumerical', 'Erf', 'Exp',
+    'ExpNormalized', 'FanInConcat', 'FanInProd', 'FanInSum', 'FanOut', 'Flatten', 'Gabor',
+    'Gaussian', 'Gelu', 'GlobalAvgPool', 'GlobalSelfAttention', 'GlobalSumPool', 'Hermite',
+    'Identity', 'ImageResize', 'Index', 'Input', 'LayerNorm', 'LeakyRelu', 'Monomial',
+    'Nonlinearity', 'Polynomial', 'Rbf', 'RectifiedMonomial', 'Relu', 'Sigmoid_like', 'Sign',
+    'Sin', 'SumPool', 'Transpose',
+]
