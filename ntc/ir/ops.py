@@ -23,7 +23,6 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
-    field_serializer,
     field_validator,
 )
 
@@ -1392,80 +1391,6 @@ class ConvLocal(_ConvBase):
         return None if out is None else 'DIAG'
 
 
-# ----------------------------------------------------------------------------- loops
-
-
-class Repeat(Op):
-    """`layer` applied `n` times, compiled as one loop (`lax.scan`) whose body is compiled once.
-    The layer must keep its input's shape; each iteration has weights of its own."""
-
-    op: Literal['Repeat'] = 'Repeat'
-    layer: Any
-    n: PosInt
-
-    @field_validator('layer', mode='before')
-    @classmethod
-    def _net(cls, v):
-        from .net import Net
-        if isinstance(v, Net):
-            return v
-        if isinstance(v, (dict, str)):
-            from ..spec import parse
-            return parse(v, 'Repeat.layer')
-        raise ValueError(f'expected an ntc.stax layer, got {type(v).__name__}')
-
-    @field_serializer('layer')
-    def _dump_net(self, v):
-        from ..spec import dump
-        return dump(v)
-
-    @property
-    def serializable(self) -> bool:  # type: ignore[override]
-        return all(n.op.serializable for n in self.layer.graph().nodes())
-
-    def _body(self, t: TensorType, path: str = 'repeat'):
-        from ..passes.repeat import carry_types, typed_body
-        return typed_body(self, carry_types(self, t, path)[-1], path)
-
-    def label(self) -> str:
-        return f'Repeat(n={self.n}, {len(self.layer.graph()) - 1} ops)'
-
-    @property
-    def creates_fresh(self) -> bool:  # type: ignore[override]
-        return True  # the output is fresh exactly when the body's is (see `infer`)
-
-    def infer(self, ins, path):
-        from ..passes.repeat import carry_types, typed_body
-        types = carry_types(self, ins[0], path)
-        g = typed_body(self, types[-1], path)
-        return g.node(g.output).ttype
-
-    def spatial_need(self, out, in_type):
-        from ..passes.repeat import carry_layout
-        return carry_layout(self, in_type, out, None)[0]
-
-    def marginal_need(self, out, in_type):
-        from ..passes.repeat import carry_layout
-        return carry_layout(self, in_type, 'NONE' if not in_type.spatial_axes else 'DIAG',
-                            out)[1]
-
-    def entry_flops(self, in_types, out_type):
-        g = self._body(in_types[0])
-        return self.n * sum(n.op.entry_flops([g.node(i).ttype for i in g.inputs(n.id)],
-                                             n.ttype) for n in g.nodes() if g.inputs(n.id))
-
-    def reads_neighbours(self) -> bool:
-        return any(n.op.reads_neighbours() for n in self.layer.graph().nodes())
-
-    def no_kernel(self, ins):
-        g = self._body(ins[0])
-        for n in g.nodes():
-            reason = n.op.no_kernel([g.node(i).ttype for i in g.inputs(n.id)])
-            if reason is not None:
-                return f'in its body, {n.path}: {reason[0]}', reason[1]
-        return None
-
-
 # ----------------------------------------------------------------------------- the union
 
 OP_CLASSES: tuple[type[Op], ...] = (
@@ -1473,7 +1398,7 @@ OP_CLASSES: tuple[type[Op], ...] = (
     Conv, ConvTranspose, AvgPool, SumPool, GlobalAvgPool, GlobalSumPool, Flatten, Transpose,
     ABRelu, Relu, LeakyRelu, Abs, Erf, Sigmoid_like, Gelu, Sin, Cos, Exp, ExpNormalized,
     Gaussian, Rbf, Sign, Gabor, Monomial, RectifiedMonomial, Polynomial, Hermite, Elementwise,
-    ElementwiseNumerical, LayerNorm, Dropout, GlobalSelfAttention, Repeat,
+    ElementwiseNumerical, LayerNorm, Dropout, GlobalSelfAttention,
     Aggregate, DotGeneral, Index, ImageResize, ConvLocal,
 )
 OPS: dict[str, type[Op]] = {cls.model_fields['op'].default: cls for cls in OP_CLASSES}
