@@ -1,8 +1,9 @@
 """Architecture specs: networks as data (YAML or JSON), mirroring the `ntc.stax` builders.
 
 A layer is a one-key mapping from its name to its arguments, or just its name when it takes
-none; `serial` and `parallel` hold lists.  A file may hold the net alone or a document with
-`name`, `description`, `input_shape` and `net`::
+none; `serial` and `parallel` hold lists; `repeat` holds `{layer: <layer>, n: <count>}`
+(the older form `{Repeat: {layer: .., n: ..}}` is read too).  A file may hold the net alone
+or a document with `name`, `description`, `input_shape` and `net`::
 
     name: fc-erf
     input_shape: [-1, 1]
@@ -32,10 +33,12 @@ import pydantic_core
 import yaml
 
 from .errors import ValidationError
-from .ir.net import Net, layer
+from .ir.net import Net, layer, repeated
 from .ir.registry import OPS
 
 STRUCTURAL = ('serial', 'parallel')
+#: `repeat` holds one layer and a count, not a list; `Repeat` is its form before issue 14
+REPEAT_FORMS = ('repeat', 'Repeat')
 
 
 def spec_layers() -> dict:
@@ -274,13 +277,16 @@ def parse(data: Any, path: str = '') -> Net:
             raise _err(base, f'must be a list of layers, got {type(args).__name__}')
         return Net(kind, children=tuple(parse(c, f'{base}[{i}]') for i, c in enumerate(args)))
     where = f'{path}.{kind}' if path else str(kind)
+    if kind in REPEAT_FORMS:
+        return _parse_repeat(args, where)
     layers = spec_layers()
     cls = layers.get(kind)
     if cls is None:
-        close = difflib.get_close_matches(str(kind), list(layers) + list(STRUCTURAL), n=1)
+        close = difflib.get_close_matches(str(kind), list(layers) + list(STRUCTURAL)
+                                          + ['repeat'], n=1)
         guess = f'did you mean {close[0]}? ' if close else ''
         raise _err(where, f'unknown layer {kind!r}; {guess}known layers: serial, parallel, '
-                   + ', '.join(sorted(layers)))
+                   'repeat, ' + ', '.join(sorted(layers)))
     args = {} if args is None else args
     if not isinstance(args, dict):
         raise _err(where, f'arguments must be a mapping {{argument: value}}, got {_short(args)}')
@@ -316,6 +322,13 @@ def parse(data: Any, path: str = '') -> Net:
     return layer(op)
 
 
+def _parse_repeat(args: Any, where: str) -> Net:
+    """`{layer: <layer>, n: <count>}`: the layer applied n times (`stax.repeat`)."""
+    if not (isinstance(args, dict) and set(args) == {'layer', 'n'}):
+        raise _err(where, f'must be a mapping {{layer: <layer>, n: <count>}}, got {_short(args)}')
+    return repeated(parse(args['layer'], f'{where}.layer'), args['n'], where)
+
+
 def _has_non_finite(value) -> bool:
     """True when `value`, or a number in a tuple or list of it, is infinite or NaN."""
     if isinstance(value, float):
@@ -333,6 +346,8 @@ def dump(net: Net) -> Any:
     """The plain-data form of a Net (exact inverse of `parse`)."""
     if net.kind in STRUCTURAL:
         return {net.kind: [dump(c) for c in net.children]}
+    if net.kind == 'repeat':
+        return {'repeat': {'layer': dump(net.children[0]), 'n': net.n}}
     op = net.op
     if not op.serializable():
         raise ValidationError(f'{op.kind} holds Python functions and cannot be written to a '
@@ -407,6 +422,12 @@ def json_schema() -> dict:
         layer_refs.append({'type': 'object', 'required': [kind], 'additionalProperties': False,
                            'properties': {kind: {'type': 'array',
                                                  'items': {'$ref': '#/$defs/layer'}}}})
+    layer_refs.append({'type': 'object', 'required': ['repeat'], 'additionalProperties': False,
+                       'properties': {'repeat': {
+                           'type': 'object', 'required': ['layer', 'n'],
+                           'additionalProperties': False,
+                           'properties': {'layer': {'$ref': '#/$defs/layer'},
+                                          'n': {'type': 'integer', 'minimum': 0}}}}})
     defs['layer'] = {'anyOf': layer_refs}
     return {
         '$schema': 'https://json-schema.org/draft/2020-12/schema',

@@ -15,7 +15,7 @@ import pydantic
 
 from . import layers
 from .errors import ValidationError
-from .ir.net import Net, as_net, layer
+from .ir.net import Net, as_net, layer, repeated
 
 __all__ = [
     'serial', 'parallel', 'FanOut', 'FanInSum', 'FanInProd', 'FanInConcat', 'Identity',
@@ -398,7 +398,8 @@ __all__ += ['Aggregate', 'DotGeneral', 'Index', 'Slice', 'ImageResize', 'ConvLoc
 
 
 def repeat(layer: Net, n: int) -> Net:
-    """`layer` applied `n` times (each time with its own weights), like
-    ``serial(*[layer] * n)`` but compiled as one `lax.scan` loop: compile time and program size
-    do not grow with `n`.  `layer` must keep the shape of its input."""
-    return _make(layers.Repeat, layer=as_net(layer, 'repeat'), n=n)
+    """`layer` applied `n` times (each time with its own weights): ``serial(*[layer] * n)``,
+    whose copies the `roll_loops` pass compiles as one `lax.scan` loop, so compile time and
+    program size do not grow with `n`.  `layer` must keep the shape of its input; n = 0 is the
+    identity (as in neural_tangents)."""
+    return repeated(as_net(layer, 'repeat'), n)

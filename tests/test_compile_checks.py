@@ -197,7 +197,7 @@ NO_KERNEL = [
     (elementwise_without_nngp_fn, (3, 4), 'serial[1].Elementwise', 'ElementwiseNumerical'),
     (lambda: stax.serial(stax.Dense(4), stax.repeat(stax.serial(
         stax.Dense(4), stax.Elementwise(fn=jnp.tanh)), 2)), (3, 4),
-     'serial[1].Repeat: in its body, serial[1].Elementwise', 'ElementwiseNumerical'),
+     'serial[1].repeat[0].serial[1].Elementwise', 'ElementwiseNumerical'),
     (lambda: stax.serial(stax.Dense(4), stax.Index(stax.Slice[..., :2])), (3, 4),
      'serial[1].Index', 'channel axis'),
     (lambda: stax.serial(stax.Conv(4, (2,), padding='SAME'), stax.ImageResize((-1, 6, -1),

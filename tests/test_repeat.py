@@ -1,6 +1,7 @@
-"""`repeat(layer, n)`: the same kernels and finite network as `serial(*[layer] * n)`, compiled as
-one `lax.scan` whose program does not grow with n.  NT agreement: `fc_repeat` in
-`tests/test_nt_fixtures.py`; `benchmarks/bench_repeat.py` measures compile times."""
+"""`repeat(layer, n)`: the same kernels and finite network as `serial(*[layer] * n)`, whose
+copies `roll_loops` compiles as one `lax.scan` whose program does not grow with n.  NT
+agreement: `fc_repeat` in `tests/test_nt_fixtures.py`; `benchmarks/bench_repeat.py` measures
+compile times."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,8 @@ from scipy import stats
 
 import ntc
 from ntc import spec, stax
-from ntc.errors import GaussianityError, ShapeError
+from ntc.errors import GaussianityError, ShapeError, ValidationError
+from ntc.passes.roll_loops import loops
 from ntc.runtime.monte_carlo import monte_carlo_kernel_stats
 
 BLOCK = stax.serial(stax.Conv(4, (2, 2), padding='SAME', W_std=1.3, b_std=0.1),
@@ -33,11 +35,13 @@ def test_repeat_equals_unrolled_serial():
     unrolled = head(*[BLOCK] * 3).kernel_fn(x1, x2, ('nngp', 'ntk'))
     for a, b in zip(looped, unrolled):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
-    # the carry of the loop is a FULL covariance (pooling follows), with DIAG marginals
+    # the repeat's layers run as a loop whose carry is a FULL covariance (pooling follows),
+    # with DIAG marginals
     plan = ntc.compile(head(stax.repeat(BLOCK, 3)), x1.shape)
-    rep = next(n for n in plan.graph.nodes() if n.op.kind == 'Repeat')
-    assert (rep.cov.spatial, plan.graph.node(plan.graph.inputs(rep.id)[0]).cov.marginal) == \
-        ('FULL', 'DIAG')
+    (lp,) = loops(plan.graph)
+    assert plan.graph.node(lp.exit).path.startswith('serial[1].repeat[')
+    carry = plan.graph.node(lp.exit).cov
+    assert (carry.spatial, carry.marginal) == ('FULL', 'DIAG')
 
 
 def test_finite_repeat_equals_unrolled_with_same_weights():
@@ -45,18 +49,29 @@ def test_finite_repeat_equals_unrolled_with_same_weights():
     init_r, apply_r, _ = head(stax.repeat(BLOCK, 3))
     init_s, apply_s, _ = head(*[BLOCK] * 3)
     params = jax.jit(lambda k: init_r(k, x.shape)[1])(jax.random.PRNGKey(0))
-    unrolled = {}
+    unrolled = {}  # the same weights under the unrolled net's paths
     for path, p in params.items():
-        if path == 'serial[1].Repeat':
-            for i in range(3):
-                for inner, q in p.items():
-                    unrolled[f'serial[{1 + i}].{inner}'] = jax.tree_util.tree_map(
-                        lambda a, i=i: a[i], q)
+        if path.startswith('serial[1].repeat['):
+            i = int(path.split('[')[2].split(']')[0])
+            unrolled[f'serial[{1 + i}].' + path.split('.', 2)[2]] = p
         else:
             idx = int(path.split('[')[1].split(']')[0])
             unrolled[path.replace(f'serial[{idx}]', f'serial[{idx + 2 if idx > 1 else idx}]')] = p
+    assert len(unrolled) == len(params)
     np.testing.assert_allclose(jax.jit(apply_r)(params, x), jax.jit(apply_s)(unrolled, x),
                                rtol=1e-12)
+    # with the same key, both nets draw the same weights (their paths aside)
+    params_s = jax.jit(lambda k: init_s(k, x.shape)[1])(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(jax.jit(apply_r)(params, x), jax.jit(apply_s)(params_s, x),
+                               rtol=1e-12)
+
+
+def test_repeat_zero_times_is_the_identity():
+    x = np.random.RandomState(5).randn(2, 4, 3, 2)
+    np.testing.assert_allclose(head(stax.repeat(BLOCK, 0)).kernel_fn(x, None, 'nngp'),
+                               head().kernel_fn(x, None, 'nngp'), rtol=1e-13)
+    with pytest.raises(ValidationError, match=r'repeat\.n'):
+        stax.repeat(BLOCK, -1)
 
 
 def test_program_size_does_not_grow_with_depth():
@@ -68,7 +83,7 @@ def test_program_size_does_not_grow_with_depth():
         plan = ntc.compile(net, x.shape, dtype=jnp.float64)
         return plan.fn.lower(x, None).as_text()
 
-    small, large = hlo(2), hlo(500)
+    small, large = hlo(10), hlo(500)
     assert abs(len(small) - len(large)) < 40  # only the trip count differs
 
 
@@ -79,7 +94,7 @@ def test_shape_changing_layer_is_rejected():
 
 def test_gaussianity_inside_the_body_names_the_path():
     net = stax.serial(stax.Dense(8), stax.repeat(stax.serial(stax.Relu(), stax.Relu()), 2))
-    with pytest.raises(GaussianityError, match=r'serial\[1\]\.Repeat\.serial\[1\]\.Relu'):
+    with pytest.raises(GaussianityError, match=r'serial\[1\]\.repeat\[0\]\.serial\[1\]\.Relu'):
         net.kernel_fn(np.ones((2, 8)), None, 'nngp')
 
 
@@ -90,6 +105,11 @@ def test_spec_round_trip():
     x = np.random.RandomState(3).randn(2, 4, 3, 2)
     np.testing.assert_allclose(again.kernel_fn(x, None, 'nngp'), net.kernel_fn(x, None, 'nngp'),
                                rtol=1e-13)
+    assert spec.dump(stax.repeat(stax.Relu(), 2)) == {'repeat': {'layer': 'Relu', 'n': 2}}
+    # the form written before repeat was expanded into the graph
+    assert spec.parse({'Repeat': {'n': 2, 'layer': {'serial': ['Relu']}}}) == \
+        stax.repeat(stax.serial(stax.Relu()), 2)
+    assert eval(net.code(), {'stax': stax}) == net
 
 
 def test_monte_carlo_agreement():

@@ -66,7 +66,7 @@ def test_bad_layer_inside_repeat_is_named_with_its_iteration():
     x *= np.sqrt(4 / (x ** 2).sum(1, keepdims=True))  # |x|² / 4 = 1: variance 1 after Dense
     with pytest.raises(NumericalError) as e:
         net.kernel_fn(x, None, 'nngp')
-    assert e.value.path == 'serial[3].Repeat.serial[1].Elementwise (iteration 3 of 5)'
+    assert e.value.path == 'serial[3].repeat[2].serial[1].Elementwise'
 
 
 def test_float32_overflow_is_refused_and_suggests_float64():

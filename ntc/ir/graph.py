@@ -8,6 +8,7 @@ networkx directly.  Passes are pure: they copy the graph, edit the copy, and ret
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import networkx as nx
 from pydantic import BaseModel, ConfigDict
@@ -38,13 +39,26 @@ class Node(BaseModel):
         return self.op.label()
 
 
+@dataclass(frozen=True)
+class RepeatRecord:
+    """A `repeat(layer, n)` as declared, expanded by `build_graph`: the node ids of the values
+    entering it and of those leaving each iteration (for `infer_types`' shape check).  Not
+    written by `to_dict`: a dumped graph is already typed."""
+
+    path: str
+    n: int
+    entry: tuple[int, ...]
+    exits: tuple[tuple[int, ...], ...]
+
+
 class Graph:
-    """A DAG of `Node`s with one designated output."""
+    """A DAG of `Node`s with one designated output, and the repeats it was expanded from."""
 
     def __init__(self) -> None:
         self._g = nx.DiGraph()
         self._next = 0
         self.output: int | None = None
+        self.repeats: list[RepeatRecord] = []
 
     # -- building --------------------------------------------------------------------------
 
@@ -62,6 +76,7 @@ class Graph:
         g._g = self._g.copy()
         g._next = self._next
         g.output = self.output
+        g.repeats = list(self.repeats)
         return g
 
     # -- queries ---------------------------------------------------------------------------

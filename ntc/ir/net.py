@@ -1,8 +1,10 @@
 """`Net`: the builder tree that `ntc.stax` returns, and its translation to a `Graph`.
 
-A `Net` is a layer (one op) or a `serial`/`parallel` combination of nets, exactly as the user
-wrote it; it is what specs dump and load.  `build_graph` flattens it into the DAG IR, naming each
-node by its path in the tree, e.g. ``serial[3].Relu``.  A `Net` also unpacks as
+A `Net` is a layer (one op), a `serial`/`parallel` combination of nets, or a `repeat` of one net
+`n` times, exactly as the user wrote it; it is what specs dump and load.  `build_graph` flattens
+it into the DAG IR, naming each node by its path in the tree, e.g. ``serial[3].Relu``; a repeat
+is expanded into its `n` copies, ``serial[1].repeat[2].serial[0].Dense`` being iteration 2 (the
+`roll_loops` pass rolls the copies back into one loop).  A `Net` also unpacks as
 ``init_fn, apply_fn, kernel_fn`` like a neural_tangents layer.
 """
 
@@ -11,21 +13,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import ArchitectureError
+from ..errors import ArchitectureError, ValidationError
 from ..layers.structure import FanOut, Input
-from .graph import Graph
+from .graph import Graph, RepeatRecord
 from .op import Op
 
-Kind = Literal['layer', 'serial', 'parallel']
+Kind = Literal['layer', 'serial', 'parallel', 'repeat']
 
 
 @dataclass(frozen=True, eq=True)
 class Net:
-    """A network declaration: one op (`kind='layer'`) or a combination of child nets."""
+    """A network declaration: one op (`kind='layer'`), a combination of child nets, or
+    (`kind='repeat'`) its one child applied `n` times."""
 
     kind: Kind
     op: Op | None = None
     children: tuple[Net, ...] = ()
+    n: int = 0
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     # -- the neural_tangents triple ---------------------------------------------------------
@@ -63,6 +67,8 @@ class Net:
     def code(self, module: str = 'stax') -> str:
         """Python source that rebuilds this net with `ntc.stax`."""
         pre = f'{module}.' if module else ''
+        if self.kind == 'repeat':
+            return f'{pre}repeat({self.children[0].code(module)}, {self.n})'
         if self.kind != 'layer':
             return f'{pre}{self.kind}(' + ', '.join(c.code(module) for c in self.children) + ')'
         defaults = {k: f.default for k, f in type(self.op).model_fields.items()}
@@ -79,6 +85,13 @@ class Net:
 
 def layer(op: Op) -> Net:
     return Net('layer', op)
+
+
+def repeated(child: Net, n: Any, path: str = 'repeat') -> Net:
+    """The net applying `child` `n` times (n a non-negative integer; `path` names it in errors)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValidationError(f'{path}.n: must be a non-negative integer, got {n!r}')
+    return Net('repeat', children=(child,), n=n)
 
 
 def build_graph(net: Net) -> Graph:
@@ -106,6 +119,8 @@ def _label(net: Net, prefix: str) -> str:
 
 
 def _emit(net: Net, g: Graph, ins: list[int], prefix: str) -> list[int]:
+    if net.kind == 'repeat':
+        return _emit_repeat(net, g, ins, prefix)
     if net.kind == 'serial':
         base = f'{prefix}.serial' if prefix else 'serial'
         for i, child in enumerate(net.children):
@@ -142,6 +157,24 @@ def _emit(net: Net, g: Graph, ins: list[int], prefix: str) -> list[int]:
                                 'values', path=path, hint='put it inside parallel(...) or merge '
                                 'the branches with FanInSum()/FanInConcat() first')
     return [g.add(op, ins, path)]
+
+
+def _emit_repeat(net: Net, g: Graph, ins: list[int], prefix: str) -> list[int]:
+    """The `n` copies of the child in sequence, iteration i under ``<prefix>.repeat[i]`` (n = 0:
+    the identity, as in neural_tangents).  The graph records the entry and each iteration's exit
+    so that `infer_types` can refuse a child that changes the shape."""
+    base = _label(net, prefix)
+    entry, exits = tuple(ins), []
+    for i in range(net.n):
+        ins = _emit(net.children[0], g, ins, f'{base}[{i}]')
+        if len(ins) != len(entry):
+            raise ArchitectureError(f'repeat needs a layer that keeps the number of values, but '
+                                    f'it maps {len(entry)} to {len(ins)}', path=base,
+                                    hint=f'use serial(*[layer] * {net.n}) for such a layer')
+        exits.append(tuple(ins))
+    if exits:
+        g.repeats.append(RepeatRecord(path=base, n=net.n, entry=entry, exits=tuple(exits)))
+    return ins
 
 
 def as_net(obj: Any, where: str) -> Net:

@@ -189,19 +189,13 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
 def first_nonfinite(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None):
     """(path, op kind) of the first node in execution order whose kernel has a NaN or Inf for
     these concrete inputs, or None.  Runs the walk eagerly, node by node (slow: for errors);
-    inside a `Repeat` it finds the body's layer and the iteration."""
+    a layer of a repeat is named with its iteration by its path (``repeat[i]``)."""
     class Found(Exception):
         pass
 
     def watch(ctx, node, env):
         if _finite(env[node.id]):
             return
-        if node.op.kind == 'Repeat' and ctx.masks is None:
-            src = graph.inputs(node.id)[0]
-            inside = _first_nonfinite_in_repeat(
-                ctx, node, adapt(env[src], needed_input(node, graph.node(src))))
-            if inside is not None:
-                raise Found(*inside)
         raise Found(node.path or node.op.kind, node.op.kind)
 
     try:
@@ -213,27 +207,6 @@ def first_nonfinite(graph: Graph, opts: Options, x1, x2, inputs: dict | None = N
 
 def _finite(k: Kernel) -> bool:
     return all_finite([a for a in (k.nngp, k.ntk, k.cov1, k.cov2) if a is not None])
-
-
-def _first_nonfinite_in_repeat(ctx: LowerCtx, node: Node, k: Kernel):
-    """(path with the iteration, op kind) of the first non-finite layer of a Repeat's body,
-    iterating eagerly from the Repeat's input Kernel `k`, or None."""
-    from ..passes.repeat import body_plan
-    op = node.op
-    body = body_plan(op, ctx.in_type(node), k.layout, Options(), node.path)
-    bctx = LowerCtx(graph=body, xp=ctx.xp, want_ntk=ctx.want_ntk, inputs=ctx.inputs,
-                    x1_is_x2=ctx.x1_is_x2)
-    if ctx.want_ntk and k.ntk is None:
-        k = k.replace(ntk=jnp.zeros_like(k.nngp))
-    for i in range(op.n):
-        env = {body.input_nodes()[0]: k}
-        for b in body.nodes():
-            if body.inputs(b.id):
-                env[b.id] = apply_node(bctx, body, b, env)
-                if not _finite(env[b.id]):
-                    return f'{node.path}.{b.path} (iteration {i + 1} of {op.n})', b.op.kind
-        k = adapt(env[body.output], k.layout)
-    return None
 
 
 # ----------------------------------------------------------------------------- output

@@ -183,11 +183,6 @@ CASES: dict[str, list[Case]] = {
                        note='without a pattern (the harness passes no kernel_fn inputs) '
                        'Aggregate is the identity; MC with patterns, DENSE and SPARSE: '
                        'tests/test_graph_layers.py')],
-    'Repeat': [Case(stax.serial(stax.Dense(512, 1.2, 0.3),
-                                stax.repeat(stax.serial(stax.Dense(512, 1.3, 0.2), stax.Erf()), 2),
-                                stax.Dense(4)), wrap=False,
-                    note='widths written at the MC width: widening does not enter the loop body, '
-                    'whose layer must keep the shape')],
     'GlobalSelfAttention': [Case(stax.GlobalSelfAttention(256, 256, 64, 4, W_key_std=1.2,
                                                           W_value_std=1.1, b_std=0.2,
                                                           pos_emb_type='SUM'), IMAGE1,

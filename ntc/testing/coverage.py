@@ -13,8 +13,7 @@ from .cases import CASES, harness_net
 from .layer import example_inputs
 
 # op kinds other issues are adding; listed as "pending" only while they have no kernel rule
-PENDING = ('Attention', 'Aggregate', 'DotGeneral', 'Index', 'ImageResize', 'ConvLocal',
-           'Repeat')
+PENDING = ('Attention', 'Aggregate', 'DotGeneral', 'Index', 'ImageResize', 'ConvLocal')
 
 
 @dataclass(frozen=True)

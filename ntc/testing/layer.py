@@ -5,7 +5,7 @@ one compiled program."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -55,8 +55,8 @@ class LayerReport:
 def with_parameterization(net: Net, parameterization: str) -> Net:
     """The same net with every Dense / Conv layer in `parameterization` ('ntk'/'standard')."""
     if net.kind != 'layer':
-        return Net(net.kind, children=tuple(with_parameterization(c, parameterization)
-                                             for c in net.children))
+        return replace(net, children=tuple(with_parameterization(c, parameterization)
+                                           for c in net.children))
     if isinstance(net.op, (Dense, _ConvBase)):
         return Net('layer', net.op.model_copy(update=dict(parameterization=parameterization)))
     return net

@@ -15,7 +15,7 @@ products of Gaussians, whose sample means have heavier tails than Student's t at
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import numpy as np
@@ -47,6 +47,8 @@ def _paths(net: Net, prefix: str = '') -> list[tuple[str, Net]]:
     if net.kind == 'layer':
         return [(_label(net, prefix), net)]
     base = f'{prefix}.{net.kind}' if prefix else net.kind
+    if net.kind == 'repeat':  # every iteration: the last one's paths win in `widen`'s lookup
+        return [p for i in range(net.n) for p in _paths(net.children[0], f'{base}[{i}]')]
     out = []
     for i, child in enumerate(net.children):
         out += _paths(child, f'{base}[{i}]')
@@ -85,11 +87,9 @@ def widen(net: Net, width: int, keep_readout: bool = True) -> Net:
 
     def rebuild(n: Net) -> Net:
         if n.kind != 'layer':
-            return Net(n.kind, children=tuple(rebuild(c) for c in n.children))
+            return replace(n, children=tuple(rebuild(c) for c in n.children))
         if paths.get(id(n)) in keep:
             return n
-        if isinstance(getattr(n.op, 'layer', None), Net):   # e.g. repeat(layer, n)
-            return Net('layer', n.op.model_copy(update=dict(layer=rebuild(n.op.layer))))
         if isinstance(n.op, Dense):
             return Net('layer', n.op.model_copy(update=dict(out_dim=width)))
         if isinstance(n.op, _ConvBase):
