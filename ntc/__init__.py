@@ -5,7 +5,7 @@ from . import layers, spec, stax
 from .api import compile
 from .covariance.kernel import Kernel
 from .errors import AccuracyWarning, NtcError
-from .ir.net import Net
+from .net import Net
 from .plan import KernelPlan
 from .runtime import (
     NtkImplementation,

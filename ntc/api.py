@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -11,13 +12,15 @@ import numpy as np
 
 from . import checks
 from .errors import InputError, ShapeError
-from .ir.net import Net
 from .ir.types import TensorType
 from .lower import finite
 from .passes import KERNEL_NAMES, Options, run_passes
 from .passes.check import check
 from .passes.infer_types import infer_types
 from .plan import KernelPlan, result_type
+
+if TYPE_CHECKING:  # the front end (ntc.net) sits above this module and calls it
+    from .net import Net
 
 
 def normalize_get(get) -> tuple[tuple[str, ...], str]:

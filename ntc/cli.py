@@ -48,7 +48,7 @@ def load_net(source: str):
     """(net, document) from a spec file (.yaml/.yml/.json), a Python file, or a module name
     that defines `net`."""
     from . import spec
-    from .ir.net import Net
+    from .net import Net
     path = Path(source)
     if path.suffix in ('.yaml', '.yml', '.json'):
         doc = spec.load_document(path)

@@ -33,8 +33,8 @@ import pydantic_core
 import yaml
 
 from .errors import ValidationError
-from .ir.net import Net, layer, repeated
 from .ir.registry import OPS
+from .net import Net, layer, repeated
 
 STRUCTURAL = ('serial', 'parallel')
 #: `repeat` holds one layer and a count, not a list; `Repeat` is its form before issue 14

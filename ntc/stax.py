@@ -15,7 +15,7 @@ import pydantic
 
 from . import layers
 from .errors import ValidationError
-from .ir.net import Net, as_net, layer, repeated
+from .net import Net, as_net, layer, repeated
 
 __all__ = [
     'serial', 'parallel', 'FanOut', 'FanInSum', 'FanInProd', 'FanInConcat', 'Identity',

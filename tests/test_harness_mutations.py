@@ -7,20 +7,19 @@ import numpy as np
 import pytest
 
 from ntc.ir.registry import KERNEL_RULES
-from ntc.lower import activations, rules_conv
-from ntc.lower import lower as _lower  # noqa: F401  (fills the rule tables)
+from ntc.layers import activations, conv
 from ntc.testing import check_cases
 from ntc.testing.cases import CASES, Case
 
 
 def _conv_without_1_over_q(monkeypatch):
     """The conv covariance forgets to divide the window sum by the filter size q."""
-    orig = rules_conv.window_mean
+    orig = conv.window_mean
 
     def broken(op, x, *args, **kwargs):
         return orig(op, x, *args, **kwargs) * math.prod(op.filter_shape)
 
-    monkeypatch.setattr(rules_conv, 'window_mean', broken)
+    monkeypatch.setattr(conv, 'window_mean', broken)
 
 
 def _relu_with_abs_derivative(monkeypatch):

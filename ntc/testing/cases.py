@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 
 from .. import stax
-from ..ir.net import Net
+from ..net import Net
 
 DENSE = (-1, 4)          # 4 features
 IMAGE1 = (-1, 5, 2)      # 5 positions, 2 channels

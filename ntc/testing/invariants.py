@@ -10,7 +10,7 @@ import yaml
 from .. import spec
 from ..api import compile as compile_plan
 from ..errors import NtcError
-from ..ir.net import Net
+from ..net import Net
 from .properties import Report, _rel
 
 

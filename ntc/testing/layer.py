@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..ir.net import Net
 from ..layers.conv import _ConvBase
 from ..layers.dense import Dense
+from ..net import Net
 from .cases import Case, harness_net
 from .invariants import (
     check_batching,

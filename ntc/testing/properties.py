@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..api import compile as compile_plan
-from ..ir.net import Net
+from ..net import Net
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from .. import stax
-from ..ir.net import Net
+from ..net import Net
 
 # nonlinearities with parameter ranges that keep kernels well scaled for a few layers
 ACTIVATIONS = {

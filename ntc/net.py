@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import ArchitectureError, ValidationError
-from ..layers.structure import FanOut, Input
-from .graph import Graph, RepeatRecord
-from .op import Op
+from .api import make_apply_fn, make_init_fn, make_kernel_fn
+from .errors import ArchitectureError, ValidationError
+from .ir.graph import Graph, RepeatRecord
+from .ir.op import Op
+from .layers.structure import FanOut, Input
 
 Kind = Literal['layer', 'serial', 'parallel', 'repeat']
 
@@ -35,7 +36,6 @@ class Net:
     # -- the neural_tangents triple ---------------------------------------------------------
 
     def __iter__(self):
-        from ..api import make_apply_fn, make_init_fn, make_kernel_fn
         return iter((make_init_fn(self), make_apply_fn(self), make_kernel_fn(self)))
 
     def __getitem__(self, i: int):
