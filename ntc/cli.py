@@ -19,7 +19,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import InputError, NtcError
+from . import bench, demo, spec
+from .api import compile as compile_plan
+from .errors import InputError, NtcError, NumericalError
+from .net import Net
+from .runtime import distributed, predict
+from .runtime.batching import batch, output_path
+from .runtime.distributed import distributed_batch
+from .spec import json_schema
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,8 +54,6 @@ def _names(text: str) -> tuple[str, ...]:
 def load_net(source: str):
     """(net, document) from a spec file (.yaml/.yml/.json), a Python file, or a module name
     that defines `net`."""
-    from . import spec
-    from .net import Net
     path = Path(source)
     if path.suffix in ('.yaml', '.yml', '.json'):
         doc = spec.load_document(path)
@@ -212,7 +217,6 @@ def _check_store(store: Path) -> None:
 
 def _output_paths(out: Path, names) -> dict[str, Path]:
     """The file each kernel is written to, named as `ntc.batch` names them."""
-    from .runtime.batching import output_path
     return {n: Path(output_path(out, n, names)) for n in names if n in ('nngp', 'ntk')}
 
 
@@ -246,7 +250,6 @@ class _Outputs:
             p.unlink(missing_ok=True)
 
     def commit(self) -> None:
-        from .errors import NumericalError
         for name, p in self.tmp.items():
             if not p.exists():
                 raise NtcError(f'no {name} kernel was computed; nothing was written to '
@@ -265,7 +268,6 @@ class _Outputs:
 
 
 def cmd_plan(args) -> int:
-    from .api import compile as compile_plan
     net, doc = load_net(args.spec)
     shape = args.input_shape or doc.get('input_shape')
     if shape is None:
@@ -306,7 +308,6 @@ def plan_dot(plan) -> str:
 
 
 def cmd_kernel(args) -> int:
-    from .runtime import distributed
 
     # join the job (flags, JAX_* variables or a SLURM step) before JAX initialises its backend
     info = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
@@ -322,7 +323,6 @@ def cmd_kernel(args) -> int:
 def _kernel(args, info) -> int:
     import numpy as np
 
-    from .runtime.batching import batch
     multi = info.num_processes > 1
     net, doc = load_net(args.spec)
     x1 = np.asarray(_load_array(args.x1, '--x1'))
@@ -362,7 +362,6 @@ def _written(outputs) -> str:
 
 
 def _kernel_multi(net, x1, x2, get, outputs, store, args, info) -> int:
-    from .runtime.distributed import distributed_batch
     fn = distributed_batch(net.kernel_fn, args.tile, store=store, resume=args.resume,
                            progress=args.progress)
     fn(x1, x2, get, out=outputs.tmp_out)
@@ -388,9 +387,6 @@ def cmd_predict(args) -> int:
     if args.x64:
         import jax
         jax.config.update('jax_enable_x64', True)
-    from .errors import NumericalError
-    from .runtime import predict
-    from .runtime.batching import batch
     net, doc = load_net(args.spec)
     x_train = np.asarray(_load_array(args.train[0], '--train X'))
     y_train = np.asarray(_load_array(args.train[1], '--train Y'))
@@ -473,7 +469,6 @@ def _check_input_shape(x, doc, what: str) -> None:
 
 
 def cmd_demo(args) -> int:
-    from . import demo
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -485,17 +480,11 @@ def cmd_demo(args) -> int:
 
 
 def bench_main(argv) -> int:
-    """`ntc bench ...`: the benchmark driver in ntc.bench (imported lazily)."""
-    try:
-        from . import bench
-    except ImportError as e:
-        print(f'ntc: error: the benchmarks are not available ({e})', file=sys.stderr)
-        return 1
+    """`ntc bench ...`: the benchmark driver in ntc.bench."""
     return bench.main(list(argv)) or 0
 
 
 def cmd_schema(args) -> int:
-    from .spec import json_schema
     print(json.dumps(json_schema(), indent=1))
     return 0
 

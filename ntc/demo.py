@@ -23,10 +23,24 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import ntc
+
+from . import spec
+from .bench import time_jitted
+from .errors import AccuracyWarning
+from .runtime import predict
 
 SPECS = Path(__file__).resolve().parent.parent / 'specs'
 # where the bench kit's setup_nt.sh builds neural-tangents' venv (NT is never a dependency)
@@ -81,8 +95,7 @@ def load_digits_split(n_train: int, n_test: int | None, seed: int = 0):
     """scikit-learn's 8×8 digits as (N, 8, 8, 1) float32, standardised with the training
     statistics; a stratified split with `n_train` training digits and the rest (or `n_test`
     of them) for testing.  Labels are returned as integers."""
-    import numpy as np
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # optional dependency (the demo extra)
     from sklearn.model_selection import train_test_split
     d = load_digits()
     x = d.images[..., None].astype(np.float32) / 16.
@@ -96,12 +109,10 @@ def load_digits_split(n_train: int, n_test: int | None, seed: int = 0):
 
 def targets(y, classes: int = 10):
     """Centred one-hot regression targets (1 - 1/C for the class, -1/C elsewhere)."""
-    import numpy as np
     return np.eye(classes, dtype=np.float32)[y] - 1. / classes
 
 
 def accuracy(pred, labels) -> float:
-    import numpy as np
     return float(np.mean(np.argmax(np.asarray(pred), -1) == labels))
 
 
@@ -111,7 +122,6 @@ def accuracy(pred, labels) -> float:
 def batched(kernel_fn, xtr, xte, tile: int):
     """`ntc.batch(kernel_fn)` with both of its tile programs (diagonal tiles, x2 = None, and
     off-diagonal ones) compiled on one tile each.  Returns (batched fn, seconds compiling)."""
-    import ntc
     fn = ntc.batch(kernel_fn, tile, store_on_device=False, progress=False)
     t0 = time.perf_counter()
     fn(xtr[:tile], None, ('nngp', 'ntk'))
@@ -165,7 +175,6 @@ print(json.dumps(dict(version=nt.__version__, compile_s=compile_s,
 def time_ntc_tile(kernel_fn, x1, x2, rounds: int = 3) -> float:
     """Median seconds of ntc's jitted `kernel_fn` (NNGP and NTK) on x1 × x2, after one call to
     compile: the bench kit's protocol (`ntc.bench.time_jitted`), which `_NT_TIMER` follows."""
-    from .bench import time_jitted
     return time_jitted(kernel_fn, x1, x2, rounds)[2]
 
 
@@ -173,12 +182,8 @@ def time_nt(net, x1, x2, rounds: int = 3, timeout: float = 300.) -> dict:
     """Time neural-tangents on `net`'s architecture, in NT's own venv (`nt_python`), on the
     tile x1 × x2: {'version', 'compile_s', 'median_s', 'us_per_entry'}; or {'skipped': why}
     when there is no NT venv or the run fails.  Nothing is assumed: only this run counts."""
-    import subprocess
-    import tempfile
 
-    import numpy as np
 
-    from . import spec
     py = nt_python()
     if py is None:
         return {'skipped': f'no neural-tangents venv at {NT_VENV} (the bench kit\'s '
@@ -238,12 +243,8 @@ def kernel_inference(k_dd, k_td, y_tr, y_te, sizes, diag_reg: float = 1e-4) -> d
     first n training digits, n in `sizes` (sub-blocks of the same kernels).  Accuracy warnings
     of the solves (float32 kernels of large condition number) are printed as part of the
     demo's output and listed under 'warnings'."""
-    import warnings
 
-    import numpy as np
 
-    from .errors import AccuracyWarning
-    from .runtime import predict
     out = {'nngp': {}, 'ntk': {}, 'warnings': []}
     for n in sizes:
         y = targets(y_tr[:n])
@@ -268,9 +269,7 @@ def kernel_inference(k_dd, k_td, y_tr, y_te, sizes, diag_reg: float = 1e-4) -> d
 def rbf_baseline(xtr, y_tr, xte, y_te, sizes, diag_reg: float = 1e-4) -> tuple[dict, float]:
     """Kernel regression with the RBF kernel exp(-γ‖x - x'‖²), γ = 1 / (d · Var x) (the usual
     'scale' heuristic), on the same centred one-hot targets."""
-    import numpy as np
 
-    from .runtime import predict
     a = xtr.reshape(len(xtr), -1).astype(np.float64)
     b = xte.reshape(len(xte), -1).astype(np.float64)
     gamma = 1. / (a.shape[1] * a.var())
@@ -290,9 +289,6 @@ def rbf_baseline(xtr, y_tr, xte, y_te, sizes, diag_reg: float = 1e-4) -> tuple[d
 def train_finite(net, xtr, y_tr, xte, y_te, steps: int, batch: int, lr: float, seed: int):
     """A finite network of `net`'s architecture (the widths in its spec), initialised by ntc's
     `init_fn`, trained by minibatch SGD on the MSE loss with plain JAX; returns test accuracy."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
     init_fn, apply_fn, _ = net
     _, params = init_fn(jax.random.PRNGKey(seed), (-1,) + xtr.shape[1:])
     y = targets(y_tr)
@@ -323,12 +319,7 @@ def figure1(cfg: Config, out_dir: Path) -> dict:
     """NT paper Figure 1: an infinitely wide Erf network (specs/fc_erf.yaml) trained by gradient
     descent on 5 noisy samples of sin(x), against an ensemble of finite networks of the same
     architecture.  Writes figure1_sin_regression.png; returns summary numbers."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
 
-    from . import spec
-    from .runtime import predict
     key = jax.random.PRNGKey(10)
     k_x, k_noise, k_init = jax.random.split(key, 3)
     n_train, n_test, noise = 5, 50, 0.1
@@ -392,7 +383,7 @@ def figure1(cfg: Config, out_dir: Path) -> dict:
     fx = np.asarray(jax.vmap(apply_fn, (0, None))(trained, x_test))[..., 0]
     t_fin = time.perf_counter() - t0
 
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional dependency (the demo extra)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     steps = np.asarray(ts)
     ax1.loglog(steps[1:], np.asarray(inf_train)[1:], 'C0-', lw=2, label='infinite NTK, train')
@@ -447,13 +438,10 @@ def choose_pool_size(rate_s_per_tile: float, tile: int, n_test: int, budget_s: f
 
 def run(quick: bool = False, out: str | os.PathLike = 'demo_out') -> dict:
     """Run the demo and return its results (also written to OUT/results.json)."""
-    import matplotlib
+    import matplotlib  # optional dependency (the demo extra)
     matplotlib.use('Agg')
-    import jax
 
-    import ntc
 
-    from . import spec
     cfg = QUICK if quick else FULL
     t_start = _T0[0] = time.perf_counter()
     out_dir = Path(out)
@@ -589,7 +577,7 @@ def run(quick: bool = False, out: str | os.PathLike = 'demo_out') -> dict:
 
 def accuracy_plot(res: dict, out_dir: Path) -> Path:
     """Digits test accuracy against training-set size for every method."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional dependency (the demo extra)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lines = [('Flatten net NNGP', res['flatten']['nngp'], 'C0-o'),
              ('Flatten net NTK (t=∞)', res['flatten']['ntk'], 'C0--s'),

@@ -209,6 +209,5 @@ def aggregate_apply(op, params, inputs, ctx):
     pattern = ctx.kwargs.get('pattern')
     if pattern is None:
         return x
-    from ..ir.types import TensorType
     t = TensorType(shape=x.shape, batch_axis=op.batch_axis, channel_axis=op.channel_axis)
     return aggregate(op, x, _arr(pattern), t)

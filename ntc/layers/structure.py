@@ -173,7 +173,6 @@ def fan_in_concat_kernel(ctx, node, *ks):
     types = ctx.in_types(node)
     axis = node.op.axis % types[0].ndim
     if axis != types[0].channel:
-        from .rules_pool import concat_spatial_kernel
         return concat_spatial_kernel(ctx, node, *ks)
     # channels of independent branches: the kernel is the channel-weighted mean
     weights = [t.channels / sum(t.channels for t in types) for t in types]

@@ -2,7 +2,7 @@
 
 - a nonlinearity or LayerNorm whose input is not Gaussian (it must follow a random affine
   layer: Dense, Conv, ...);
-- a layer with no infinite-width kernel (`Op.no_kernel`: e.g. softmax attention without
+- a layer with no infinite-width kernel (no registered kernel rule, or `Op.no_kernel`: e.g. softmax attention without
   linear scaling, an Elementwise layer without `nngp_fn`), so that the error comes from
   `ntc.compile`, not from the first call;
 - a fan-in whose kernel rule assumes more of its branches than they give (`Op.branch_need`).
@@ -25,6 +25,7 @@ from itertools import combinations
 
 from ..errors import ArchitectureError, GaussianityError, NoClosedFormError
 from ..ir.graph import Graph
+from ..ir.registry import has_kernel
 from .options import Options
 
 
@@ -94,8 +95,13 @@ def check_structure(graph: Graph) -> Graph:
 
 
 def check_kernels(graph: Graph) -> Graph:
-    """Every layer has an infinite-width kernel (`Op.no_kernel`)."""
+    """Every layer has an infinite-width kernel: a registered kernel rule (`has_kernel`), and
+    none of the reasons its `Op.no_kernel` gives for these input types."""
     for node in graph.nodes():
+        if not has_kernel(node.op):
+            raise NoClosedFormError(f'{node.op.kind} has no kernel rule', path=node.path,
+                                    hint='register one with ntc.layers.kernel_rule, or estimate '
+                                    'the kernel with ntc.monte_carlo_kernel_fn')
         reason = node.op.no_kernel([graph.node(i).ttype for i in graph.inputs(node.id)])
         if reason is not None:
             raise NoClosedFormError(reason[0], path=node.path, hint=reason[1])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..api import compile as compile_plan
 from ..ir.registry import FINITE_RULES, KERNEL_RULES
 from .cases import CASES, harness_net
 from .layer import example_inputs
@@ -28,7 +29,6 @@ class Row:
 def case_kinds(case) -> set[str]:
     """Op kinds present in a case's network: its source graph and its optimised plan (which
     holds pass-made kinds such as Affine and Transpose)."""
-    from ..api import compile as compile_plan
     net = harness_net(case)
     kinds = {n.op.kind for n in net.graph().nodes()}
     x1, _ = example_inputs(case.input_shape)

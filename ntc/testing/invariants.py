@@ -11,6 +11,7 @@ from .. import spec
 from ..api import compile as compile_plan
 from ..errors import NtcError
 from ..net import Net
+from ..runtime.batching import batch
 from .properties import Report, _rel
 
 
@@ -63,7 +64,6 @@ def check_psd(net: Net, x, get=('nngp', 'ntk'), eps: float = 1e-8) -> Report:
 def check_batching(net: Net, x1, x2=None, get=('nngp', 'ntk'), batch_size: int = 1,
                    rtol: float = 1e-10) -> Report:
     """`ntc.batch(kernel_fn, batch_size)` gives the same kernels as one unbatched call."""
-    from ..runtime.batching import batch
     want = _kernels(net, x1, x2, get)
     res = batch(net.kernel_fn, batch_size=batch_size, progress=False)(x1, x2, tuple(get))
     got = {g: np.asarray(a) for g, a in zip(get, res)}
