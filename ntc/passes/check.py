@@ -2,9 +2,9 @@
 
 - a nonlinearity or LayerNorm whose input is not Gaussian (it must follow a random affine
   layer: Dense, Conv, ...);
-- a layer with no infinite-width kernel (no registered kernel rule, or `Op.no_kernel`: e.g. softmax attention without
-  linear scaling, an Elementwise layer without `nngp_fn`), so that the error comes from
-  `ntc.compile`, not from the first call;
+- a layer with no infinite-width kernel (no registered kernel rule, or `Op.no_kernel`: e.g.
+  softmax attention without linear scaling, an Elementwise layer without `nngp_fn`), so that
+  the error comes from `ntc.compile`, not from the first call;
 - a fan-in whose kernel rule assumes more of its branches than they give (`Op.branch_need`).
 
 Independence of branches.  At infinite width the output of a random affine layer (its own
