@@ -85,7 +85,7 @@ class Op(BaseModel):
 
     def out_order(self, in_order: tuple[int, ...], in_type: TensorType,
                   out_type: TensorType) -> tuple[int, ...]:
-        """Storage order of the output's spatial axes given the input's (`fuse_transposes`).
+        """Storage order of the output's spatial axes given the input's (`choose_axis_orders`).
         Default: unchanged, or () when the output has no spatial axes."""
         return in_order if out_type.spatial_axes else ()
 

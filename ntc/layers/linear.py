@@ -47,7 +47,7 @@ class Flatten(Op):
 @register_op
 class Transpose(Op):
     """Permutes the storage order of a covariance's spatial axes (inserted by
-    `fuse_transposes` where two orders meet).  It does not change the finite network."""
+    `choose_axis_orders` where two orders meet).  It does not change the finite network."""
 
     op: Literal['Transpose'] = 'Transpose'
     in_specs: ClassVar[bool] = False

@@ -1,6 +1,6 @@
 """The compiler's passes: pure functions Graph -> Graph, run as a plain list.
 
-    infer_types -> check -> canonicalize -> choose_layouts -> fuse_transposes -> roll_loops
+    infer_types -> check -> canonicalize -> choose_layouts -> choose_axis_orders -> roll_loops
 
 then the `cost` analysis.  With `verify=True` the verifier checks the IR between passes.
 """
@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from ..ir.graph import Graph
 from .canonicalize import canonicalize
 from .check import check
+from .choose_axis_orders import choose_axis_orders
 from .choose_layouts import choose_layouts
 from .cost import cost
-from .fuse_transposes import fuse_transposes
 from .infer_types import infer_types
 from .options import KERNEL_NAMES, Options
 from .roll_loops import roll_loops
@@ -22,8 +22,8 @@ from .verify import verify
 
 Pass = Callable[[Graph, Options], Graph]
 
-PIPELINE: tuple[Pass, ...] = (infer_types, check, canonicalize, choose_layouts, fuse_transposes,
-                              roll_loops)
+PIPELINE: tuple[Pass, ...] = (infer_types, check, canonicalize, choose_layouts,
+                              choose_axis_orders, roll_loops)
 
 
 def run_passes(graph: Graph, opts: Options, passes: Sequence[Pass] = PIPELINE,
@@ -39,4 +39,4 @@ def run_passes(graph: Graph, opts: Options, passes: Sequence[Pass] = PIPELINE,
 
 
 __all__ = ['PIPELINE', 'KERNEL_NAMES', 'Options', 'run_passes', 'infer_types', 'check',
-           'canonicalize', 'choose_layouts', 'fuse_transposes', 'roll_loops', 'cost', 'verify']
+           'canonicalize', 'choose_layouts', 'choose_axis_orders', 'roll_loops', 'cost', 'verify']

@@ -11,7 +11,7 @@ from .roll_loops import loop_problems
 
 def problems(g: Graph, orders_fixed: bool = True) -> list[str]:
     """Every invariant violation found in `g` (empty when it is well formed).  Axis orders are
-    only consistent along edges once `fuse_transposes` has run (`orders_fixed`)."""
+    only consistent along edges once `choose_axis_orders` has run (`orders_fixed`)."""
     if not g.is_acyclic():
         return ['the graph has a cycle']
     out = []
@@ -49,7 +49,7 @@ def problems(g: Graph, orders_fixed: bool = True) -> list[str]:
 
 def verify(g: Graph, passes_run: list[str]) -> None:
     """Raise `PassError` if the graph breaks an invariant after the last pass in `passes_run`."""
-    found = problems(g, orders_fixed='fuse_transposes' in passes_run)
+    found = problems(g, orders_fixed='choose_axis_orders' in passes_run)
     if found:
         raise PassError(f'pass {passes_run[-1]!r} broke the IR (after '
                         f'{", ".join(passes_run[:-1]) or "nothing"}): ' + '; '.join(found[:5]))

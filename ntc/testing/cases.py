@@ -129,7 +129,7 @@ CASES: dict[str, list[Case]] = {
                       stax.Conv(8, (3, 3), padding='SAME')),
         stax.FanInSum(), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(4)), (-1, 3, 3, 2),
         wrap=False, width=CONV_WIDTH,
-        note='branches in different axis orders meet: fuse_transposes inserts a Transpose')],
+        note='branches in different axis orders meet: choose_axis_orders inserts a Transpose')],
     'FanInSum': [Case(_branches(stax.FanInSum(), stax.Dense(8, 1.1, 0.2), stax.Dense(8, 0.7)),
                       wrap=False, width=CONV_WIDTH)],
     'FanInProd': [Case(_branches(stax.FanInProd(), stax.Dense(8, 1.1, 0.2), stax.Dense(8, 0.7)),

@@ -1,5 +1,5 @@
-"""fuse_transposes: choose the storage order of every covariance's spatial axes so that as few
-bytes as possible are ever transposed.
+"""choose_axis_orders: choose the storage order of every covariance's spatial axes so that as
+few bytes as possible are ever transposed.
 
 Each op says which order its output has given its input's (`Op.out_order`): most keep it,
 convolutions whose dimension_numbers move spatial axes relabel it, and every stencil reads its
@@ -66,7 +66,7 @@ def _propagate(g: Graph, opts: Options, start: tuple[int, ...]) -> _Assignment:
     return a
 
 
-def fuse_transposes(graph: Graph, opts: Options) -> Graph:
+def choose_axis_orders(graph: Graph, opts: Options) -> Graph:
     g = graph.copy()
     (inp,) = g.input_nodes()
     n = len(g.node(inp).ttype.spatial_axes)
