@@ -19,7 +19,7 @@ from .errors import InputError
 from .fingerprint import graph_fingerprint
 from .ir.graph import Graph
 from .ir.registry import KERNEL_INPUTS
-from .ir.types import TensorType
+from .ir.types import CovType, TensorType
 from .lower.lower import first_nonfinite, lower
 from .lower.symbolic import symbolic_kernels
 from .passes import Options
@@ -114,10 +114,19 @@ class KernelPlan:
         """All kernels as a `Kernel` (what `kernel_fn(x1, x2, get=None)` returns)."""
         out = self.raw(x1, x2, **kwargs)
         return Kernel(nngp=out.get('nngp'), ntk=out.get('ntk'), cov1=out.get('cov1'),
-                      cov2=out.get('cov2'), layout=self.graph.node(self.graph.output).cov,
-                      x1_is_x2=x2 is None)
+                      cov2=out.get('cov2'), layout=self.output_layout, x1_is_x2=x2 is None)
 
     # -- inspecting ------------------------------------------------------------------------
+
+    @property
+    def output_layout(self) -> CovType:
+        """The layout of the returned kernels (what the runtime reads to tile and mirror)."""
+        return self.graph.node(self.graph.output).cov
+
+    @property
+    def batch_axis(self) -> int:
+        """The inputs' batch axis (NT's `batch_axis`, from the first layer that names it)."""
+        return self.input_type.batch
 
     @property
     def transposes(self) -> int:

@@ -109,7 +109,7 @@ class Graph:
         return sorted((c, self._g.edges[nid, c]['slot']) for c in self._g.successors(nid))
 
     def input_nodes(self) -> list[int]:
-        return [nid for nid in self.order() if self.node(nid).op.kind == 'Input']
+        return [nid for nid in self.order() if self.node(nid).op.arity == 0]
 
     def is_acyclic(self) -> bool:
         return nx.is_directed_acyclic_graph(self._g)

@@ -28,7 +28,7 @@ class ApplyCtx:
 def init_params(graph: Graph, key) -> dict:
     """Parameters of every node that has some, keyed by the node's path."""
     params = {}
-    nodes = [n for n in graph.nodes() if n.op.kind != 'Input']
+    nodes = [n for n in graph.nodes() if n.op.arity != 0]
     keys = jax.random.split(key, max(len(nodes), 1))
     for node, k in zip(nodes, keys):
         rule = get_finite_rule(node)
@@ -61,7 +61,7 @@ def run(graph: Graph, params: dict, x, rng, mask, kwargs: dict):
     nodes = list(graph.nodes())
     rngs = (jax.random.split(rng, len(nodes)) if rng is not None else [None] * len(nodes))
     for node, r in zip(nodes, rngs):
-        if node.op.kind == 'Input':
+        if node.op.arity == 0:
             env[node.id], masks[node.id] = x, mask
             continue
         rule = get_finite_rule(node)

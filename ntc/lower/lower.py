@@ -171,7 +171,7 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
             continue
         if node.id in inside:
             continue
-        if node.op.kind == 'Input':
+        if node.op.arity == 0:
             if masks is not None:
                 x1, x2, masks[node.id] = masking.mask_inputs(node.ttype, x1, x2, mask_constant)
             k = input_kernel(node, x1, x2)

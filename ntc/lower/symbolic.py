@@ -77,7 +77,7 @@ def symbolic_kernels(graph: Graph, opts: Options) -> SymbolicKernel:
     env, params, index = {}, {}, 0
     for node in graph.nodes():
         node = node.model_copy(update=dict(cov=lay))
-        if node.op.kind == 'Input':
+        if node.op.arity == 0:
             env[node.id] = Kernel(nngp=K12, cov1=K11, cov2=K22, layout=lay)
             continue
         if isinstance(node.op, Dense):

@@ -22,7 +22,7 @@ def infer_types(graph: Graph, opts: Options) -> Graph:
             for slot, nid in enumerate(it):
                 exits.setdefault(nid, []).append((rep, slot))
     for node in g.nodes():
-        if node.op.kind == 'Input':
+        if node.op.arity == 0:  # the network input: its type is given
             if node.ttype is None:
                 raise ShapeError('the input has no type', path=node.path)
             continue

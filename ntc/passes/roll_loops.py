@@ -70,7 +70,7 @@ def _signature(g: Graph, entry: int, nodes) -> tuple | None:
     for nid in nodes:
         n = g.node(nid)
         ins = g.inputs(nid)
-        if any(i not in local for i in ins) or n.op.kind == 'Input':
+        if any(i not in local for i in ins) or n.op.arity == 0:
             return None
         sig.append((n.op, n.ttype, n.cov, n.materialize, tuple(local[i] for i in ins)))
     return tuple(sig)
