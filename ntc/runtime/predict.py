@@ -87,7 +87,7 @@ class ODEState(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers
+# arguments: kernels as arrays or kernel objects, the layout of the targets, their checks
 
 
 def _canon_axes(axes, ndim: int, what: str = 'trace_axes') -> tuple[int, ...]:
