@@ -7,7 +7,7 @@ import pytest
 
 from ntc import stax
 from ntc.errors import InputError, NumericalError
-from ntc.runtime import predict
+from ntc.runtime import linalg, predict
 from ntc.runtime.batching import batch
 from ntc.runtime.distributed import row_sharded_kernel
 
@@ -81,7 +81,7 @@ def test_jacobi_preconditioning_pays_off_on_a_badly_scaled_kernel():
         fn('nngp', k)
     it = {p: fn.solver_info['nngp'][0].iterations for p, fn in fns.items()}
     assert it['jacobi'] < it[None] / 2
-    x, info = predict.cg_solve(predict._DenseOperator(jax.numpy.asarray(k)), y)
+    x, info = predict.cg_solve(linalg.DenseOperator(jax.numpy.asarray(k)), y)
     assert rel_err(x, want) < 1e-6 and info.iterations == it['jacobi']
 
 

@@ -40,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .. import checks
 from ..api import compile as compile_plan
 from ..api import normalize_get
+from ..covariance.kernel import Kernel
 from ..errors import InputError, NumericalError, StoreError
 from ..fingerprint import Unfingerprintable, value_fingerprint
 from ..plan import KernelPlan, result_type
@@ -130,7 +131,12 @@ def _devices(devices) -> list:
 
 
 class BatchedKernelFn:
-    """A kernel function computed in tiles; same call signature as the function it wraps."""
+    """A kernel function computed in tiles; same call signature as the function it wraps.
+
+    A call runs in steps that the multi-process driver (`ntc.runtime.distributed`) also takes
+    one by one, each process on its own share of the tiles: `prepare_inputs`, `choose_tile`,
+    `job_identity` (what a tile store records), `compute_tiles` and `assemble_from_store`;
+    `tile_grid` lists the tiles."""
 
     def __init__(self, kernel_fn, batch_size=None, devices=None, store_on_device=True,
                  progress=None, store=None, resume=False, fingerprint=None):
@@ -202,7 +208,7 @@ class BatchedKernelFn:
 
     # -- the call ----------------------------------------------------------------------------------
 
-    def _prepare(self, x1, x2, get, kwargs=None):
+    def prepare_inputs(self, x1, x2, get, kwargs=None):
         """(x1, x2, symmetric, names, form, plan): the call's inputs, normalised and checked,
         with the batch axis moved first.  `symmetric` is False when x2 is given, or when the
         kernel's layout is unknown (a foreign kernel function with kernels of more than two
@@ -251,8 +257,8 @@ class BatchedKernelFn:
         return min(tile, max(n1, n2))
 
     def __call__(self, x1, x2=None, get=None, *, out=None, **kwargs):
-        x1, x2n, symmetric, names, form, plan = self._prepare(x1, x2, get, kwargs)
-        tile = self._tile_size(plan, x1.shape[0], x2n.shape[0], symmetric)
+        x1, x2n, symmetric, names, form, plan = self.prepare_inputs(x1, x2, get, kwargs)
+        tile = self.choose_tile(plan, x1.shape[0], x2n.shape[0], symmetric)
         while True:
             try:
                 return self._run(x1, x2n, symmetric, names, form, tile, plan, out, kwargs)
@@ -264,8 +270,9 @@ class BatchedKernelFn:
                     raise
                 tile = max(1, tile // 2)  # a smaller tile fits: never fail for memory
 
-    def _tile_size(self, plan, n1, n2, symmetric: bool = False, store=None) -> int:
-        """The tile: `batch_size`, the one recorded in a store being resumed, or automatic."""
+    def choose_tile(self, plan, n1, n2, symmetric: bool = False, store=None) -> int:
+        """The tile size: `batch_size`, the one recorded in a store being resumed (`store`, else
+        this function's own), or automatic."""
         store = store if store is not None else self.store
         if self.batch_size is None and store is not None and self.resume:
             recorded = store.recorded_job()
@@ -287,8 +294,9 @@ class BatchedKernelFn:
                              hint="name the job: ntc.batch(..., fingerprint='a name unique to "
                                   "this network, its parameters and its inputs')") from None
 
-    def _job(self, x1, x2, symmetric, names, tile, plan, kwargs=None) -> Job:
-        """The identity of this computation (see `ntc.runtime.store.Job`)."""
+    def job_identity(self, x1, x2, symmetric, names, tile, plan, kwargs=None) -> Job:
+        """The identity of the call prepared by `prepare_inputs` with tile size `tile`: what a
+        tile store records to tell its job from another (see `ntc.runtime.store.Job`)."""
         try:
             kw = value_fingerprint(kwargs, 'a keyword argument') if kwargs else 'none'
         except Unfingerprintable as e:
@@ -310,7 +318,7 @@ class BatchedKernelFn:
         self._partials: list[tuple[str, str]] = []  # (temporary, final) output files
         try:
             if self.store is not None:
-                job = self._job(x1, x2, symmetric, names, tile, plan, kwargs)
+                job = self.job_identity(x1, x2, symmetric, names, tile, plan, kwargs)
                 self.store.open(job, self.resume)
             if out is not None:  # reserve the output's space before computing anything
                 self._allocate_out(result, out, x1p, x2p, tile, n1, n2, names, kwargs,
@@ -355,19 +363,35 @@ class BatchedKernelFn:
                 result[name] = self._open_out(out, name, names, (n1, n2) + tuple(sd.shape[2:]),
                                               sd.dtype)
 
-    def _compute_share(self, x1, x2, symmetric, names, tile, share, kwargs):
-        """Compute the tiles `share` (a list of (i, j)) and save them to the store, without
-        assembling a result: one process's part of a multi-process job."""
-        t1, t2 = math.ceil(x1.shape[0] / tile), math.ceil(x2.shape[0] / tile)
-        x1p, x2p = _pad_rows(x1, t1 * tile), _pad_rows(x2, t2 * tile)
-        self.stats = BatchStats(tile=tile, grid=(t1, t2), tiles_total=t1 * t2)
-        bar = _progress(len(share), 0, self.progress)
-        diag = [t for t in share if symmetric and t[0] == t[1]]
-        rest = [t for t in share if t not in diag]
-        for group, sym_tile in ((diag, True), (rest, False)):
-            self._run_group(group, sym_tile, x1p, x2p, tile, names, kwargs, None,
-                            (x1.shape[0], x2.shape[0], symmetric, None), bar)
-        bar.close()
+    def compute_tiles(self, store, x1, x2, symmetric, names, tile, tiles, kwargs):
+        """Compute the tiles `tiles` (a list of (i, j)) of the call prepared by `prepare_inputs`
+        and save them to `store`, without assembling a result: one process's share of a
+        multi-process job.  `stats` counts them."""
+        saved, self.store = self.store, store
+        try:
+            t1, t2 = math.ceil(x1.shape[0] / tile), math.ceil(x2.shape[0] / tile)
+            x1p, x2p = _pad_rows(x1, t1 * tile), _pad_rows(x2, t2 * tile)
+            self.stats = BatchStats(tile=tile, grid=(t1, t2), tiles_total=t1 * t2)
+            bar = _progress(len(tiles), 0, self.progress)
+            diag = [t for t in tiles if symmetric and t[0] == t[1]]
+            rest = [t for t in tiles if t not in diag]
+            for group, sym_tile in ((diag, True), (rest, False)):
+                self._run_group(group, sym_tile, x1p, x2p, tile, names, kwargs, None,
+                                (x1.shape[0], x2.shape[0], symmetric, None), bar)
+            bar.close()
+        finally:
+            self.store = saved
+
+    def assemble_from_store(self, store, x1, x2, symmetric, names, form, tile, plan, out,
+                            kwargs):
+        """The result of the call prepared by `prepare_inputs`, read from the tiles in `store`
+        (as a resumed job); tiles still missing there are computed and saved."""
+        saved = self.store, self.resume
+        self.store, self.resume = store, True
+        try:
+            return self._run(x1, x2, symmetric, names, form, tile, plan, out, kwargs)
+        finally:
+            self.store, self.resume = saved
 
     def _run_group(self, group, sym_tile, x1p, x2p, tile, names, kwargs, result, place, bar):
         if not group:
@@ -458,7 +482,6 @@ class BatchedKernelFn:
         if form == 'one':
             return result[names[0]]
         if form == 'kernel':
-            from ..covariance.kernel import Kernel
             return Kernel(nngp=result.get('nngp'), ntk=result.get('ntk'), cov1=result.get('cov1'),
                           cov2=result.get('cov2'), x1_is_x2=symmetric)
         return result_type(tuple(names))(*(result[n] for n in names))

@@ -356,15 +356,15 @@ class DistributedKernelFn:
         me, n_proc = info.process_id, info.num_processes
         t0 = time.perf_counter()
         inner = self.inner
-        x1, x2n, symmetric, names, form, plan = inner._prepare(x1, x2, get, kwargs)
+        x1, x2n, symmetric, names, form, plan = inner.prepare_inputs(x1, x2, get, kwargs)
         n1, n2 = x1.shape[0], x2n.shape[0]
 
         # 1. process 0 opens the store; the others attach and compare their job with it
         store = TileStore(self.store_path, writer=me)
         if me == 0:
             try:
-                tile = inner._tile_size(plan, n1, n2, store=store)
-                job = inner._job(x1, x2n, symmetric, names, tile, plan, kwargs)
+                tile = inner.choose_tile(plan, n1, n2, store=store)
+                job = inner.job_identity(x1, x2n, symmetric, names, tile, plan, kwargs)
                 store.open(job, self.resume)
             except NtcError as e:
                 coord.set(f'{key}/setup', {'error': str(e)})
@@ -374,7 +374,7 @@ class DistributedKernelFn:
         if 'error' in setup:
             raise DistributedError(f'process 0 could not start the job: {setup["error"]}')
         tile = setup['tile']
-        job = inner._job(x1, x2n, symmetric, names, tile, plan, kwargs)
+        job = inner.job_identity(x1, x2n, symmetric, names, tile, plan, kwargs)
         verdict = {'devices': len(inner.devices), 'differ': []}
         if me != 0:
             try:
@@ -406,14 +406,10 @@ class DistributedKernelFn:
 
         # 3. every process computes its share into the store
         t1 = time.perf_counter()
-        inner.store = store
-        try:
-            if share:
-                inner._compute_share(x1, x2n, symmetric, names, tile, share, kwargs)
-                st.tiles_computed = inner.stats.tiles_computed
-                st.per_device = inner.stats.per_device
-        finally:
-            inner.store = None
+        if share:
+            inner.compute_tiles(store, x1, x2n, symmetric, names, tile, share, kwargs)
+            st.tiles_computed = inner.stats.tiles_computed
+            st.per_device = inner.stats.per_device
         st.seconds_compute = time.perf_counter() - t1
         t2 = time.perf_counter()
         coord.set(f'{key}/computed/{me}', st.tiles_computed)
@@ -428,11 +424,8 @@ class DistributedKernelFn:
         # 4. process 0 assembles the result from the store (any tile still missing, for
         #    instance one whose file was damaged, is recomputed here rather than used)
         t3 = time.perf_counter()
-        inner.store, inner.resume = store, True
-        try:
-            result = inner._run(x1, x2n, symmetric, names, form, tile, plan, out, kwargs)
-        finally:
-            inner.store, inner.resume = None, self.resume
+        result = inner.assemble_from_store(store, x1, x2n, symmetric, names, form, tile, plan,
+                                           out, kwargs)
         st.tiles_computed += inner.stats.tiles_computed
         st.seconds_assemble = time.perf_counter() - t3
         coord.set(f'{key}/assembled', True)
