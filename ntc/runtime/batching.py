@@ -224,7 +224,7 @@ class BatchedKernelFn:
             x2 = np.asarray(checks.as_input(x2, 'x2'))
             checks.check_values(x2, 'x2', mask)
         plan = self._plan(x1, names)
-        self._batch_axis = plan.input_type.batch if plan is not None else 0
+        self._batch_axis = plan.batch_axis if plan is not None else 0
         x1 = np.moveaxis(x1, self._batch_axis, 0)
         x2n = x1 if symmetric else np.moveaxis(np.asarray(x2), self._batch_axis, 0)
         if x2n.shape[1:] != x1.shape[1:]:
@@ -232,7 +232,7 @@ class BatchedKernelFn:
                              'first): they must have the same feature shape (all axes but the '
                              'batch axis)')
         if plan is not None:
-            self._pairs = plan.graph.node(plan.graph.output).cov.spatial == 'FULL'
+            self._pairs = plan.output_layout.spatial == 'FULL'
         elif symmetric:
             self._pairs = False
             symmetric = self._foreign_is_2d(x1, names, kwargs or {})
