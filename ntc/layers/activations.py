@@ -1,4 +1,24 @@
-"""Elementwise nonlinearities: the op models and their closed-form kernels."""
+"""Elementwise nonlinearities: the op models and their closed-form kernels.
+
+For (u, v) zero-mean jointly Gaussian with Var u = q1, Var v = q2 and Cov(u, v) = c12, each
+rule's `kernel(xp, op, c12, q1, q2)` returns
+
+    k12 = E[φ(u) φ(v)]       (the NNGP map, K' = k12)
+    kdot12 = E[φ'(u) φ'(v)]  (the NTK factor, Θ' = kdot12 · Θ)
+
+written once against the namespace `xp` (`xp.JNP` for arrays, `xp.SYM` for sympy expressions).
+The same call maps the marginal variances (c12 = q1 = q2); every formula is exact and finite
+there.  q1 and q2 are typically per-row arrays, (N, 1) and (1, N), against an (N, N) c12.  The
+closed forms use D = q1·q2 - c12² (≥ 0, exactly 0 when c12 = q1 = q2) instead of a correlation,
+so they need no division by √(q1 q2) and no clipping, and the diagonal is exact to round-off;
+`xp.safe_sqrt(D)` keeps their derivatives finite at D = 0 (its coefficient vanishes there).
+Only ExpNormalized and ElementwiseNumerical form ρ, from per-row 1/√q.
+
+By Price's theorem kdot12 = ∂k12/∂c12 for every φ whose derivative is a function; φ with jumps
+(Sign, RectifiedMonomial(0)) follow neural-tangents and the finite network's autodiff: φ' = 0.
+
+`phi(op, x)` is φ itself in jax.numpy, for the finite network (None for ExpNormalized).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,23 @@
-"""`GlobalSelfAttention` (Hron et al. 2020, "Infinite attention")."""
+"""`GlobalSelfAttention` (Hron et al. 2020, "Infinite attention").
+
+Infinite-width limit after Hron et al. 2020 ("Infinite attention: NNGP and NTK for deep
+attention networks", ICML), with neural_tangents' conventions for positional embeddings, bias
+and masking.  Positions are flattened to one axis of size S; per example the *interpolated*
+covariance is  C̃ = w_x·C + w_p·R, where R is the positional embeddings' covariance (identity, or
+`pos_emb_decay_fn` of the L^p distance between positions) and (w_x, w_p) = (1, σ_pe²) for SUM,
+(C/(C+P), σ_pe²·P/(C+P)) for CONCAT of P embedding channels to C input channels.
+
+- `linear_scaling=True` (keys and queries tied, logits scaled by 1/n_chan_key): the logits
+  converge to the deterministic σ_QK·C̃(x, x), so the attention weights G(x) = mech(σ_QK·C̃(x, x))
+  are deterministic (softmax over keys) and the output is a random linear map of G·V:
+      K'(x, y) = σ_OV²·G(x) K_v(x, y) G(y)ᵀ + σ_b²,
+      Θ'(x, y) = σ_OV²·G(x) Θ_v(x, y) G(y)ᵀ + σ_b² + 2·σ_OV²·G(x) K_v(x, y) G(y)ᵀ
+  (value and output weights each add one K term), K_v = K̃ with `val_pos_emb`, else K.
+- `linear_scaling=False`, IDENTITY: the logits are Gaussian; with ⟨A, B⟩ the sum over all
+  position pairs, K' = σ²⟨K̃, K_v⟩ K̃ + σ_b² and
+      Θ' = σ²((⟨K̃, Θ̃_v⟩ + ⟨K̃_v, Θ̃⟩)·K̃ + ⟨K̃, K_v⟩(Θ̃ + 4 K̃)) + σ_b²,   σ = σ_QK σ_OV.
+- `linear_scaling=False` with any other mechanism has no known closed form.
+"""
 
 from __future__ import annotations
 

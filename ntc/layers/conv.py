@@ -1,5 +1,20 @@
 """Convolutions: `Conv`, `ConvTranspose` and the unshared `ConvLocal`, with their kernel,
-finite-network and mask rules."""
+finite-network and mask rules.
+
+With A the window mean over every filter axis (the diagonal stencil of `ntc.covariance.stencil`), a
+convolution maps (Novak et al. 2019; Garriga-Alonso et al. 2019)
+    K -> a·A(K) + b,    Θ -> A(c·Θ + d·K) + e,
+with (a, b, c, d, e) from `coefficients` (NTK or standard parameterization).  A transposed
+convolution is the same window mean over the stride-dilated covariance.
+
+Every output position has its own weights and bias, so two different output positions are
+independent: the output covariance is spatially diagonal (Novak et al. 2019, "Bayesian deep
+convolutional networks with many channels are Gaussian processes", sec. 5.1):
+    K'[o, o] = a·A(K)[o, o] + b,   Θ'[o, o] = A(c·Θ + d·K)[o, o] + e,   zero for o ≠ o',
+where A is the conv window mean over the input's *diagonal* (the DIAG stencil of Conv) and
+(a, b, c, d, e) are Conv's coefficients.  The rule therefore reads only the DIAG input and, when
+a consumer needs FULL (e.g. a nonlinearity followed by pooling), embeds the diagonal.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 from pydantic import field_validator
 
-from ..covariance.stencil import (
-    diagonal_window_sum,
-    fold_circular,
-    pad_axes,
-    window_sum,
-)
+from ..covariance.stencil import diagonal_window_sum, fold_circular, pad_axes, window_sum
 from ..errors import ShapeError
 from ..ir.op import PosInt
 from ..ir.registry import finite_rule, kernel_rule, mask_rule, register_op

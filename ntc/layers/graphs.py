@@ -1,4 +1,12 @@
-"""`Aggregate`: message passing over a graph given as an adjacency pattern."""
+"""`Aggregate`: message passing over a graph given as an adjacency pattern.
+
+Aggregation replaces every vertex by the weighted sum of its predecessors, y[n, j] =
+Σ_i x[n, i]·A[n, i, j], identically on every channel.  It is a per-example linear map of the
+vertex axes, so (Du et al. 2019, "Graph Neural Tangent Kernel")
+    K'[n1, n2, j, j'] = Σ_{i,i'} A1[n1, i, j]·K[n1, n2, i, i']·A2[n2, i', j'],
+and the same for the NTK.  The kernel rule applies the finite aggregation (dense matmul or
+sparse segment sum) to each side of the covariance with `map_covariance`.
+"""
 
 from __future__ import annotations
 

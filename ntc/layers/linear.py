@@ -1,5 +1,14 @@
 """Fixed linear maps of a tensor: `Flatten`, `Transpose` (of a covariance's storage order),
-`DotGeneral` with a constant operand, `Index` and `ImageResize`."""
+`DotGeneral` with a constant operand, `Index` and `ImageResize`.
+
+If y = M(x) acts on the non-channel axes of x and identically on every channel (a constant
+dot_general, a resize, a graph aggregation), then for channel-iid Gaussian x
+    Cov(y1[o], y2[o']) = Σ_{s,s'} M1[o, s]·K[s, s']·M2[o', s'],
+and the same for the NTK (these layers have no parameters).  `map_covariance` computes it by
+applying the finite map itself to each side of the stored covariance in turn: the other side's
+axes ride along as extra "channels".  So the kernel rule reuses the exact finite-network code,
+and any layer of this kind is one finite function away from having a kernel.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Pooling: windowed `AvgPool`/`SumPool` and global `GlobalAvgPool`/`GlobalSumPool`."""
+"""Pooling: windowed `AvgPool`/`SumPool` and global `GlobalAvgPool`/`GlobalSumPool`.
+
+Pooling is linear, so each covariance pair of axes (a, a') is pooled on both sides:
+    K'[o, o'] = Σ_δ Σ_δ' K[o·s + δ - p, o'·s + δ' - p] / (n_o · n_o'),
+a box window, applied separably (first a, then a').  Global pooling averages (or sums) over
+every pair of positions (Flatten, in `linear`, averages the variances: the diagonal).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,7 @@ from jax import lax
 
 from ..covariance import masking
 from ..covariance.kernel import reduce_spatial
-from ..covariance.stencil import (
-    edge_counts,
-    pad_axes,
-    window_sum,
-)
+from ..covariance.stencil import edge_counts, pad_axes, window_sum
 from ..errors import ShapeError
 from ..ir.op import Op, PosInt
 from ..ir.registry import finite_rule, kernel_rule, mask_rule, register_op

@@ -1,5 +1,11 @@
 """Structural layers: the input, the identity, fan-out and the fan-ins (sum, product,
-concatenation), with their kernel, finite-network and mask rules."""
+concatenation), with their kernel, finite-network and mask rules.
+
+The check pass guarantees that the branches of a sum, a product or a spatial concatenation are
+mutually uncorrelated (all but at most one start with their own random affine layer), which is
+what makes these rules exact: the kernel of a sum is the sum of the kernels, and the kernel of a
+product of independent branches is the product of their kernels.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,7 @@ from typing import ClassVar, Literal
 
 import jax.numpy as jnp
 
-from ..covariance.stencil import (
-    pad_axes,
-)
+from ..covariance.stencil import pad_axes
 from ..errors import ShapeError
 from ..ir.op import Op, PosInt
 from ..ir.registry import finite_rule, kernel_rule, mask_rule, register_op
