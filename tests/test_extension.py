@@ -117,6 +117,16 @@ def test_shifted_relu_kernel_equals_the_gaussian_integral():
     np.testing.assert_allclose(ntk, want_t, rtol=1e-9)
 
 
+def test_rule_written_against_xp_gives_the_symbolic_kernel():
+    """The same kernel rule runs on sympy: plan.symbolic() evaluates to kernel_fn's values."""
+    x1, x2 = inputs((4,))
+    sk = ntc.compile(vector_net(), x1.shape).symbolic()
+    nngp, ntk = vector_net().kernel_fn(x1[:1], x2[:1], ('nngp', 'ntk'))
+    k11, k12, k22 = (float(a @ b) / 4 for a, b in ((x1[0], x1[0]), (x1[0], x2[0]),
+                                                    (x2[0], x2[0])))
+    np.testing.assert_allclose(sk.evaluate(k11, k12, k22), (nngp[0, 0], ntk[0, 0]), rtol=1e-10)
+
+
 @pytest.mark.parametrize('shape', [(5, 2), (4, 3, 2)])
 def test_flip_kernel_is_the_kernel_of_the_flipped_input(shape):
     x1, x2 = inputs(shape)
