@@ -15,7 +15,6 @@ import pydantic
 
 from . import layers
 from .errors import ArchitectureError, ValidationError
-from .ir import net as ir_net
 from .ir.net import Net, as_net, repeated
 from .ir.registry import OPS, kind_of
 
@@ -46,7 +45,7 @@ def layer(cls: type[layers.Op], **kwargs) -> Net:
         raise ArchitectureError(f'{cls.__module__}.{cls.__name__} is not registered',
                                 hint='decorate the class with @ntc.layers.register_op')
     try:
-        return ir_net.layer(cls(**kwargs))
+        return Net('layer', cls(**kwargs))
     except pydantic.ValidationError as e:
         msgs = []
         for err in e.errors():

@@ -10,8 +10,7 @@ from typing import ClassVar, Literal
 
 import jax.numpy as jnp
 
-from ntc import stax
-from ntc.ir.net import Net
+from ntc import Net, stax
 from ntc.layers import Kernel, Op, TensorType, finite_rule, kernel_rule, mask_rule, register_op
 
 # ----------------------------------------------------------------------------- ShiftedRelu
