@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 import pydantic
 
 from . import layers
-from .errors import ValidationError
-from .net import Net, as_net, layer, repeated
+from .errors import ArchitectureError, ValidationError
+from .ir.registry import OPS, kind_of
+from .net import Net, as_net, repeated
 
 __all__ = [
     'serial', 'parallel', 'FanOut', 'FanInSum', 'FanInProd', 'FanInConcat', 'Identity',
@@ -23,21 +24,37 @@ __all__ = [
     'Exp', 'ExpNormalized', 'Gaussian', 'Rbf', 'Sign', 'Gabor', 'Monomial', 'RectifiedMonomial',
     'Polynomial', 'Hermite', 'Elementwise', 'ElementwiseNumerical', 'LayerNorm', 'Dropout',
     'Conv', 'ConvTranspose', 'AvgPool', 'SumPool', 'GlobalAvgPool', 'GlobalSumPool', 'Flatten',
-    'GlobalSelfAttention', 'repeat',
+    'GlobalSelfAttention', 'repeat', 'layer',
 ]
 
 
-def _make(cls: type[layers.Op], **kwargs) -> Net:
-    """Validate the arguments into an op model; errors name the layer and the field."""
+def layer(cls: type[layers.Op], **kwargs) -> Net:
+    """A builder for any registered layer: `cls(**kwargs)` validated into an op model and
+    wrapped as a `Net`, which unpacks as ``init_fn, apply_fn, kernel_fn`` like every builder
+    here.  This is how a layer defined in your own module gets its builder::
+
+        def MyLayer(alpha: float = 1.0) -> Net:
+            return stax.layer(MyLayerOp, alpha=alpha)
+
+    (see docs/adding_a_layer.md).  Validation errors name the layer and the field."""
+    if not (isinstance(cls, type) and issubclass(cls, layers.Op)) or 'op' not in cls.model_fields:
+        raise ArchitectureError(f'stax.layer expects an op class, got {cls!r}',
+                                hint="subclass ntc.layers.Op with an `op: Literal['Name']` field")
+    kind = kind_of(cls)
+    if OPS.get(kind) is not cls:
+        raise ArchitectureError(f'{cls.__module__}.{cls.__name__} is not registered',
+                                hint='decorate the class with @ntc.layers.register_op')
     try:
-        return layer(cls(**kwargs))
+        return Net('layer', cls(**kwargs))
     except pydantic.ValidationError as e:
-        kind = cls.model_fields['op'].default
         msgs = []
         for err in e.errors():
             loc = '.'.join(str(p) for p in err['loc'])
             msgs.append(f'{kind}.{loc}: {err["msg"]} (got {err.get("input")!r})')
         raise ValidationError('; '.join(msgs)) from None
+
+
+_make = layer  # the builders below
 
 
 def _tuple(x):
