@@ -42,6 +42,9 @@ def test_repeat_equals_unrolled_serial():
     assert plan.graph.node(lp.exit).path.startswith('serial[1].repeat[')
     carry = plan.graph.node(lp.exit).cov
     assert (carry.spatial, carry.marginal) == ('FULL', 'DIAG')
+    # explain() lists each iteration's layers with their layouts, and counts the loop
+    text = plan.explain()
+    assert 'serial[1].repeat[2].serial[1].LayerNorm' in text and 'loops 1 (2 × 3 nodes)' in text
 
 
 def test_finite_repeat_equals_unrolled_with_same_weights():
