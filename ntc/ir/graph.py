@@ -59,11 +59,13 @@ class Graph:
         self._next = 0
         self.output: int | None = None
         self.repeats: list[RepeatRecord] = []
+        self._order: list[int] | None = None  # cached topological order; edits clear it
 
     # -- building --------------------------------------------------------------------------
 
     def add(self, op: Op, inputs: list[int], path: str) -> int:
         """Append a node applying `op` to `inputs` (in slot order); returns its id."""
+        self._order = None
         nid = self._next
         self._next += 1
         self._g.add_node(nid, node=Node(id=nid, op=op, path=path))
@@ -77,6 +79,7 @@ class Graph:
         g._next = self._next
         g.output = self.output
         g.repeats = list(self.repeats)
+        g._order = self._order
         return g
 
     # -- queries ---------------------------------------------------------------------------
@@ -92,7 +95,9 @@ class Graph:
 
     def order(self) -> list[int]:
         """Node ids in a deterministic topological order (ties broken by id)."""
-        return list(nx.lexicographical_topological_sort(self._g))
+        if self._order is None:
+            self._order = list(nx.lexicographical_topological_sort(self._g))
+        return list(self._order)
 
     def nodes(self) -> Iterator[Node]:
         """Nodes in topological order."""
@@ -125,10 +130,12 @@ class Graph:
 
     def remove(self, nid: int) -> None:
         """Delete node `nid` and its edges (for dead nodes)."""
+        self._order = None
         self._g.remove_node(nid)
 
     def bypass(self, nid: int) -> None:
         """Remove the single-input node `nid`, wiring its consumers to its input."""
+        self._order = None
         (src,) = self.inputs(nid)
         for dst, slot in self.consumers(nid):
             self._g.add_edge(src, dst, slot=slot)
@@ -138,6 +145,7 @@ class Graph:
 
     def insert_on_edge(self, src: int, dst: int, op: Op, path: str) -> int:
         """Insert a single-input node on the edge src -> dst (keeping dst's slot)."""
+        self._order = None
         slot = self._g.edges[src, dst]['slot']
         self._g.remove_edge(src, dst)
         nid = self.add(op, [src], path)
@@ -146,12 +154,14 @@ class Graph:
 
     def reconnect(self, src: int, dst: int, new_src: int) -> None:
         """Make `dst` read from `new_src` in the slot where it read `src`."""
+        self._order = None
         slot = self._g.edges[src, dst]['slot']
         self._g.remove_edge(src, dst)
         self._g.add_edge(new_src, dst, slot=slot)
 
     def insert_after(self, src: int, op: Op, path: str) -> int:
         """Insert a single-input node after `src`, moving all of src's consumers to it."""
+        self._order = None
         consumers = self.consumers(src)
         for dst, _ in consumers:
             self._g.remove_edge(src, dst)

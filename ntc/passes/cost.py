@@ -53,16 +53,20 @@ def cost(graph: Graph, opts: Options, itemsize: int = 4) -> dict[int, NodeCost]:
         for src in graph.inputs(nid):
             last_use[src] = nid
     table, live = {}, {}
+    memo: dict = {}  # (type, layout, FLOPs per entry) -> (flops, bytes): repeated layers share it
     for nid in order:
         node = graph.node(nid)
         ins = [graph.node(i) for i in graph.inputs(nid)]
-        cross, marg = stored_entries(node, opts)
-        flops = node.op.entry_flops([n.ttype for n in ins], node.ttype) * (cross + marg)
-        out_bytes = node_bytes(node, opts, itemsize)
+        per_entry = node.op.entry_flops([n.ttype for n in ins], node.ttype)
+        key = (node.ttype, node.cov, per_entry)
+        if key not in memo:
+            cross, marg = stored_entries(node, opts)
+            memo[key] = (sympy.expand(per_entry * (cross + marg)),
+                         sympy.expand(itemsize * (cross + marg)))
+        flops, out_bytes = memo[key]
         live[nid] = out_bytes
         now = sum(live.values(), sympy.Integer(0))
-        table[nid] = NodeCost(flops=sympy.expand(flops), bytes=sympy.expand(out_bytes),
-                              live=sympy.expand(now))
+        table[nid] = NodeCost(flops=flops, bytes=out_bytes, live=sympy.expand(now))
         for src in graph.inputs(nid):
             if last_use.get(src) == nid and src != graph.output:
                 live.pop(src, None)

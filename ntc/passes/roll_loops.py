@@ -119,6 +119,9 @@ def _candidates(g: Graph, segs, ends: list[int]) -> dict[int, dict[int, int]]:
     segment ids: L[i] counts the consecutive j ≥ i with id[j] = id[j + p]."""
     ids = _segment_ids(g, segs)
     m = len(segs)
+    kinds: dict = {}  # (type, layout) -> a small int, so that carries compare by int
+    value = {nid: kinds.setdefault((g.node(nid).ttype, g.node(nid).cov), len(kinds))
+             for entry, nodes in segs for nid in (entry, nodes[-1])}
     out: dict[int, dict[int, int]] = {}
     for p in range(1, min(m // 2, MAX_BODY_NODES) + 1):
         same = [0] * (m + 1)
@@ -130,7 +133,7 @@ def _candidates(g: Graph, segs, ends: list[int]) -> dict[int, dict[int, int]]:
             if count < 2:
                 continue
             fits = ends[i + p] - ends[i] <= MAX_BODY_NODES
-            if fits and _carries(g, segs[i][0], segs[i + p - 1][1][-1]):
+            if fits and value[segs[i][0]] == value[segs[i + p - 1][1][-1]]:  # `_carries`
                 found[i] = count
         if found:
             out[p] = found
