@@ -31,7 +31,8 @@ class Net:
     op: Op | None = None
     children: tuple[Net, ...] = ()
     n: int = 0
-    _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+    # derived values (graph, plans); not an init field, so `dataclasses.replace` starts afresh
+    _cache: dict = field(default_factory=dict, init=False, compare=False, repr=False, hash=False)
 
     # -- the neural_tangents triple ---------------------------------------------------------
 

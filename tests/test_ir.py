@@ -1,6 +1,7 @@
 """The IR: op validation, graph building and paths, printing, and exact dict round trips."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -114,3 +115,12 @@ def test_arity_errors_name_the_layer(build, words):
 def test_raw_nt_layers_are_rejected_clearly():
     with pytest.raises(ArchitectureError, match='ntc.stax'):
         stax.serial(stax.Dense(3), (lambda: 0, lambda: 0, lambda: 0))
+
+
+def test_a_rebuilt_net_has_its_own_graph():
+    """`dataclasses.replace` (used to widen nets in ntc.testing) must not carry the original
+    net's cached graph over to the new one."""
+
+    net = stax.serial(stax.Dense(3), stax.Relu())
+    assert len(net.graph()) == 3
+    assert len(replace(net, children=net.children[:1]).graph()) == 2

@@ -22,7 +22,6 @@ import numpy as np
 
 from ..layers.conv import _ConvBase
 from ..layers.dense import Dense
-from ..lower import lower as _lower  # noqa: F401  (fills the rule tables)
 from ..net import Net, _label
 from ..runtime.monte_carlo import monte_carlo_kernel_stats
 from .properties import Report
