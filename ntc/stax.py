@@ -13,9 +13,21 @@ from collections.abc import Callable, Sequence
 
 import pydantic
 
-from . import layers
 from .errors import ArchitectureError, ValidationError
 from .ir.registry import OPS, kind_of
+from .layers import (
+    Op,
+    activations,
+    attention,
+    conv,
+    dense,
+    dropout,
+    graphs,
+    linear,
+    normalization,
+    pooling,
+    structure,
+)
 from .net import Net, as_net, repeated
 
 __all__ = [
@@ -28,7 +40,7 @@ __all__ = [
 ]
 
 
-def layer(cls: type[layers.Op], **kwargs) -> Net:
+def layer(cls: type[Op], **kwargs) -> Net:
     """A builder for any registered layer: `cls(**kwargs)` validated into an op model and
     wrapped as a `Net`, which unpacks as ``init_fn, apply_fn, kernel_fn`` like every builder
     here.  This is how a layer defined in your own module gets its builder::
@@ -37,9 +49,9 @@ def layer(cls: type[layers.Op], **kwargs) -> Net:
             return stax.layer(MyLayerOp, alpha=alpha)
 
     (see docs/adding_a_layer.md).  Validation errors name the layer and the field."""
-    if not (isinstance(cls, type) and issubclass(cls, layers.Op)) or 'op' not in cls.model_fields:
+    if not (isinstance(cls, type) and issubclass(cls, Op)) or 'op' not in cls.model_fields:
         raise ArchitectureError(f'stax.layer expects an op class, got {cls!r}',
-                                hint="subclass ntc.layers.Op with an `op: Literal['Name']` field")
+                                hint="subclass ntc.Op with an `op: Literal['Name']` field")
     kind = kind_of(cls)
     if OPS.get(kind) is not cls:
         raise ArchitectureError(f'{cls.__module__}.{cls.__name__} is not registered',
@@ -54,7 +66,6 @@ def layer(cls: type[layers.Op], **kwargs) -> Net:
         raise ValidationError('; '.join(msgs)) from None
 
 
-_make = layer  # the builders below
 
 
 def _tuple(x):
@@ -76,27 +87,27 @@ def parallel(*layers: Net) -> Net:
 
 def FanOut(num: int) -> Net:
     """Copies the input into `num` values (for `parallel`)."""
-    return _make(layers.FanOut, num=num)
+    return layer(structure.FanOut, num=num)
 
 
 def FanInSum() -> Net:
     """Sums the values of a fan-out."""
-    return _make(layers.FanInSum)
+    return layer(structure.FanInSum)
 
 
 def FanInProd() -> Net:
     """Multiplies the values of a fan-out elementwise."""
-    return _make(layers.FanInProd)
+    return layer(structure.FanInProd)
 
 
 def FanInConcat(axis: int = -1) -> Net:
     """Concatenates the values of a fan-out along `axis`."""
-    return _make(layers.FanInConcat, axis=axis)
+    return layer(structure.FanInConcat, axis=axis)
 
 
 def Identity() -> Net:
     """The identity layer."""
-    return _make(layers.Identity)
+    return layer(structure.Identity)
 
 
 # ----------------------------------------------------------------------------- affine
@@ -107,7 +118,7 @@ def Dense(out_dim: int, W_std: float = 1., b_std: float | None = None, batch_axi
           s: tuple[int, int] = (1, 1)) -> Net:
     """Fully connected layer: K -> W_std² K + b_std² (NTK parameterization, Jacot et al. 2018;
     standard parameterization after Sohl-Dickstein et al. 2020)."""
-    return _make(layers.Dense, out_dim=out_dim, W_std=W_std, b_std=b_std, batch_axis=batch_axis,
+    return layer(dense.Dense, out_dim=out_dim, W_std=W_std, b_std=b_std, batch_axis=batch_axis,
                  channel_axis=channel_axis, parameterization=parameterization, s=_tuple(s))
 
 
@@ -118,7 +129,7 @@ def Conv(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int] | No
     """Convolution over 1, 2 or 3 (or more) spatial axes: the covariance of every pair of
     positions becomes the W_std²-scaled mean over the filter window of the shifted pairs, plus
     b_std² (Novak et al. 2019, Garriga-Alonso et al. 2019)."""
-    return _make(layers.Conv, out_chan=out_chan, filter_shape=_tuple(filter_shape),
+    return layer(conv.Conv, out_chan=out_chan, filter_shape=_tuple(filter_shape),
                  strides=_tuple(strides), padding=padding, W_std=W_std, b_std=b_std,
                  dimension_numbers=_tuple(dimension_numbers), parameterization=parameterization,
                  s=_tuple(s))
@@ -129,7 +140,7 @@ def ConvTranspose(out_chan: int, filter_shape: Sequence[int], strides: Sequence[
                   dimension_numbers: tuple[str, str, str] | None = None,
                   parameterization: str = 'ntk', s: tuple[int, int] = (1, 1)) -> Net:
     """Transposed convolution: the window mean of the stride-dilated covariance."""
-    return _make(layers.ConvTranspose, out_chan=out_chan, filter_shape=_tuple(filter_shape),
+    return layer(conv.ConvTranspose, out_chan=out_chan, filter_shape=_tuple(filter_shape),
                  strides=_tuple(strides), padding=padding, W_std=W_std, b_std=b_std,
                  dimension_numbers=_tuple(dimension_numbers), parameterization=parameterization,
                  s=_tuple(s))
@@ -142,7 +153,7 @@ def AvgPool(window_shape: Sequence[int], strides: Sequence[int] | None = None,
             padding: str = 'VALID', normalize_edges: bool = False, batch_axis: int = 0,
             channel_axis: int = -1) -> Net:
     """Average pooling: the covariance is averaged over both windows of each pair."""
-    return _make(layers.AvgPool, window_shape=_tuple(window_shape), strides=_tuple(strides),
+    return layer(pooling.AvgPool, window_shape=_tuple(window_shape), strides=_tuple(strides),
                  padding=padding, normalize_edges=normalize_edges, batch_axis=batch_axis,
                  channel_axis=channel_axis)
 
@@ -150,23 +161,23 @@ def AvgPool(window_shape: Sequence[int], strides: Sequence[int] | None = None,
 def SumPool(window_shape: Sequence[int], strides: Sequence[int] | None = None,
             padding: str = 'VALID', batch_axis: int = 0, channel_axis: int = -1) -> Net:
     """Sum pooling: the covariance is summed over both windows of each pair."""
-    return _make(layers.SumPool, window_shape=_tuple(window_shape), strides=_tuple(strides),
+    return layer(pooling.SumPool, window_shape=_tuple(window_shape), strides=_tuple(strides),
                  padding=padding, batch_axis=batch_axis, channel_axis=channel_axis)
 
 
 def GlobalAvgPool(batch_axis: int = 0, channel_axis: int = -1) -> Net:
     """Mean over all spatial positions: K' = mean over (s, s') of K[s, s']."""
-    return _make(layers.GlobalAvgPool, batch_axis=batch_axis, channel_axis=channel_axis)
+    return layer(pooling.GlobalAvgPool, batch_axis=batch_axis, channel_axis=channel_axis)
 
 
 def GlobalSumPool(batch_axis: int = 0, channel_axis: int = -1) -> Net:
     """Sum over all spatial positions: K' = sum over (s, s') of K[s, s']."""
-    return _make(layers.GlobalSumPool, batch_axis=batch_axis, channel_axis=channel_axis)
+    return layer(pooling.GlobalSumPool, batch_axis=batch_axis, channel_axis=channel_axis)
 
 
 def Flatten(batch_axis: int = 0, batch_axis_out: int = 0) -> Net:
     """Flattens all but the batch axis: K' = mean over positions s of K[s, s]."""
-    return _make(layers.Flatten, batch_axis=batch_axis, batch_axis_out=batch_axis_out)
+    return layer(linear.Flatten, batch_axis=batch_axis, batch_axis_out=batch_axis_out)
 
 
 # ----------------------------------------------------------------------------- nonlinearities
@@ -174,109 +185,109 @@ def Flatten(batch_axis: int = 0, batch_axis_out: int = 0) -> Net:
 
 def Relu(do_stabilize: bool = False) -> Net:
     """max(x, 0); arc-cosine kernel of order 1 (Cho & Saul 2009)."""
-    return _make(layers.Relu, do_stabilize=do_stabilize)
+    return layer(activations.Relu, do_stabilize=do_stabilize)
 
 
 def LeakyRelu(alpha: float, do_stabilize: bool = False) -> Net:
     """x for x > 0, alpha·x otherwise."""
-    return _make(layers.LeakyRelu, alpha=alpha, do_stabilize=do_stabilize)
+    return layer(activations.LeakyRelu, alpha=alpha, do_stabilize=do_stabilize)
 
 
 def ABRelu(a: float, b: float, do_stabilize: bool = False) -> Net:
     """a·min(x, 0) + b·max(x, 0)."""
-    return _make(layers.ABRelu, a=a, b=b, do_stabilize=do_stabilize)
+    return layer(activations.ABRelu, a=a, b=b, do_stabilize=do_stabilize)
 
 
 def Abs(do_stabilize: bool = False) -> Net:
     """|x|."""
-    return _make(layers.Abs, do_stabilize=do_stabilize)
+    return layer(activations.Abs, do_stabilize=do_stabilize)
 
 
 def Erf(a: float = 1., b: float = 1., c: float = 0.) -> Net:
     """a·erf(b·x) + c; arcsine kernel (Williams 1997)."""
-    return _make(layers.Erf, a=a, b=b, c=c)
+    return layer(activations.Erf, a=a, b=b, c=c)
 
 
 def Sigmoid_like() -> Net:
     """erf(x / 2.4020563531719796) / 2 + 1/2."""
-    return _make(layers.Sigmoid_like)
+    return layer(activations.Sigmoid_like)
 
 
 def Gelu(approximate: bool = False) -> Net:
     """x·Φ(x) (Hendrycks & Gimpel 2016); `approximate` affects the finite network only."""
-    return _make(layers.Gelu, approximate=approximate)
+    return layer(activations.Gelu, approximate=approximate)
 
 
 def Sin(a: float = 1., b: float = 1., c: float = 0.) -> Net:
     """a·sin(b·x + c)."""
-    return _make(layers.Sin, a=a, b=b, c=c)
+    return layer(activations.Sin, a=a, b=b, c=c)
 
 
 def Cos(a: float = 1., b: float = 1., c: float = 0.) -> Net:
     """a·cos(b·x + c)."""
-    return _make(layers.Cos, a=a, b=b, c=c)
+    return layer(activations.Cos, a=a, b=b, c=c)
 
 
 def Exp(a: float = 1, b: float = 1) -> Net:
     """a·exp(b·x)."""
-    return _make(layers.Exp, a=a, b=b)
+    return layer(activations.Exp, a=a, b=b)
 
 
 def ExpNormalized(gamma: float = 1, shift: float = -1, do_clip: bool = False) -> Net:
     """The Gaussian normalised kernel of Shankar et al. 2020 (kernel only)."""
-    return _make(layers.ExpNormalized, gamma=gamma, shift=shift, do_clip=do_clip)
+    return layer(activations.ExpNormalized, gamma=gamma, shift=shift, do_clip=do_clip)
 
 
 def Gaussian(a: float = 1, b: float = -1) -> Net:
     """a·exp(b·x²)."""
-    return _make(layers.Gaussian, a=a, b=b)
+    return layer(activations.Gaussian, a=a, b=b)
 
 
 def Rbf(gamma: float = 1.0) -> Net:
     """sqrt(2)·sin(sqrt(2γ)·x + π/4), the dual of the RBF kernel exp(-γ‖x - x'‖²/d)."""
-    return _make(layers.Rbf, gamma=gamma)
+    return layer(activations.Rbf, gamma=gamma)
 
 
 def Sign() -> Net:
     """sign(x)."""
-    return _make(layers.Sign)
+    return layer(activations.Sign)
 
 
 def Gabor() -> Net:
     """exp(-x²)·sin(x)."""
-    return _make(layers.Gabor)
+    return layer(activations.Gabor)
 
 
 def Monomial(degree: int) -> Net:
     """x**degree."""
-    return _make(layers.Monomial, degree=degree)
+    return layer(activations.Monomial, degree=degree)
 
 
 def RectifiedMonomial(degree: int) -> Net:
     """max(x, 0)**degree; arc-cosine kernel of order `degree` (Cho & Saul 2009)."""
-    return _make(layers.RectifiedMonomial, degree=degree)
+    return layer(activations.RectifiedMonomial, degree=degree)
 
 
 def Polynomial(coef: Sequence[float]) -> Net:
     """coef[0] + coef[1]·x + ... + coef[n]·x**n."""
-    return _make(layers.Polynomial, coef=_tuple(coef))
+    return layer(activations.Polynomial, coef=_tuple(coef))
 
 
 def Hermite(degree: int) -> Net:
     """The probabilists' Hermite polynomial He_degree, normalised to unit Gaussian norm."""
-    return _make(layers.Hermite, degree=degree)
+    return layer(activations.Hermite, degree=degree)
 
 
 def Elementwise(fn: Callable | None = None, nngp_fn: Callable | None = None,
                 d_nngp_fn: Callable | None = None) -> Net:
     """A custom nonlinearity `fn` with its kernel `nngp_fn(cov12, var1, var2)`; the NTK uses
     `d_nngp_fn`, or ∂nngp_fn/∂cov12 by autodiff when it is None."""
-    return _make(layers.Elementwise, fn=fn, nngp_fn=nngp_fn, d_nngp_fn=d_nngp_fn)
+    return layer(activations.Elementwise, fn=fn, nngp_fn=nngp_fn, d_nngp_fn=d_nngp_fn)
 
 
 def ElementwiseNumerical(fn: Callable, deg: int, df: Callable | None = None) -> Net:
     """A custom nonlinearity whose kernel comes from deg×deg Gauss-Hermite quadrature."""
-    return _make(layers.ElementwiseNumerical, fn=fn, deg=deg, df=df)
+    return layer(activations.ElementwiseNumerical, fn=fn, deg=deg, df=df)
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -286,13 +297,13 @@ def LayerNorm(axis: int | Sequence[int] = -1, eps: float = 1e-12, batch_axis: in
               channel_axis: int = -1) -> Net:
     """Per-example normalisation over `axis` (infinite-width: K12 / sqrt(q1 q2))."""
     axis = axis if isinstance(axis, int) else tuple(axis)
-    return _make(layers.LayerNorm, axis=axis, eps=eps, batch_axis=batch_axis,
+    return layer(normalization.LayerNorm, axis=axis, eps=eps, batch_axis=batch_axis,
                  channel_axis=channel_axis)
 
 
 def Dropout(rate: float, mode: str = 'train') -> Net:
     """Dropout keeping each unit with probability `rate`."""
-    return _make(layers.Dropout, rate=rate, mode=mode)
+    return layer(dropout.Dropout, rate=rate, mode=mode)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -311,7 +322,7 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
     ("Infinite attention: NNGP and NTK for deep attention networks").  With
     `linear_scaling=True` (keys and queries tied, logits scaled by 1/n_chan_key) every
     `attention_mechanism` has a closed form; with `linear_scaling=False` only 'IDENTITY' does."""
-    return _make(layers.GlobalSelfAttention, n_chan_out=n_chan_out, n_chan_key=n_chan_key,
+    return layer(attention.GlobalSelfAttention, n_chan_out=n_chan_out, n_chan_key=n_chan_key,
                  n_chan_val=n_chan_val, n_heads=n_heads, linear_scaling=linear_scaling,
                  W_key_std=W_key_std, W_value_std=W_value_std, W_query_std=W_query_std,
                  W_out_std=W_out_std, b_std=b_std, attention_mechanism=attention_mechanism,
@@ -335,7 +346,7 @@ def Aggregate(aggregate_axis: int | Sequence[int] | None = None, batch_axis: int
     being padding."""
     axis = aggregate_axis if aggregate_axis is None or isinstance(aggregate_axis, int) \
         else tuple(aggregate_axis)
-    return _make(layers.Aggregate, aggregate_axis=axis, batch_axis=batch_axis,
+    return layer(graphs.Aggregate, aggregate_axis=axis, batch_axis=batch_axis,
                  channel_axis=channel_axis, to_dense=to_dense, implementation=implementation)
 
 
@@ -343,7 +354,7 @@ def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), pr
                batch_axis: int = 0, channel_axis: int = -1) -> Net:
     """`lax.dot_general` of the input with a constant `lhs` or `rhs` (not trained): a fixed
     linear map M of the non-channel axes, whose kernel is M K Mᵀ on the position indices."""
-    return _make(layers.DotGeneral, lhs=lhs, rhs=rhs, dimension_numbers=dimension_numbers,
+    return layer(linear.DotGeneral, lhs=lhs, rhs=rhs, dimension_numbers=dimension_numbers,
                  precision=precision, batch_axis=batch_axis, channel_axis=channel_axis)
 
 
@@ -382,7 +393,7 @@ def Index(idx, batch_axis: int = 0, channel_axis: int = -1) -> Net:
     Slices of the batch axis select examples; an int drops a spatial axis; the channel axis
     can only be indexed trivially (`:` or `...`) in the kernel."""
     items = idx if isinstance(idx, tuple) else (idx,)
-    return _make(layers.Index, idx=tuple(_index_item(i) for i in items), batch_axis=batch_axis,
+    return layer(linear.Index, idx=tuple(_index_item(i) for i in items), batch_axis=batch_axis,
                  channel_axis=channel_axis)
 
 
@@ -391,7 +402,7 @@ def ImageResize(shape: Sequence[int], method, antialias: bool = True, precision=
     """`jax.image.resize` of the spatial axes (entries -1 keep an axis).  The kernel applies
     the same (linear) resize to both position indices of K; it supports the 'linear' and
     'nearest' methods (the others work in apply_fn only)."""
-    return _make(layers.ImageResize, shape=tuple(shape), method=method, antialias=antialias,
+    return layer(linear.ImageResize, shape=tuple(shape), method=method, antialias=antialias,
                  precision=precision, batch_axis=batch_axis, channel_axis=channel_axis)
 
 
@@ -402,7 +413,7 @@ def ConvLocal(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int]
     """Unshared (locally connected) convolution: independent weights and biases at every
     output position, so the output kernel is spatially diagonal, K'[o, o] = W_std²·A(K)[o, o] +
     b_std² with A the conv window mean (Novak et al. 2019, sec. 5.1)."""
-    return _make(layers.ConvLocal, out_chan=out_chan, filter_shape=_tuple(filter_shape),
+    return layer(conv.ConvLocal, out_chan=out_chan, filter_shape=_tuple(filter_shape),
                  strides=_tuple(strides), padding=padding, W_std=W_std, b_std=b_std,
                  dimension_numbers=_tuple(dimension_numbers), parameterization=parameterization,
                  s=_tuple(s))

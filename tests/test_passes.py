@@ -4,8 +4,9 @@ import pytest
 import sympy
 
 import ntc
-from ntc import layers, stax
+from ntc import stax
 from ntc.errors import PassError
+from ntc.layers import activations, structure
 from ntc.passes import (
     Options,
     canonicalize,
@@ -104,7 +105,7 @@ def test_verifier_names_the_broken_pass_and_its_predecessors():
     def break_arity(g, opts):
         g = g.copy()
         relu = next(n for n in g.nodes() if n.op.kind == 'Relu')
-        g.replace(relu.id, op=layers.FanInSum())
+        g.replace(relu.id, op=structure.FanInSum())
         return g
 
     with pytest.raises(PassError) as e:
@@ -117,7 +118,7 @@ def test_cost_model_counts_entries_of_each_layout():
     plan = ntc.compile(stax.serial(stax.Dense(3), stax.Relu(), stax.Dense(1)), (-1, 5))
     costs = [plan.costs[n.id] for n in plan.graph.nodes()]
     relu = next(c for n, c in zip(plan.graph.nodes(), costs) if n.op.kind == 'Relu')
-    per = layers.Relu.flops_per_entry
+    per = activations.Relu.flops_per_entry
     # nngp and ntk of N1×N2, no marginals kept after the last nonlinearity
     assert sympy.simplify(relu.flops - per * 2 * N1 * N2) == 0
     assert plan.total('bytes', 10, 10) > 0

@@ -28,51 +28,10 @@ from . import (
     pooling,
     structure,
 )
-from .activations import (
-    ABRelu,
-    Abs,
-    Cos,
-    Elementwise,
-    ElementwiseNumerical,
-    Erf,
-    Exp,
-    ExpNormalized,
-    Gabor,
-    Gaussian,
-    Gelu,
-    Hermite,
-    LeakyRelu,
-    Monomial,
-    Nonlinearity,
-    Polynomial,
-    Rbf,
-    RectifiedMonomial,
-    Relu,
-    Sigmoid_like,
-    Sign,
-    Sin,
-)
-from .attention import GlobalSelfAttention
-from .conv import Conv, ConvLocal, ConvTranspose
-from .dense import Affine, Dense
-from .dropout import Dropout
-from .graphs import Aggregate
-from .linear import DotGeneral, Flatten, ImageResize, Index, Transpose
-from .normalization import LayerNorm
-from .pooling import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
-from .structure import FanInConcat, FanInProd, FanInSum, FanOut, Identity, Input
 
 FAMILIES = (structure, dense, conv, pooling, activations, normalization, dropout, attention,
             linear, graphs)
 
-__all__ = [
-    'FAMILIES', 'Op', 'register_op', 'kernel_rule', 'finite_rule', 'mask_rule', 'kernel_input',
-    'Kernel', 'TensorType',
-    'ABRelu', 'Abs', 'Affine', 'Aggregate', 'AvgPool', 'Conv', 'ConvLocal', 'ConvTranspose',
-    'Cos', 'Dense', 'DotGeneral', 'Dropout', 'Elementwise', 'ElementwiseNumerical', 'Erf', 'Exp',
-    'ExpNormalized', 'FanInConcat', 'FanInProd', 'FanInSum', 'FanOut', 'Flatten', 'Gabor',
-    'Gaussian', 'Gelu', 'GlobalAvgPool', 'GlobalSelfAttention', 'GlobalSumPool', 'Hermite',
-    'Identity', 'ImageResize', 'Index', 'Input', 'LayerNorm', 'LeakyRelu', 'Monomial',
-    'Nonlinearity', 'Polynomial', 'Rbf', 'RectifiedMonomial', 'Relu', 'Sigmoid_like', 'Sign',
-    'Sin', 'SumPool', 'Transpose',
-]
+__all__ = ['FAMILIES', 'Op', 'Kernel', 'TensorType', 'register_op', 'kernel_rule', 'finite_rule',
+           'mask_rule', 'kernel_input', 'activations', 'attention', 'conv', 'dense', 'dropout',
+           'graphs', 'linear', 'normalization', 'pooling', 'structure']
