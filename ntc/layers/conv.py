@@ -108,10 +108,10 @@ class _ConvBase(_WindowBase, _AffineBase):
     def infer(self, ins, path):
         t = ins[0]
         lhs, rhs, out = self.specs()
-        if not t.spatial_axes:
+        if not t.spatial_axes and self.filter_shape:
             raise ShapeError(f'{self.kind} needs an input with spatial axes, got {t.describe()}',
                              path=path, hint='give the input spatial axes (N, H, W, C), or use '
-                             'Dense after Flatten')
+                             'filter_shape=() (a Dense layer over the channels) after Flatten')
         if len(lhs) != t.ndim or sorted(lhs) != sorted(out) or len(rhs) != len(lhs):
             raise ShapeError(f'dimension_numbers {self.specs()} do not fit an input of rank '
                              f'{t.ndim} {t.describe()}', path=path,

@@ -20,8 +20,10 @@ SPATIAL_LETTERS = 'DHW'
 
 def default_dimension_numbers(n_spatial: int) -> tuple[str, str, str]:
     """NHWC-style specs for `n_spatial` spatial axes (NT's default)."""
-    letters = SPATIAL_LETTERS[-n_spatial:] if n_spatial <= 3 else \
-        ''.join(chr(ord('A') + i) for i in range(n_spatial))
+    if n_spatial <= 3:  # ('NC', 'IO', 'NC') for a filter without spatial axes (a Dense)
+        letters = SPATIAL_LETTERS[len(SPATIAL_LETTERS) - n_spatial:]
+    else:
+        letters = ''.join(chr(ord('A') + i) for i in range(n_spatial))
     return 'N' + letters + 'C', letters + 'IO', 'N' + letters + 'C'
 
 
