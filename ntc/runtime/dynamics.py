@@ -47,7 +47,7 @@ def phi(lam, tau):
 def integrate(rhs, state0, times, k_td, max_doublings: int = 64):
     """States at `times` (any shape, non-negative, possibly inf) of the ODE from state0 at 0."""
     if not concrete(times):
-        raise InputError('gradient_descent needs concrete times t (it cannot be traced by jit)')
+        return _integrate_traced(rhs, state0, times, k_td)
     flat = np.asarray(times, dtype=np.float64).reshape(-1)
     finite = np.unique(flat[np.isfinite(flat)])
     grid = np.concatenate([[0.], finite[finite > 0]])
@@ -66,6 +66,26 @@ def integrate(rhs, state0, times, k_td, max_doublings: int = 64):
     idx = jnp.asarray(pick)
     shape = tuple(np.shape(times))
     return jax.tree_util.tree_map(lambda x: x[idx].reshape(shape + x.shape[1:]), traj)
+
+
+def _integrate_traced(rhs, state0, times, k_td):
+    """`integrate` for times traced by `jax.jit`: one ODE solve over 0 and the sorted times
+    (finite times only: the steady state of t = inf needs concrete values)."""
+    dtype = jax.tree_util.tree_leaves(state0)[0].dtype
+    flat = jnp.ravel(jnp.asarray(times, dtype))
+    order = jnp.argsort(flat)
+    grid = jnp.concatenate([jnp.zeros((1,), dtype), flat[order]])
+    traj = ode.odeint(rhs, state0, grid, k_td)
+    back = jnp.argsort(order)
+    shape = tuple(jnp.shape(times))
+    at_zero = flat == 0  # odeint interpolates 0/0 at a target equal to the start: use state0
+
+    def pick(x, x0):
+        x = x[1:][back]
+        x = jnp.where(at_zero.reshape((-1,) + (1,) * (x.ndim - 1)), x0[None], x)
+        return x.reshape(shape + x.shape[1:])
+
+    return jax.tree_util.tree_map(pick, traj, state0)
 
 
 def _steady_state(rhs, state, t0, k_td, max_doublings):
