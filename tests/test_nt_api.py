@@ -1,0 +1,85 @@
+"""Smaller parts of neural_tangents' public API that NT's own code and tests use: its enums in
+`stax`, `MaskedArray`, `batch`'s `batch_size=0` and `device_count=`, and `get` naming the
+kernel's `shape1` / `shape2`.  Expected behaviour is NT 0.6.5's documented one."""
+
+import enum
+
+import numpy as np
+import pytest
+
+from ntc import spec, stax
+from ntc.covariance.masking import MaskedArray
+from ntc.errors import ValidationError
+
+# -- enums -----------------------------------------------------------------------------------------
+
+NT_MEMBERS = {  # NT's members, each valued by its own name
+    'Padding': ('CIRCULAR', 'SAME', 'VALID'),
+    'PositionalEmbedding': ('NONE', 'SUM', 'CONCAT'),
+    'AttentionMechanism': ('SOFTMAX', 'IDENTITY', 'ABS', 'RELU'),
+    'AggregateImplementation': ('DENSE', 'SPARSE'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(NT_MEMBERS))
+def test_enums_have_nts_members(name):
+    e = getattr(stax, name)
+    assert issubclass(e, enum.Enum) and name in stax.__all__
+    assert tuple(m.name for m in e) == NT_MEMBERS[name]
+    assert all(m.value == m.name for m in e)
+
+
+def test_masked_array_is_exported():
+    assert stax.MaskedArray is MaskedArray and 'MaskedArray' in stax.__all__
+
+
+ENUM_LAYERS = [  # (a layer built with an enum member, the same layer built with the string)
+    (lambda: stax.Conv(4, (3, 3), padding=stax.Padding.SAME),
+     lambda: stax.Conv(4, (3, 3), padding='SAME')),
+    (lambda: stax.ConvTranspose(4, (3, 3), padding=stax.Padding.CIRCULAR),
+     lambda: stax.ConvTranspose(4, (3, 3), padding='circular')),
+    (lambda: stax.AvgPool((2, 2), padding=stax.Padding.SAME),
+     lambda: stax.AvgPool((2, 2), padding='SAME')),
+    (lambda: stax.SumPool((2, 2), padding=stax.Padding.VALID),
+     lambda: stax.SumPool((2, 2), padding='valid')),
+    (lambda: stax.GlobalSelfAttention(4, 4, 4, 2,
+                                      attention_mechanism=stax.AttentionMechanism.RELU,
+                                      pos_emb_type=stax.PositionalEmbedding.SUM),
+     lambda: stax.GlobalSelfAttention(4, 4, 4, 2, attention_mechanism='RELU',
+                                      pos_emb_type='SUM')),
+    (lambda: stax.Aggregate(implementation=stax.AggregateImplementation.SPARSE),
+     lambda: stax.Aggregate(implementation='SPARSE')),
+]
+
+
+@pytest.mark.parametrize('with_enum, with_string', ENUM_LAYERS)
+def test_enum_member_is_accepted_where_its_name_is(with_enum, with_string):
+    """The same op, and its spec dump writes the plain string (the spec stays loadable)."""
+    net = with_enum()
+    assert net == with_string()
+    dumped = spec.dumps(net)
+    assert 'Padding.' not in dumped and 'Mechanism.' not in dumped
+    assert 'Embedding.' not in dumped and 'Implementation.' not in dumped
+    assert spec.loads(dumped) == net
+
+
+def test_another_librarys_enum_member_is_read_by_its_value():
+    """NT's own `stax.Padding.SAME` (any Enum member valued 'SAME') works too."""
+    class Padding(enum.Enum):
+        SAME = 'SAME'
+    assert stax.Conv(2, (3,), padding=Padding.SAME) == stax.Conv(2, (3,), padding='SAME')
+
+
+def test_enum_padding_gives_the_strings_kernel():
+    x = np.random.RandomState(0).randn(3, 5, 5, 2)
+    nets = [stax.serial(stax.Conv(3, (3, 3), padding=p), stax.Relu(),
+                        stax.AvgPool((2, 2), padding=p), stax.Flatten(), stax.Dense(1))
+            for p in (stax.Padding.CIRCULAR, 'CIRCULAR')]
+    a, b = (n.kernel_fn(x, None, ('nngp', 'ntk')) for n in nets)
+    np.testing.assert_array_equal(a.nngp, b.nngp)
+    np.testing.assert_array_equal(a.ntk, b.ntk)
+
+
+def test_a_member_of_the_wrong_enum_is_refused():
+    with pytest.raises(ValidationError, match='padding'):
+        stax.Conv(2, (3,), padding=stax.AttentionMechanism.SOFTMAX)
