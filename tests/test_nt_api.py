@@ -4,12 +4,18 @@ kernel's `shape1` / `shape2`.  Expected behaviour is NT 0.6.5's documented one."
 
 import enum
 
+import jax
 import numpy as np
 import pytest
 
+import ntc
 from ntc import spec, stax
 from ntc.covariance.masking import MaskedArray
-from ntc.errors import ValidationError
+from ntc.errors import InputError, ValidationError
+
+FC = stax.serial(stax.Dense(8, 1.5, 0.1), stax.Relu(), stax.Dense(1))
+X1 = np.random.RandomState(0).randn(7, 3)
+X2 = np.random.RandomState(1).randn(5, 3)
 
 # -- enums -----------------------------------------------------------------------------------------
 
@@ -83,3 +89,39 @@ def test_enum_padding_gives_the_strings_kernel():
 def test_a_member_of_the_wrong_enum_is_refused():
     with pytest.raises(ValidationError, match='padding'):
         stax.Conv(2, (3,), padding=stax.AttentionMechanism.SOFTMAX)
+
+
+# -- batch: batch_size=0 and device_count= -----------------------------------------------------
+
+
+@pytest.mark.parametrize('x2', [None, X2])
+def test_batch_size_zero_is_one_call_over_everything(x2):
+    """NT: batch_size=0 means no batching; the kernels are those of the un-batched call."""
+    want = FC.kernel_fn(X1, x2, ('nngp', 'ntk'))
+    batched = ntc.batch(FC.kernel_fn, 0, progress=False)
+    got = batched(X1, x2, ('nngp', 'ntk'))
+    np.testing.assert_allclose(got.nngp, want.nngp, rtol=1e-13)
+    np.testing.assert_allclose(got.ntk, want.ntk, rtol=1e-13)
+    assert batched.stats.tiles_computed == 1
+
+
+def test_batch_size_zero_by_keyword_with_device_count():
+    got = ntc.batch(FC.kernel_fn, batch_size=0, device_count=-1, progress=False)(X1, X2, 'nngp')
+    np.testing.assert_allclose(got, FC.kernel_fn(X1, X2, 'nngp'), rtol=1e-13)
+
+
+@pytest.mark.parametrize('count, used', [(-1, len(jax.local_devices())), (0, 1), (2, 2)])
+def test_device_count_keyword_has_nts_meaning(count, used):
+    batched = ntc.batch(FC.kernel_fn, 2, device_count=count, progress=False)
+    assert batched.devices == jax.local_devices()[:used]
+    np.testing.assert_allclose(batched(X1, None, 'ntk'), FC.kernel_fn(X1, None, 'ntk'),
+                               rtol=1e-13)
+
+
+def test_devices_and_device_count_together_are_refused():
+    with pytest.raises(InputError, match='both devices=.*device_count'):
+        ntc.batch(FC.kernel_fn, 2, devices=jax.local_devices()[:1], device_count=1)
+    with pytest.raises(InputError, match='both devices=.*device_count'):
+        ntc.batch(FC.kernel_fn, 2, 0, device_count=1)
+    with pytest.raises(InputError, match='device_count must be an integer'):
+        ntc.batch(FC.kernel_fn, 2, device_count=jax.local_devices())
