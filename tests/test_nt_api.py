@@ -125,3 +125,41 @@ def test_devices_and_device_count_together_are_refused():
         ntc.batch(FC.kernel_fn, 2, 0, device_count=1)
     with pytest.raises(InputError, match='device_count must be an integer'):
         ntc.batch(FC.kernel_fn, 2, device_count=jax.local_devices())
+
+
+# -- get naming shape1 / shape2 --------------------------------------------------------------------
+
+
+def test_get_shapes_are_the_output_shapes():
+    """NT's Kernel.shape1/shape2: the finite network's output shapes on x1 and x2, as tuples."""
+    out = FC.kernel_fn(X1, X2, ('nngp', 'shape1', 'ntk', 'shape2'))
+    assert out._fields == ('nngp', 'shape1', 'ntk', 'shape2')
+    assert out.shape1 == (7, 1) and out.shape2 == (5, 1)
+    assert isinstance(out.shape1, tuple) and all(type(d) is int for d in out.shape1)
+    np.testing.assert_array_equal(out.nngp, FC.kernel_fn(X1, X2, 'nngp'))
+    np.testing.assert_array_equal(out.ntk, FC.kernel_fn(X1, X2, 'ntk'))
+
+
+def test_get_one_shape_and_x2_none():
+    assert FC.kernel_fn(X1, None, 'shape2') == (7, 1)
+    both = FC.kernel_fn(X1, None, ('shape1', 'shape2'))
+    assert both._fields == ('shape1', 'shape2') and both == ((7, 1), (7, 1))
+
+
+def test_get_shapes_follow_the_layers_axes():
+    """NCHW input into a SAME conv writing NHWC, then a VALID 2×2 conv: (N, 5-1, 6-1, 5)."""
+    net = stax.serial(stax.Conv(2, (3, 3), padding='SAME',
+                                dimension_numbers=('NCHW', 'OIHW', 'NHWC')),
+                      stax.Relu(), stax.Conv(5, (2, 2)))
+    x = np.random.RandomState(2).randn(2, 3, 5, 6)
+    assert net.kernel_fn(x, x[:1], ('shape1', 'shape2')) == ((2, 4, 5, 5), (1, 4, 5, 5))
+    transposed = stax.Dense(3, batch_axis=1, channel_axis=0)  # batch on axis 1
+    xt = np.random.RandomState(3).randn(4, 6)
+    assert transposed.kernel_fn(xt, xt[:, :2], ('shape1', 'shape2')) == ((3, 6), (3, 2))
+
+
+def test_shapes_are_not_plan_kernels():
+    with pytest.raises(InputError, match="'shape1', an output shape"):
+        ntc.compile(FC, (-1, 3), ('nngp', 'shape1'))
+    with pytest.raises(InputError, match="unknown kernel 'shape3'"):
+        FC.kernel_fn(X1, None, 'shape3')
