@@ -176,7 +176,7 @@ def make_kernel_fn(net: Net):
                 cache[key] = compile(net, x1.shape, kernels, dtype=x1.dtype)
             if form == 'kernel':
                 return cache[key].kernel(x1, x2, **kwargs)
-            out = cache[key].raw(x1, x2, **kwargs)
+            out = dict(cache[key].raw(x1, x2, **kwargs))
         if 'shape1' in names or 'shape2' in names:
             out['shape1'] = output_shape(net, x1.shape)
             out['shape2'] = out['shape1'] if x2 is None else output_shape(net, x2.shape)
