@@ -17,23 +17,31 @@ from .lower import finite
 from .passes import KERNEL_NAMES, Options, run_passes
 from .passes.check import check
 from .passes.infer_types import infer_types
+from .passes.options import SHAPE_NAMES
 from .plan import KernelPlan, result_type
 
 if TYPE_CHECKING:  # the front end (ntc.net) sits above this module and calls it
     from .net import Net
 
 
-def normalize_get(get) -> tuple[tuple[str, ...], str]:
-    """(names, form): the kernels asked for and how to return them ('one', 'tuple', 'kernel')."""
+def normalize_get(get, shapes: bool = False) -> tuple[tuple[str, ...], str]:
+    """(names, form): the kernels asked for and how to return them ('one', 'tuple', 'kernel').
+    With `shapes`, `get` may also name NT's `shape1` / `shape2` (what a kernel_fn answers)."""
     if get is None:
         return KERNEL_NAMES, 'kernel'
     names = (get,) if isinstance(get, str) else tuple(get)
     if not names:
         raise InputError('get is empty', hint=f'ask for some of {", ".join(KERNEL_NAMES)}')
     for name in names:
-        if name not in KERNEL_NAMES:
+        if name in SHAPE_NAMES and not shapes:
+            raise InputError(f'get={get!r} names {name!r}, an output shape, not a kernel that '
+                             'a plan computes', hint=f'ask kernel_fn(x1, x2, get={name!r}) for '
+                                                     'it, or choose from '
+                                                     f'{", ".join(KERNEL_NAMES)}')
+        if name not in KERNEL_NAMES + (SHAPE_NAMES if shapes else ()):
             raise InputError(f'get={get!r} names an unknown kernel {name!r}',
-                             hint=f'choose from {", ".join(KERNEL_NAMES)}')
+                             hint=f'choose from {", ".join(KERNEL_NAMES)}'
+                                  + (f', {", ".join(SHAPE_NAMES)}' if shapes else ''))
     return names, ('one' if isinstance(get, str) else 'tuple')
 
 
@@ -127,13 +135,28 @@ def same_inputs(x1, x2) -> bool:
     return bool(np.array_equal(np.asarray(x1), np.asarray(x2)))
 
 
+def output_shape(net: Net, x_shape: Sequence[int]) -> tuple[int, ...]:
+    """The finite network's output shape on inputs of `x_shape` (NT's `Kernel.shape1`), from
+    shape inference; cached per input shape."""
+    cache = net._cache.setdefault('output_shapes', {})
+    x_shape = tuple(int(d) for d in x_shape)
+    if x_shape not in cache:
+        t = input_type(net, x_shape)
+        g = typed_graph(net, t, checked=False)
+        out = g.node(g.output).ttype
+        cache[x_shape] = tuple(x_shape[t.batch] if i == out.batch else int(d)
+                               for i, d in enumerate(out.shape))
+    return cache[x_shape]
+
+
 def make_kernel_fn(net: Net):
-    """NT's `kernel_fn(x1, x2=None, get=None, **kwargs)` for `net`, traceable under jax.jit."""
+    """NT's `kernel_fn(x1, x2=None, get=None, **kwargs)` for `net`, traceable under jax.jit.
+    Besides kernels, `get` may name NT's `shape1` / `shape2`: the output shapes (tuples)."""
     cache = net._cache.setdefault('plans', {})
     batch_axes: dict[int, int] = {}  # input rank -> batch axis
 
     def kernel_fn(x1, x2=None, get=None, **kwargs):
-        names, form = normalize_get(get)
+        names, form = normalize_get(get, shapes=True)
         if x2 is not None and same_inputs(x1, x2):
             x2 = None  # NT's convention: kernel_fn(x, x) is kernel_fn(x, None)
         x1 = checks.as_input(x1, 'x1')
@@ -145,16 +168,21 @@ def make_kernel_fn(net: Net):
         if x2 is not None and (x1.ndim != x2.ndim or features != x2.shape[:b] + x2.shape[b + 1:]):
             raise InputError(f'x1 has shape {x1.shape} and x2 has shape {x2.shape}: they must '
                              f'have the same feature shape (all axes but the batch axis {b})')
-        key = (features, x1.ndim, names)
-        if key not in cache:
-            cache[key] = compile(net, x1.shape, names, dtype=x1.dtype)
-        plan = cache[key]
-        if form == 'kernel':
-            return plan.kernel(x1, x2, **kwargs)
+        kernels = tuple(n for n in names if n in KERNEL_NAMES)
+        out = {}
+        if kernels:
+            key = (features, x1.ndim, kernels)
+            if key not in cache:
+                cache[key] = compile(net, x1.shape, kernels, dtype=x1.dtype)
+            if form == 'kernel':
+                return cache[key].kernel(x1, x2, **kwargs)
+            out = dict(cache[key].raw(x1, x2, **kwargs))
+        if 'shape1' in names or 'shape2' in names:
+            out['shape1'] = output_shape(net, x1.shape)
+            out['shape2'] = out['shape1'] if x2 is None else output_shape(net, x2.shape)
         if form == 'tuple':  # NT: a tuple `get` gives a namedtuple, even of one kernel
-            out = plan.raw(x1, x2, **kwargs)
             return result_type(names)(*(out[n] for n in names))
-        return plan(x1, x2, **kwargs)
+        return out[names[0]]
 
     kernel_fn.net = net
     return kernel_fn

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import pydantic
 
+from .covariance.masking import MaskedArray
 from .errors import ArchitectureError, ValidationError
 from .ir.registry import OPS, kind_of
 from .layers import (
@@ -28,6 +29,9 @@ from .layers import (
     pooling,
     structure,
 )
+from .layers.attention import AttentionMechanism, PositionalEmbedding
+from .layers.graphs import AggregateImplementation
+from .layers.windows import Padding
 from .net import Net, as_net, repeated
 
 __all__ = [
@@ -37,6 +41,9 @@ __all__ = [
     'Polynomial', 'Hermite', 'Elementwise', 'ElementwiseNumerical', 'LayerNorm', 'Dropout',
     'Conv', 'ConvTranspose', 'AvgPool', 'SumPool', 'GlobalAvgPool', 'GlobalSumPool', 'Flatten',
     'GlobalSelfAttention', 'repeat', 'layer',
+    # NT's public enums (each accepted wherever its member's name is) and apply_fn's masked output
+    'Padding', 'PositionalEmbedding', 'AttentionMechanism', 'AggregateImplementation',
+    'MaskedArray',
 ]
 
 
@@ -123,7 +130,7 @@ def Dense(out_dim: int, W_std: float = 1., b_std: float | None = None, batch_axi
 
 
 def Conv(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int] | None = None,
-         padding: str = 'VALID', W_std: float = 1.0, b_std: float | None = None,
+         padding: str | Padding = 'VALID', W_std: float = 1.0, b_std: float | None = None,
          dimension_numbers: tuple[str, str, str] | None = None, parameterization: str = 'ntk',
          s: tuple[int, int] = (1, 1)) -> Net:
     """Convolution over 1, 2 or 3 (or more) spatial axes: the covariance of every pair of
@@ -136,7 +143,7 @@ def Conv(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int] | No
 
 
 def ConvTranspose(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int] | None = None,
-                  padding: str = 'VALID', W_std: float = 1.0, b_std: float | None = None,
+                  padding: str | Padding = 'VALID', W_std: float = 1.0, b_std: float | None = None,
                   dimension_numbers: tuple[str, str, str] | None = None,
                   parameterization: str = 'ntk', s: tuple[int, int] = (1, 1)) -> Net:
     """Transposed convolution: the window mean of the stride-dilated covariance."""
@@ -150,7 +157,7 @@ def ConvTranspose(out_chan: int, filter_shape: Sequence[int], strides: Sequence[
 
 
 def AvgPool(window_shape: Sequence[int], strides: Sequence[int] | None = None,
-            padding: str = 'VALID', normalize_edges: bool = False, batch_axis: int = 0,
+            padding: str | Padding = 'VALID', normalize_edges: bool = False, batch_axis: int = 0,
             channel_axis: int = -1) -> Net:
     """Average pooling: the covariance is averaged over both windows of each pair."""
     return layer(pooling.AvgPool, window_shape=_tuple(window_shape), strides=_tuple(strides),
@@ -159,7 +166,7 @@ def AvgPool(window_shape: Sequence[int], strides: Sequence[int] | None = None,
 
 
 def SumPool(window_shape: Sequence[int], strides: Sequence[int] | None = None,
-            padding: str = 'VALID', batch_axis: int = 0, channel_axis: int = -1) -> Net:
+            padding: str | Padding = 'VALID', batch_axis: int = 0, channel_axis: int = -1) -> Net:
     """Sum pooling: the covariance is summed over both windows of each pair."""
     return layer(pooling.SumPool, window_shape=_tuple(window_shape), strides=_tuple(strides),
                  padding=padding, batch_axis=batch_axis, channel_axis=channel_axis)
@@ -313,7 +320,8 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
                         linear_scaling: bool = True, W_key_std: float = 1.0,
                         W_value_std: float = 1.0, W_query_std: float = 1.0,
                         W_out_std: float = 1.0, b_std: float | None = None,
-                        attention_mechanism: str = 'SOFTMAX', pos_emb_type: str = 'NONE',
+                        attention_mechanism: str | AttentionMechanism = 'SOFTMAX',
+                        pos_emb_type: str | PositionalEmbedding = 'NONE',
                         pos_emb_p_norm: float = 2, pos_emb_decay_fn: Callable | None = None,
                         n_chan_pos_emb: int | None = None, W_pos_emb_std: float = 1.0,
                         val_pos_emb: bool = False, batch_axis: int = 0,
@@ -337,7 +345,7 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
 
 def Aggregate(aggregate_axis: int | Sequence[int] | None = None, batch_axis: int = 0,
               channel_axis: int = -1, to_dense: Callable | None = None,
-              implementation: str = 'DENSE') -> Net:
+              implementation: str | AggregateImplementation = 'DENSE') -> Net:
     """Graph aggregation: each vertex becomes the weighted sum of its predecessors under the
     per-example adjacency `pattern` (apply_fn(..., pattern=A), kernel_fn(..., pattern=(A1, A2)));
     K' = A1ᵀ K A2 per pair of examples (Du et al. 2019).  `implementation='DENSE'` takes
@@ -407,7 +415,7 @@ def ImageResize(shape: Sequence[int], method, antialias: bool = True, precision=
 
 
 def ConvLocal(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int] | None = None,
-              padding: str = 'VALID', W_std: float = 1.0, b_std: float | None = None,
+              padding: str | Padding = 'VALID', W_std: float = 1.0, b_std: float | None = None,
               dimension_numbers: tuple[str, str, str] | None = None,
               parameterization: str = 'ntk', s: tuple[int, int] = (1, 1)) -> Net:
     """Unshared (locally connected) convolution: independent weights and biases at every

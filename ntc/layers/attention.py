@@ -21,6 +21,7 @@ covariance is  C̃ = w_x·C + w_p·R, where R is the positional embeddings' cova
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from typing import Annotated, ClassVar, Literal
@@ -35,10 +36,27 @@ from ..errors import ShapeError
 from ..ir.op import NonNegFloat, Op, PosInt
 from ..ir.registry import finite_rule, kernel_rule, register_op
 
-AttentionMechanism = Literal['SOFTMAX', 'IDENTITY', 'ABS', 'RELU']
+AttentionMechanismName = Literal['SOFTMAX', 'IDENTITY', 'ABS', 'RELU']
 
 
-PositionalEmbedding = Literal['NONE', 'SUM', 'CONCAT']
+PositionalEmbeddingName = Literal['NONE', 'SUM', 'CONCAT']
+
+
+class AttentionMechanism(enum.Enum):
+    """NT's `stax.AttentionMechanism`: the attention nonlinearity, accepted wherever its name
+    is."""
+    SOFTMAX = 'SOFTMAX'
+    IDENTITY = 'IDENTITY'
+    ABS = 'ABS'
+    RELU = 'RELU'
+
+
+class PositionalEmbedding(enum.Enum):
+    """NT's `stax.PositionalEmbedding`: how positional embeddings enter attention, accepted
+    wherever its name is."""
+    NONE = 'NONE'
+    SUM = 'SUM'
+    CONCAT = 'CONCAT'
 
 
 @register_op
@@ -57,8 +75,8 @@ class GlobalSelfAttention(Op):
     W_query_std: NonNegFloat = 1.0
     W_out_std: NonNegFloat = 1.0
     b_std: NonNegFloat | None = None
-    attention_mechanism: AttentionMechanism = 'SOFTMAX'
-    pos_emb_type: PositionalEmbedding = 'NONE'
+    attention_mechanism: AttentionMechanismName = 'SOFTMAX'
+    pos_emb_type: PositionalEmbeddingName = 'NONE'
     pos_emb_p_norm: Annotated[float, Field(gt=0, allow_inf_nan=True)] = 2  # inf: max norm
     pos_emb_decay_fn: Callable | None = None
     n_chan_pos_emb: PosInt | None = None
@@ -71,6 +89,7 @@ class GlobalSelfAttention(Op):
     @field_validator('attention_mechanism', 'pos_emb_type', mode='before')
     @classmethod
     def _upper(cls, v):
+        v = v.value if isinstance(v, enum.Enum) else v  # an enum member (ours or NT's) by its name
         return v.upper() if isinstance(v, str) else v
 
     def input_axes(self, ndim: int) -> tuple[int, int]:

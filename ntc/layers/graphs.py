@@ -10,6 +10,7 @@ sparse segment sum) to each side of the covariance with `map_covariance`.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -25,6 +26,13 @@ from ..ir.op import Op
 from ..ir.registry import finite_rule, kernel_input, kernel_rule, register_op
 from ..ir.types import TensorType
 from .linear import map_kernel
+
+
+class AggregateImplementation(enum.Enum):
+    """NT's `stax.AggregateImplementation`: the form of `Aggregate`'s pattern, accepted wherever
+    its name is."""
+    DENSE = 'DENSE'
+    SPARSE = 'SPARSE'
 
 
 @register_op
@@ -44,7 +52,7 @@ class Aggregate(Op):
     @field_validator('implementation', mode='before')
     @classmethod
     def _impl_upper(cls, v):
-        v = getattr(v, 'value', v)
+        v = v.value if isinstance(v, enum.Enum) else v  # an enum member (ours or NT's) by its name
         return v.upper() if isinstance(v, str) else v
 
     def input_axes(self, ndim: int) -> tuple[int, int]:

@@ -3,6 +3,7 @@ checks, the window-op base class and the mask of a strided window op."""
 
 from __future__ import annotations
 
+import enum
 from typing import Literal
 
 import jax.numpy as jnp
@@ -12,7 +13,14 @@ from ..errors import ShapeError
 from ..ir.op import Op, PosInt
 from ..ir.types import TensorType
 
-Padding = Literal['VALID', 'SAME', 'CIRCULAR']
+PaddingName = Literal['VALID', 'SAME', 'CIRCULAR']
+
+
+class Padding(enum.Enum):
+    """NT's `stax.Padding`: a window op's padding, accepted wherever its name is."""
+    CIRCULAR = 'CIRCULAR'
+    SAME = 'SAME'
+    VALID = 'VALID'
 
 
 SPATIAL_LETTERS = 'DHW'
@@ -44,11 +52,12 @@ class _WindowBase(Op):
     """Fields and checks shared by convolutions and pooling."""
 
     strides: tuple[PosInt, ...] | None = None
-    padding: Padding = 'VALID'
+    padding: PaddingName = 'VALID'
 
     @field_validator('padding', mode='before')
     @classmethod
     def _upper(cls, v):
+        v = v.value if isinstance(v, enum.Enum) else v  # a `Padding` (ours or NT's) by its name
         return v.upper() if isinstance(v, str) else v
 
     def window(self) -> tuple[int, ...]:

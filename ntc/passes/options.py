@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 KERNEL_NAMES = ('nngp', 'ntk', 'cov1', 'cov2')
 
+#: what else a kernel_fn's `get` may name (NT's Kernel.shape1/shape2): the finite network's
+#: output shapes on x1 and x2, which come from shape inference, not from a plan
+SHAPE_NAMES = ('shape1', 'shape2')
+
 
 @dataclass(frozen=True)
 class Options:

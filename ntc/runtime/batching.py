@@ -140,10 +140,10 @@ class BatchedKernelFn:
 
     def __init__(self, kernel_fn, batch_size=None, devices=None, store_on_device=True,
                  progress=None, store=None, resume=False, fingerprint=None):
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
-            raise InputError(f'batch_size must be a positive integer, got {batch_size!r}',
-                             hint='NT used batch_size=0 for "no batching"; in ntc pass None for '
-                                  'an automatic tile size, or N for a single N × N tile')
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 0):
+            raise InputError(f'batch_size must be a non-negative integer, got {batch_size!r}',
+                             hint='pass None for an automatic tile size, 0 for one tile over '
+                                  'all the inputs (NT\'s "no batching"), or N for N × N tiles')
         self.kernel_fn = kernel_fn
         self.batch_size = batch_size
         self.devices = _devices(devices)
@@ -248,6 +248,8 @@ class BatchedKernelFn:
         return all(len(out[n].shape) == 2 for n in names if n in ('nngp', 'ntk'))
 
     def _auto_tile_size(self, plan, n1, n2, symmetric: bool = False) -> int:
+        if self.batch_size == 0:  # NT's "no batching": one tile over all the inputs
+            return max(n1, n2)
         tile = self.batch_size or (auto_tile(plan, max(n1, n2), self.devices[0]) if plan
                                    else min(256, max(n1, n2)))
         if symmetric and self.batch_size is None:
@@ -554,16 +556,27 @@ def _progress(total, done, progress):
 
 
 def batch(kernel_fn, batch_size: int | None = None, devices=None, store_on_device: bool = True,
-          *, progress: bool | None = None, store=None, resume: bool = False,
-          fingerprint: str | None = None) -> BatchedKernelFn:
+          *, device_count: int | None = None, progress: bool | None = None, store=None,
+          resume: bool = False, fingerprint: str | None = None) -> BatchedKernelFn:
     """Compute `kernel_fn` (an ntc kernel_fn, a KernelPlan, or any function with NT's signature
     `kernel_fn(x1, x2, get, **kwargs)`, e.g. an empirical or Monte-Carlo one) in tiles of
-    `batch_size` × `batch_size`, spread over `devices` (a list, or NT's int `device_count`).
+    `batch_size` × `batch_size` (None: the largest that fits in memory; 0: one tile over all the
+    inputs, NT's "no batching"), spread over `devices` (a list, or NT's int `device_count`: -1
+    all local devices, 0 one, n the first n), which NT's keyword `device_count=` also gives.
     The result is assembled on device, in host memory (`store_on_device=False`), or in a
     memory-mapped `.npy` (`out=` at call time).
     `store` (a path or TileStore) with `resume=True` continues a crashed job; the job is
     identified by the plan's fingerprint (user functions by value) or, for a kernel function
     without a plan, by the function's value.  `fingerprint=` names the job instead: needed for a
     function that captures something with no stable value, and trusted as given."""
+    if device_count is not None:
+        if devices is not None:
+            raise InputError(f'both devices={devices!r} and device_count={device_count!r} given',
+                             hint='pass one: device_count (NT\'s name) or devices')
+        if not isinstance(device_count, int) or isinstance(device_count, bool):
+            raise InputError(f'device_count must be an integer, got {device_count!r}',
+                             hint='-1: all local devices, 0: one device, n: the first n; or '
+                                  'pass a list of jax devices as devices=')
+        devices = device_count
     return BatchedKernelFn(kernel_fn, batch_size, devices, store_on_device, progress, store,
                            resume, fingerprint)
