@@ -98,13 +98,15 @@ def typed_graph(net: Net, t: TensorType, checked: bool = True):
 
 def compile(net: Net, input_shape: Sequence[int], get=('nngp', 'ntk'), *,  # noqa: A001
             reference: bool = False, force_full: bool = False, roll_loops: bool = True,
-            verify: bool = True, dtype=jnp.float32) -> KernelPlan:
+            diagonal_spatial: bool = False, verify: bool = True,
+            dtype=jnp.float32) -> KernelPlan:
     """Compile `net` into a KernelPlan for inputs of `input_shape` (batch entry ignored).
 
     `reference=True` gives the reference plan (joint Gram matrix, FULL layouts, no folding), the
     semantic oracle every optimisation must reproduce; `force_full=True` keeps FULL spatial
     layouts everywhere; `roll_loops=False` unrolls runs of identical layers (by default they run
-    as loops, see `ntc.passes.roll_loops`).
+    as loops, see `ntc.passes.roll_loops`); `diagonal_spatial=True` returns only the spatial
+    diagonal of the output kernels, (N1, N2, s1, s2, ...), as NT's `diagonal_spatial`.
     """
     names, _ = normalize_get(get)
     t = input_type(net, input_shape)
@@ -113,7 +115,8 @@ def compile(net: Net, input_shape: Sequence[int], get=('nngp', 'ntk'), *,  # noq
         raise ShapeError(f'input shape {tuple(input_shape)} has a zero-size axis {empty[0]}: '
                          'the kernel averages over the features, of which there are none',
                          hint='give every example at least one feature')
-    opts = Options(get=names, reference=reference, force_full=force_full, roll_loops=roll_loops)
+    opts = Options(get=names, reference=reference, force_full=force_full, roll_loops=roll_loops,
+                   diagonal_spatial=bool(diagonal_spatial))
     g = net.graph().copy()
     g.replace(g.input_nodes()[0], ttype=t)
     graph = run_passes(g, opts, check_ir=verify)
@@ -155,7 +158,8 @@ def make_kernel_fn(net: Net):
     cache = net._cache.setdefault('plans', {})
     batch_axes: dict[int, int] = {}  # input rank -> batch axis
 
-    def kernel_fn(x1, x2=None, get=None, **kwargs):
+    def kernel_fn(x1, x2=None, get=None, *, diagonal_batch: bool = True,
+                  diagonal_spatial: bool = False, **kwargs):
         names, form = normalize_get(get, shapes=True)
         if x2 is not None and same_inputs(x1, x2):
             x2 = None  # NT's convention: kernel_fn(x, x) is kernel_fn(x, None)
@@ -169,14 +173,30 @@ def make_kernel_fn(net: Net):
             raise InputError(f'x1 has shape {x1.shape} and x2 has shape {x2.shape}: they must '
                              f'have the same feature shape (all axes but the batch axis {b})')
         kernels = tuple(n for n in names if n in KERNEL_NAMES)
+
+        def plan_for(kernels):
+            key = (features, x1.ndim, kernels, bool(diagonal_spatial))
+            if key not in cache:
+                cache[key] = compile(net, x1.shape, kernels, dtype=x1.dtype,
+                                     diagonal_spatial=diagonal_spatial)
+            return cache[key]
+
+        def batch_marginals():
+            """NT's `diagonal_batch=False`: cov1 = K(x1, x1), cov2 = K(x2, x2) over every pair
+            of examples, (N, N, ...) in the output layout (cov2 None when x2 is None)."""
+            full = plan_for(('nngp',))
+            return dict(cov1=full.raw(x1, None, **kwargs)['nngp'],
+                        cov2=None if x2 is None else full.raw(x2, None, **kwargs)['nngp'])
+
         out = {}
         if kernels:
-            key = (features, x1.ndim, kernels)
-            if key not in cache:
-                cache[key] = compile(net, x1.shape, kernels, dtype=x1.dtype)
+            plan = plan_for(kernels)
             if form == 'kernel':
-                return cache[key].kernel(x1, x2, **kwargs)
-            out = dict(cache[key].raw(x1, x2, **kwargs))
+                k = plan.kernel(x1, x2, **kwargs)
+                return k if diagonal_batch else k.replace(**batch_marginals())
+            out = dict(plan.raw(x1, x2, **kwargs))
+            if not diagonal_batch and {'cov1', 'cov2'} & set(kernels):
+                out.update(batch_marginals())
         if 'shape1' in names or 'shape2' in names:
             out['shape1'] = output_shape(net, x1.shape)
             out['shape2'] = out['shape1'] if x2 is None else output_shape(net, x2.shape)

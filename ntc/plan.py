@@ -114,7 +114,8 @@ class KernelPlan:
         """All kernels as a `Kernel` (what `kernel_fn(x1, x2, get=None)` returns)."""
         out = self.raw(x1, x2, **kwargs)
         return Kernel(nngp=out.get('nngp'), ntk=out.get('ntk'), cov1=out.get('cov1'),
-                      cov2=out.get('cov2'), layout=self.output_layout, x1_is_x2=x2 is None)
+                      cov2=None if x2 is None else out.get('cov2'), layout=self.output_layout,
+                      x1_is_x2=x2 is None)
 
     # -- inspecting ------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from .options import Options
 def requirements(g: Graph, opts: Options) -> tuple[dict, dict]:
     """Per node: the spatial layout its consumers need of its cross kernel, and of its
     marginals (None: marginals not needed)."""
-    natural = output_spatial(g)
+    natural = output_spatial(g, opts)
     return propagate_needs(g, natural, natural if opts.want_marginals else None)
 
 
@@ -48,13 +48,14 @@ def propagate_needs(g: Graph, out_x: str, out_m: str | None) -> tuple[dict, dict
     return need_x, need_m
 
 
-def output_spatial(g: Graph) -> str:
+def output_spatial(g: Graph, opts: Options) -> str:
     """The layout the network returns: FULL while spatial axes remain, except after an op
-    whose output is naturally spatially diagonal (ConvLocal: NT returns (N1, N2, H, W))."""
+    whose output is naturally spatially diagonal (ConvLocal: NT returns (N1, N2, H, W)) or when
+    only the diagonal is asked for (`opts.diagonal_spatial`)."""
     node = g.node(g.output)
     if not node.ttype.spatial_axes:
         return 'NONE'
-    return node.op.natural_output
+    return 'DIAG' if opts.diagonal_spatial else node.op.natural_output
 
 
 def choose_layouts(graph: Graph, opts: Options) -> Graph:
@@ -67,7 +68,7 @@ def choose_layouts(graph: Graph, opts: Options) -> Graph:
         if opts.reference:
             spatial = 'FULL' if has_space else 'NONE'
             if node.id == g.output:
-                spatial = output_spatial(g)
+                spatial = output_spatial(g, opts)
             cov = CovType(batch='FULL', spatial=spatial, marginal=None, axis_order=order)
         else:
             spatial, marginal = need_x[node.id], need_m.get(node.id)

@@ -16,12 +16,14 @@ class Options:
     """`get`: the kernels asked for.  `reference`: compile the reference plan (joint batch
     Gram matrix, FULL spatial layouts, no folding, nothing fused).  `force_full`: FULL spatial
     layouts everywhere (for layout-invariance checks).  `roll_loops`: run runs of identical
-    layers as one loop (`passes.roll_loops`)."""
+    layers as one loop (`passes.roll_loops`).  `diagonal_spatial`: return only the spatial
+    diagonal of the output kernels, (N1, N2, s1, s2, ...) (NT's `diagonal_spatial=True`)."""
 
     get: tuple[str, ...] = ('nngp', 'ntk')
     reference: bool = False
     force_full: bool = False
     roll_loops: bool = True
+    diagonal_spatial: bool = False
 
     @property
     def want_ntk(self) -> bool:
