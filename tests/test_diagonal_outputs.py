@@ -68,3 +68,16 @@ def test_the_reference_plan_agrees():
     a, b = opt.raw(X1, X2), ref.raw(X1, X2)
     for name in names:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-12, atol=1e-14)
+
+
+def test_batch_tiles_the_diagonal_output():
+    """ntc.batch mirrors and assembles tiles by the plan's layout: a spatially diagonal output
+    (no position pairs) tiles to the untiled result."""
+    for x2 in (None, X2):
+        want = NET.kernel_fn(X1, x2, ('nngp', 'ntk'), diagonal_spatial=True)
+        got = ntc.batch(NET.kernel_fn, 1, store_on_device=False, progress=False)(
+            X1, x2, ('nngp', 'ntk'), diagonal_spatial=True)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ntc.NtcError, match='diagonal_batch'):
+        ntc.batch(NET.kernel_fn, 1)(X1, None, 'cov1', diagonal_batch=False)

@@ -160,11 +160,20 @@ class BatchedKernelFn:
 
     # -- what to compute -------------------------------------------------------------------------
 
-    def _plan(self, x1, names) -> KernelPlan | None:
+    def _plan(self, x1, names, kwargs) -> KernelPlan | None:
+        """The plan the tiles run (None for a foreign kernel function): it decides the batch
+        axis and how a tile is mirrored.  NT's output requests are plan options: a spatially
+        diagonal output has no position pairs to swap."""
+        if kwargs.get('diagonal_batch', True) is False:
+            raise InputError('ntc.batch computes per-example marginals only '
+                             '(diagonal_batch=False is not tiled)',
+                             hint="compute cov1 as batch(kernel_fn)(x1, None, 'nngp')")
         if isinstance(self.kernel_fn, KernelPlan):
             return self.kernel_fn
         net = getattr(self.kernel_fn, 'net', None)
-        return None if net is None else compile_plan(net, x1.shape, names, dtype=x1.dtype)
+        return None if net is None else compile_plan(
+            net, x1.shape, names, dtype=x1.dtype,
+            diagonal_spatial=bool(kwargs.get('diagonal_spatial', False)))
 
     def _call(self, a, b, names, kwargs):
         """The kernels of one tile; `a` and `b` have their batch axis first."""
@@ -223,7 +232,7 @@ class BatchedKernelFn:
         if not symmetric:
             x2 = np.asarray(checks.as_input(x2, 'x2'))
             checks.check_values(x2, 'x2', mask)
-        plan = self._plan(x1, names)
+        plan = self._plan(x1, names, kwargs or {})
         self._batch_axis = plan.batch_axis if plan is not None else 0
         x1 = np.moveaxis(x1, self._batch_axis, 0)
         x2n = x1 if symmetric else np.moveaxis(np.asarray(x2), self._batch_axis, 0)
