@@ -28,7 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from ..errors import InputError
 from .empirical import (
@@ -127,9 +127,17 @@ class _Sampler:
         if cache_key in _CHUNK_CACHE:
             _CHUNK_CACHE.move_to_end(cache_key)
             return _CHUNK_CACHE[cache_key]
-        sharding = None
+        def kernels(skeys, xs, kwargs):
+            return jax.vmap(lambda k, x: self._one(k, *x, names, shape,
+                                                   dict(kwargs, **static_kw)))(skeys, xs)
+
+        # each device vmaps over its own share of the samples (shard_map: sharding one vmap
+        # with XLA's partitioner gave wrong per-example NTKs of conv nets)
         if len(self.devices) > 1:
-            sharding = NamedSharding(Mesh(np.array(self.devices), ('s',)), PartitionSpec('s'))
+            spec = PartitionSpec('s')
+            kernels = jax.shard_map(kernels, mesh=Mesh(np.array(self.devices), ('s',)),
+                                    in_specs=(spec, spec, PartitionSpec()), out_specs=spec,
+                                    check_vma=False)
 
         def chunk(key, state, take, x1, x2, kwargs):
             def step(k, _):
@@ -137,10 +145,12 @@ class _Sampler:
                 return pair[0], (pair[0], pair[1])
             _, (chain, skeys) = jax.lax.scan(step, key, None, length=size)
             next_key = chain[jnp.maximum(take - 1, 0)]
-            if sharding is not None:
-                skeys = jax.lax.with_sharding_constraint(skeys, sharding)
-            ks = jax.vmap(lambda k: self._one(k, x1, x2, names, shape,
-                                              dict(kwargs, **static_kw)))(skeys)
+            # every sample gets its own copy of the inputs: under a device mesh, JAX's batching
+            # rule for a conv whose filter alone is batched and which has feature groups (the
+            # transpose of a conv in the per-example Jacobians of vmap_axes) raises
+            # NotImplementedError; with the input batched too it takes a rule that works
+            xs = _tree.tree_map(lambda a: jnp.broadcast_to(a, (size,) + a.shape), (x1, x2))
+            ks = kernels(skeys, xs, kwargs)
             mask = jnp.arange(size) < take
 
             def masked(k):     # padding samples are dropped, even if not finite
