@@ -108,6 +108,7 @@ class _Sampler:
                                                   int(implementation),
                                                   sorted(empirical_kw.items()))))
         self.pass_rng = accepts_rng(apply_fn)
+        self.copy_inputs = vmap_axes is not None     # see _chunk_fn
         self.trace_axes, self.diagonal_axes = trace_axes, diagonal_axes
         self.devices = _devices(device_count)
         self.store_on_device = store_on_device
@@ -128,17 +129,24 @@ class _Sampler:
         if cache_key in _CHUNK_CACHE:
             _CHUNK_CACHE.move_to_end(cache_key)
             return _CHUNK_CACHE[cache_key]
+        # with vmap_axes every sample gets its own copy of the inputs: under a device mesh,
+        # JAX's batching rule for a conv whose filter alone is batched and which has feature
+        # groups (the transpose of a conv in the per-example Jacobians) raises
+        # NotImplementedError; with the input batched too it takes a rule that works
+        copy = self.copy_inputs
+
         def kernels(skeys, xs, kwargs):
-            return jax.vmap(lambda k, x: self._one(k, *x, names, shape,
-                                                   dict(kwargs, **static_kw)))(skeys, xs)
+            return jax.vmap(lambda k, x: self._one(k, *x, names, shape, dict(kwargs, **static_kw)),
+                            in_axes=(0, 0 if copy else None))(skeys, xs)
 
         # each device vmaps over its own share of the samples (shard_map: sharding one vmap
         # with XLA's partitioner gave wrong per-example NTKs of conv nets)
         if shard:
             spec = PartitionSpec('s')
             kernels = jax.shard_map(kernels, mesh=Mesh(np.array(self.devices), ('s',)),
-                                    in_specs=(spec, spec, PartitionSpec()), out_specs=spec,
-                                    check_vma=False)
+                                    in_specs=(spec, spec if copy else PartitionSpec(),
+                                              PartitionSpec()),
+                                    out_specs=spec, check_vma=False)
 
         def chunk(key, state, take, x1, x2, kwargs):
             def step(k, _):
@@ -146,11 +154,9 @@ class _Sampler:
                 return pair[0], (pair[0], pair[1])
             _, (chain, skeys) = jax.lax.scan(step, key, None, length=size)
             next_key = chain[jnp.maximum(take - 1, 0)]
-            # every sample gets its own copy of the inputs: under a device mesh, JAX's batching
-            # rule for a conv whose filter alone is batched and which has feature groups (the
-            # transpose of a conv in the per-example Jacobians of vmap_axes) raises
-            # NotImplementedError; with the input batched too it takes a rule that works
-            xs = _tree.tree_map(lambda a: jnp.broadcast_to(a, (size,) + a.shape), (x1, x2))
+            xs = (x1, x2)
+            if copy:
+                xs = _tree.tree_map(lambda a: jnp.broadcast_to(a, (size,) + a.shape), xs)
             ks = kernels(skeys, xs, kwargs)
             mask = jnp.arange(size) < take
 
@@ -191,6 +197,8 @@ class _Sampler:
             n_out = sum(math.prod(o.shape) for x, kw in per_input if x is not None
                         for o in self.out_shapes(x, shape, kw))
             per = n_kernel + n_params * (n_out if 'ntk' in names else 1)
+            if self.copy_inputs:
+                per += sum(math.prod(a.shape) for a in _tree.tree_leaves((x1, x2)))
             size = max(1, min(_MAX_CHUNK, _MEMORY_BUDGET // max(per, 1)))
         # a power of two at least n_max (up to the budget): fewer distinct compilations
         size = min(size, 1 << max(n_max - 1, 0).bit_length())
