@@ -12,6 +12,11 @@
   foreign kernel function (no plan) is mirrored only when its kernels are 2-D; otherwise every
   tile is computed.
 - The batch axis is the plan's (NT's `batch_axis`): x1 and x2 are tiled along it.
+- Arguments after x1 and x2 reach the wrapped function as they were given (positional or by
+  keyword: an empirical kernel's `get, params`, or none for a user's `kernel_fn(x1, x2)`), so
+  any function with NT's signature can be batched; a foreign function gets x2 = x1 for
+  x2=None.  A keyword pair `(v1, v2)` of per-example arrays (NT's `pattern=(p1, p2)`) is
+  tiled along with x1 and x2; other arguments are passed whole to every tile.
 - `batch_size=None` picks the largest tile whose peak memory, from the plan's cost model, fits
   in the free memory of a device; a tile that still runs out of memory is halved (as long as
   no tile of the job is finished).  A resumed job reuses the tile recorded in its store,
@@ -43,10 +48,13 @@ from ..api import normalize_get
 from ..covariance.kernel import Kernel
 from ..errors import InputError, NumericalError, StoreError
 from ..fingerprint import Unfingerprintable, value_fingerprint
+from ..passes import KERNEL_NAMES
 from ..plan import KernelPlan, result_type
+from .empirical import per_example_pairs, slice_pairs
 from .store import Job, TileStore, array_hash, write_error
 
 AXIS = 'tiles'
+ARGS = '*args'  # the call's positional arguments after x1 and x2, among its keywords
 MEMORY_SAFETY = 3.0  # XLA temporaries beyond the covariances the cost model counts
 
 
@@ -157,6 +165,7 @@ class BatchedKernelFn:
         self._batch_axis = 0  # of x1 and x2, from the plan (NT's batch_axis)
         self._pairs = False  # whether the kernels' spatial axes come in pairs (FULL spatial)
         self._partials: list[tuple[str, str]] = []
+        self._get = None  # the call's `get`, as given
 
     # -- what to compute -------------------------------------------------------------------------
 
@@ -176,19 +185,35 @@ class BatchedKernelFn:
             diagonal_spatial=bool(kwargs.get('diagonal_spatial', False)))
 
     def _call(self, a, b, names, kwargs):
-        """The kernels of one tile; `a` and `b` have their batch axis first."""
+        """The kernels of one tile; `a` and `b` have their batch axis first.  `kwargs` are the
+        call's keyword arguments, and its positional ones after x1 and x2 under `ARGS`."""
         a = jnp.moveaxis(a, 0, self._batch_axis)
         b = None if b is None else jnp.moveaxis(b, 0, self._batch_axis)
+        kwargs = dict(kwargs)
+        args = tuple(kwargs.pop(ARGS, ()))
         if isinstance(self.kernel_fn, KernelPlan):
-            out = self.kernel_fn.raw(a, b, **kwargs)
+            out = self.kernel_fn.raw(a, b, *args, **kwargs)
             return {n: out[n] for n in names}
-        get = names[0] if len(names) == 1 else names
-        return _as_dict(self.kernel_fn(a, b, get, **kwargs), names)
+        if self._own():     # ntc's kernel_fn: `get` from `names`, then the other arguments
+            get = names[0] if len(names) == 1 else names
+            return _as_dict(self.kernel_fn(a, b, get, *args, **kwargs), names)
+        # any other function gets the call's arguments as they were given (a `get` given
+        # apart, as the distributed driver does, first), and x2 = x1 for x2=None, as in NT's
+        # batch, so that `lambda x1, x2: x1 @ x2.T` works
+        if not args and 'get' not in kwargs and self._get is not None:
+            args = (self._get,)
+        return _as_dict(self.kernel_fn(a, a if b is None else b, *args, **kwargs), names)
 
-    def _step(self, names, symmetric_tile: bool, kwargs):
+    def _own(self) -> bool:
+        """Whether the wrapped function is ntc's (a KernelPlan, or a kernel_fn with a net)."""
+        return (isinstance(self.kernel_fn, KernelPlan)
+                or getattr(self.kernel_fn, 'net', None) is not None)
+
+    def _step(self, names, symmetric_tile: bool, kwargs, pairs=()):
         """A jitted function computing one tile per device: (D, b, ...) inputs -> outputs, and
         the keyword arrays it takes.  Array leaves of `kwargs` (e.g. an empirical kernel's
-        `params`) are traced arguments, replicated on every device; other leaves are static."""
+        `params`) are traced arguments, replicated on every device; other leaves are static.
+        The keywords `pairs` come as (D, b, ...) tiles of their two arrays, like the inputs."""
         leaves, tree = jax.tree_util.tree_flatten(kwargs)
         is_array = tuple(isinstance(v, (np.ndarray, jax.Array)) for v in leaves)
         static = tuple(None if arr else v for v, arr in zip(leaves, is_array))
@@ -198,19 +223,20 @@ class BatchedKernelFn:
             static_key = static
         except TypeError:
             static_key = value_fingerprint(static, 'a keyword argument')
-        key = (names, symmetric_tile, tree, is_array, static_key)
+        key = (names, symmetric_tile, tree, is_array, static_key, pairs)
         if key not in self._steps:
             mesh = Mesh(np.array(self.devices), (AXIS,))
             spec = PartitionSpec(AXIS)
 
-            def one(a, b, arrs):
+            def one(a, b, arrs, tiled):
                 it = iter(arrs)
                 vals = [next(it) if arr else v for v, arr in zip(static, is_array)]
                 kw = jax.tree_util.tree_unflatten(tree, vals)
+                kw.update({k: (v1[0], v2[0]) for k, (v1, v2) in tiled.items()})
                 out = self._call(a[0], None if symmetric_tile else b[0], names, kw)
                 return {n: v[None] for n, v in out.items()}
 
-            fn = jax.shard_map(one, mesh=mesh, in_specs=(spec, spec, PartitionSpec()),
+            fn = jax.shard_map(one, mesh=mesh, in_specs=(spec, spec, PartitionSpec(), spec),
                                out_specs=spec, check_vma=False)
             self._steps[key] = (jax.jit(fn), NamedSharding(mesh, spec))
         return self._steps[key] + (arrays,)
@@ -222,9 +248,13 @@ class BatchedKernelFn:
         with the batch axis moved first.  `symmetric` is False when x2 is given, or when the
         kernel's layout is unknown (a foreign kernel function with kernels of more than two
         axes): then every tile is computed, none mirrored."""
-        names, form = normalize_get(get)
+        self._get = get
         if isinstance(self.kernel_fn, KernelPlan) and get is None:
             names, form = self.kernel_fn.opts.get, 'tuple'
+        elif get is None and not self._own():
+            names, form = None, None    # a foreign function: told by its output below
+        else:
+            names, form = normalize_get(get)
         symmetric = x2 is None or x2 is x1
         mask = (kwargs or {}).get('mask_constant')
         x1 = np.asarray(checks.as_input(x1, 'x1'))  # integers cast, complex refused
@@ -232,10 +262,12 @@ class BatchedKernelFn:
         if not symmetric:
             x2 = np.asarray(checks.as_input(x2, 'x2'))
             checks.check_values(x2, 'x2', mask)
-        plan = self._plan(x1, names, kwargs or {})
+        plan = self._plan(x1, names, kwargs or {}) if names is not None else None
         self._batch_axis = plan.batch_axis if plan is not None else 0
         x1 = np.moveaxis(x1, self._batch_axis, 0)
         x2n = x1 if symmetric else np.moveaxis(np.asarray(x2), self._batch_axis, 0)
+        if names is None:
+            names, form = self._output_names(x1, x2n, kwargs or {})
         if x2n.shape[1:] != x1.shape[1:]:
             raise InputError(f'x1 has shape {x1.shape} and x2 has shape {x2n.shape} (batch axis '
                              'first): they must have the same feature shape (all axes but the '
@@ -247,9 +279,29 @@ class BatchedKernelFn:
             symmetric = self._foreign_is_2d(x1, names, kwargs or {})
         return x1, x2n, symmetric, names, form, plan
 
+    def _output_names(self, x1, x2, kwargs):
+        """(names, form) of a foreign kernel function called without `get`, from the output of
+        two examples: one array is kernel 'nngp' returned as is; a namedtuple, dict or Kernel
+        gives the kernels it holds."""
+        kw = _slice_pairs(kwargs, x1.shape[0], x2.shape[0], slice(0, 2), slice(0, 2))
+        out = jax.eval_shape(lambda a, b: self.kernel_fn(a, b, *kw.get(ARGS, ()), **{
+            k: v for k, v in kw.items() if k != ARGS}), x1[:2], x2[:2])
+        if hasattr(out, 'shape'):
+            return ('nngp',), 'one'
+        names = tuple(n for n in KERNEL_NAMES
+                      if (out.get(n) if isinstance(out, dict) else getattr(out, n, None))
+                      is not None)
+        if not names:
+            raise InputError(f'kernel_fn returned {type(out).__name__}, which holds none of '
+                             f'{", ".join(KERNEL_NAMES)}',
+                             hint="return an array, or pass get='nngp' or a tuple of names")
+        return names, ('kernel' if isinstance(out, Kernel) else 'tuple')
+
     def _foreign_is_2d(self, x1, names, kwargs) -> bool:
         """Whether a kernel function without a plan gives 2-D kernels (then mirroring a tile is
         a transpose); False when that cannot be told without running it."""
+        n = x1.shape[0]
+        kwargs = _slice_pairs(kwargs, n, n, slice(0, 2), slice(0, 2))
         try:
             out = jax.eval_shape(lambda a: self._call(a, None, names, kwargs), x1[:2])
         except Exception:  # noqa: BLE001  (any failure to trace: compute every tile)
@@ -267,7 +319,17 @@ class BatchedKernelFn:
             tile = min(tile, max(1, math.ceil(n1 / 4)))
         return min(tile, max(n1, n2))
 
-    def __call__(self, x1, x2=None, get=None, *, out=None, **kwargs):
+    def __call__(self, x1, x2=None, *args, out=None, **kwargs):
+        """The kernels of `kernel_fn(x1, x2, *args, **kwargs)`, computed in tiles: `get` is the
+        first of `args` or a keyword; other arguments are passed on as given, except a pair
+        `(v1, v2)` of per-example arrays (e.g. `pattern=(p1, p2)`), which is tiled with x1 and
+        x2."""
+        if self._own():      # ntc's: `get` is taken apart, the rest passed on
+            get, args = (args[0], args[1:]) if args else (kwargs.pop('get', None), ())
+        else:
+            get = args[0] if args else kwargs.get('get')
+        if args:
+            kwargs = dict(kwargs, **{ARGS: args})
         x1, x2n, symmetric, names, form, plan = self.prepare_inputs(x1, x2, get, kwargs)
         tile = self.choose_tile(plan, x1.shape[0], x2n.shape[0], symmetric)
         while True:
@@ -364,7 +426,8 @@ class BatchedKernelFn:
         come from tracing one tile; a kernel function that cannot be traced gets its files when
         its first tile arrives."""
         try:
-            shapes = jax.eval_shape(lambda a, b: self._call(a, b, names, kwargs), x1p[:tile],
+            kw = _slice_pairs(kwargs, n1, n2, slice(0, tile), slice(0, tile))
+            shapes = jax.eval_shape(lambda a, b: self._call(a, b, names, kw), x1p[:tile],
                                     None if symmetric else x2p[:tile])
         except Exception:  # noqa: BLE001  (allocated lazily in _place instead)
             return
@@ -408,17 +471,25 @@ class BatchedKernelFn:
         if not group:
             return
         n_dev = len(self.devices)
-        step, sharding, arrays = self._step(names, sym_tile, kwargs)
+        pairs = per_example_pairs(_keywords(kwargs), place[0], place[1])
+        kwargs = {k: v for k, v in kwargs.items() if k not in pairs}
+        pairs = {k: (_pad_rows(np.asarray(v1), x1p.shape[0]),
+                     _pad_rows(np.asarray(v1 if v2 is None else v2), x2p.shape[0]))
+                 for k, (v1, v2) in pairs.items()}
+        step, sharding, arrays = self._step(names, sym_tile, kwargs, tuple(sorted(pairs)))
         chunks = [group[k:k + n_dev] for k in range(0, len(group), n_dev)]
         pending = None
         for chunk in chunks + [None]:
             launched = None
             if chunk is not None:
                 padded = chunk + [chunk[-1]] * (n_dev - len(chunk))
-                a = np.stack([x1p[i * tile:(i + 1) * tile] for i, _ in padded])
-                b = np.stack([x2p[j * tile:(j + 1) * tile] for _, j in padded])
-                launched = (chunk, step(jax.device_put(a, sharding), jax.device_put(b, sharding),
-                                        arrays))
+
+                def rows(x, side, tiles=padded):   # tiles of x by row (side 0) or column (1)
+                    return jax.device_put(np.stack([x[t[side] * tile:(t[side] + 1) * tile]
+                                                    for t in tiles]), sharding)
+
+                tiled = {k: (rows(v1, 0), rows(v2, 1)) for k, (v1, v2) in pairs.items()}
+                launched = (chunk, step(rows(x1p, 0), rows(x2p, 1), arrays, tiled))
             if pending is not None:  # fetch the previous step while this one runs
                 self._collect(*pending, tile, names, result, place, bar)
             pending = launched
@@ -496,6 +567,16 @@ class BatchedKernelFn:
             return Kernel(nngp=result.get('nngp'), ntk=result.get('ntk'), cov1=result.get('cov1'),
                           cov2=result.get('cov2'), x1_is_x2=symmetric)
         return result_type(tuple(names))(*(result[n] for n in names))
+
+
+def _keywords(kwargs: dict) -> dict:
+    """The call's keyword arguments, without its positional ones (`ARGS`)."""
+    return {k: v for k, v in kwargs.items() if k != ARGS}
+
+
+def _slice_pairs(kwargs: dict, n1: int, n2: int, rows: slice, cols: slice) -> dict:
+    """`slice_pairs` of the call's keyword arguments; positional ones are left as they are."""
+    return dict(kwargs, **slice_pairs(_keywords(kwargs), n1, n2, rows, cols))
 
 
 def tile_grid(n1: int, n2: int, tile: int, symmetric: bool) -> list[tuple[int, int]]:

@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import InputError
 
 __all__ = ['NtkImplementation', 'DEFAULT_NTK_IMPLEMENTATION', 'empirical_kernel_fn',
-           'empirical_ntk_fn', 'empirical_nngp_fn']
+           'empirical_ntk_fn', 'empirical_nngp_fn', 'per_example_pairs', 'slice_pairs']
 
 
 class NtkImplementation(enum.IntEnum):
@@ -146,6 +146,24 @@ def _split_kwargs(kwargs: dict, x1, x2):
         else:
             kw1[k] = kw2[k] = v
     return kw1, kw2
+
+
+def per_example_pairs(kwargs: dict, n1: int, n2: int) -> dict:
+    """The keyword arguments that are pairs ``(v1, v2)`` of per-example arrays, one row per
+    example of x1 (``n1``) and of x2 (``n2``; ``v2`` may be None when x2 is x1), as NT's
+    ``pattern=(p1, p2)``: what is cut into blocks along with x1 and x2.  ``rng`` never is."""
+    def rows(v, n):
+        return isinstance(v, (np.ndarray, jax.Array)) and v.ndim >= 1 and v.shape[0] == n
+    return {k: v for k, v in kwargs.items()
+            if k != 'rng' and isinstance(v, tuple) and len(v) == 2
+            and rows(v[0], n1) and (rows(v[1], n2) or (v[1] is None and n1 == n2))}
+
+
+def slice_pairs(kwargs: dict, n1: int, n2: int, rows: slice, cols: slice) -> dict:
+    """`kwargs` with its per-example pairs (`per_example_pairs`) cut to x1[rows], x2[cols]."""
+    pairs = per_example_pairs(kwargs, n1, n2)
+    return dict(kwargs, **{k: (v1[rows], None if v2 is None else v2[cols])
+                           for k, (v1, v2) in pairs.items()})
 
 
 def _vmap_triple(vmap_axes, kwargs):

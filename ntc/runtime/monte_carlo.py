@@ -28,7 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from ..errors import InputError
 from .empirical import (
@@ -38,6 +38,7 @@ from .empirical import (
     _split_kwargs,
     accepts_rng,
     empirical_kernel_fn,
+    slice_pairs,
 )
 
 __all__ = ['monte_carlo_kernel_fn', 'monte_carlo_kernel_stats', 'MonteCarloStats']
@@ -107,6 +108,7 @@ class _Sampler:
                                                   int(implementation),
                                                   sorted(empirical_kw.items()))))
         self.pass_rng = accepts_rng(apply_fn)
+        self.copy_inputs = vmap_axes is not None     # see _chunk_fn
         self.trace_axes, self.diagonal_axes = trace_axes, diagonal_axes
         self.devices = _devices(device_count)
         self.store_on_device = store_on_device
@@ -120,16 +122,31 @@ class _Sampler:
             kwargs = dict(kwargs, rng=rng)
         return {g: self.kernel_fn(x1, x2, g, params, **kwargs) for g in names}
 
-    def _chunk_fn(self, names, shape, size, with_m2, static_kw):
+    def _chunk_fn(self, names, shape, size, with_m2, static_kw, shard):
         cache_key = self.settings + (names, repr(shape), size, with_m2,
                                      repr(sorted(static_kw.items())),
-                                     tuple(d.id for d in self.devices))
+                                     tuple(d.id for d in self.devices), shard)
         if cache_key in _CHUNK_CACHE:
             _CHUNK_CACHE.move_to_end(cache_key)
             return _CHUNK_CACHE[cache_key]
-        sharding = None
-        if len(self.devices) > 1:
-            sharding = NamedSharding(Mesh(np.array(self.devices), ('s',)), PartitionSpec('s'))
+        # with vmap_axes every sample gets its own copy of the inputs: under a device mesh,
+        # JAX's batching rule for a conv whose filter alone is batched and which has feature
+        # groups (the transpose of a conv in the per-example Jacobians) raises
+        # NotImplementedError; with the input batched too it takes a rule that works
+        copy = self.copy_inputs
+
+        def kernels(skeys, xs, kwargs):
+            return jax.vmap(lambda k, x: self._one(k, *x, names, shape, dict(kwargs, **static_kw)),
+                            in_axes=(0, 0 if copy else None))(skeys, xs)
+
+        # each device vmaps over its own share of the samples (shard_map: sharding one vmap
+        # with XLA's partitioner gave wrong per-example NTKs of conv nets)
+        if shard:
+            spec = PartitionSpec('s')
+            kernels = jax.shard_map(kernels, mesh=Mesh(np.array(self.devices), ('s',)),
+                                    in_specs=(spec, spec if copy else PartitionSpec(),
+                                              PartitionSpec()),
+                                    out_specs=spec, check_vma=False)
 
         def chunk(key, state, take, x1, x2, kwargs):
             def step(k, _):
@@ -137,10 +154,10 @@ class _Sampler:
                 return pair[0], (pair[0], pair[1])
             _, (chain, skeys) = jax.lax.scan(step, key, None, length=size)
             next_key = chain[jnp.maximum(take - 1, 0)]
-            if sharding is not None:
-                skeys = jax.lax.with_sharding_constraint(skeys, sharding)
-            ks = jax.vmap(lambda k: self._one(k, x1, x2, names, shape,
-                                              dict(kwargs, **static_kw)))(skeys)
+            xs = (x1, x2)
+            if copy:
+                xs = _tree.tree_map(lambda a: jnp.broadcast_to(a, (size,) + a.shape), xs)
+            ks = kernels(skeys, xs, kwargs)
             mask = jnp.arange(size) < take
 
             def masked(k):     # padding samples are dropped, even if not finite
@@ -167,7 +184,7 @@ class _Sampler:
             _CHUNK_CACHE.popitem(last=False)
         return fn
 
-    def _size(self, outs, shape, x1, x2, names, kwargs, n_max):
+    def _size(self, outs, shape, x1, x2, names, kwargs, n_max, shard):
         if self.chunk_size is not None:
             size = int(self.chunk_size)
             if size <= 0:
@@ -180,10 +197,12 @@ class _Sampler:
             n_out = sum(math.prod(o.shape) for x, kw in per_input if x is not None
                         for o in self.out_shapes(x, shape, kw))
             per = n_kernel + n_params * (n_out if 'ntk' in names else 1)
+            if self.copy_inputs:
+                per += sum(math.prod(a.shape) for a in _tree.tree_leaves((x1, x2)))
             size = max(1, min(_MAX_CHUNK, _MEMORY_BUDGET // max(per, 1)))
         # a power of two at least n_max (up to the budget): fewer distinct compilations
         size = min(size, 1 << max(n_max - 1, 0).bit_length())
-        d = len(self.devices)
+        d = len(self.devices) if shard else 1
         return -(-size // d) * d
 
     def run(self, x1, x2, names, counts, kwargs, with_m2):
@@ -196,8 +215,12 @@ class _Sampler:
                if all(hasattr(a, 'shape') for a in _tree.tree_leaves(v))}
         static_kw = {k: v for k, v in kwargs.items() if k not in dyn}
         outs = jax.eval_shape(lambda k: self._one(k, x1, x2, names, shape, kwargs), self.key)
-        size = self._size(outs, shape, x1, x2, names, kwargs, counts[-1])
-        fn = self._chunk_fn(names, shape, size, with_m2, static_kw)
+        # traced (inside the caller's jit or shard_map, e.g. ntc.batch's): the caller places
+        # the computation, so all samples run in the one program
+        traced = any(isinstance(a, jax.core.Tracer) for a in _tree.tree_leaves((x1, x2, dyn)))
+        shard = len(self.devices) > 1 and not traced
+        size = self._size(outs, shape, x1, x2, names, kwargs, counts[-1], shard)
+        fn = self._chunk_fn(names, shape, size, with_m2, static_kw, shard)
 
         def zeros():
             return _tree.tree_map(lambda o: np.zeros(o.shape, o.dtype), outs)
@@ -292,7 +315,7 @@ def _blocked(sampler, x1, x2, names, counts, kwargs, batch_size):
                          f'and x2 ({n2})')
     if sampler.input_shape is None:
         sampler.input_shape = tuple(x1.shape)       # the networks are initialised for all of x1
-    ndim = sampler.out_ndim(x1, sampler.input_shape, kwargs)
+    ndim = sampler.out_ndim(x1, sampler.input_shape, _split_kwargs(kwargs, x1, None)[0])
     tr, dg = _axes(ndim, sampler.trace_axes, sampler.diagonal_axes)
     if 0 in tr:
         raise InputError('batch_size > 0 needs the batch axis 0 outside trace_axes')
@@ -308,7 +331,9 @@ def _blocked(sampler, x1, x2, names, counts, kwargs, batch_size):
             if diagonal and i != j:
                 continue
             second = None if (x2 is None and i == j) else b
-            runs[i, j] = sampler.run(a, second, names, counts, kwargs, False)
+            kw = slice_pairs(kwargs, n1, n2, slice(i * batch_size, (i + 1) * batch_size),
+                             slice(j * batch_size, (j + 1) * batch_size))   # pattern=(p1, p2)
+            runs[i, j] = sampler.run(a, second, names, counts, kw, False)
     for _ in counts:
         blocks = {}
         for ij, r in runs.items():
