@@ -14,6 +14,7 @@ from .runtime import (
     empirical_kernel_fn,
     empirical_nngp_fn,
     empirical_ntk_fn,
+    empirical_ntk_vp_fn,
     linearize,
     monte_carlo_kernel_fn,
     predict,
@@ -23,6 +24,7 @@ from .runtime import (
 __all__ = ['stax', 'spec', 'layers', 'compile', 'NtcError', 'Net', 'Kernel', 'KernelPlan',
            'predict',
            'batch', 'TileStore', 'NtkImplementation', 'empirical_kernel_fn', 'empirical_nngp_fn',
-           'empirical_ntk_fn', 'monte_carlo_kernel_fn', 'linearize', 'taylor_expand']
+           'empirical_ntk_fn', 'empirical_ntk_vp_fn', 'monte_carlo_kernel_fn', 'linearize',
+           'taylor_expand']
 __all__ += ['AccuracyWarning']
 __version__ = '0.1.0'
