@@ -1,4 +1,4 @@
-"""Test configuration: float64 everywhere, and hypothesis profiles.
+"""Test configuration: float64 everywhere, no implicit rank promotion, and hypothesis profiles.
 
 `NTC_HYPOTHESIS=thorough` selects the slow profile for long local runs; CI uses `ci`."""
 
@@ -10,6 +10,8 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 import jax  # noqa: E402
 
 jax.config.update('jax_enable_x64', True)
+# NT's tests and careful users forbid implicit rank promotion; ntc must be clean under it
+jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
