@@ -108,3 +108,16 @@ def test_monte_carlo_stats():
 
     strict, loose = _under_raise_and_allow(run)
     _assert_identical(strict, loose)
+
+
+def test_dropout_on_full_spatial_covariances():
+    """Dropout's self-pair mask on a FULL spatial covariance: (N, N, 1, 1) times (a, a')."""
+    x = jax.random.normal(jax.random.PRNGKey(2), (3, 4, 4, 2))
+    _, _, kernel_fn = stax.serial(stax.Conv(8, (3, 3), padding='SAME'),
+                                  stax.Dropout(0.8, mode='train'),
+                                  stax.Conv(8, (3, 3), padding='SAME'), stax.Relu(),
+                                  stax.GlobalAvgPool(), stax.Dense(1))
+
+    strict, loose = _under_raise_and_allow(lambda: kernel_fn(x, None, ('nngp', 'ntk')))
+    assert strict.nngp.shape == (3, 3)
+    _assert_identical(strict, loose)
