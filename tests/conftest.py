@@ -6,6 +6,8 @@ import os
 
 # four simulated CPU devices, so that sharding is exercised by every test run
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+# no implicit rank promotion, here and in the processes tests start (the CLI, workers)
+os.environ.setdefault('JAX_NUMPY_RANK_PROMOTION', 'raise')
 
 import jax  # noqa: E402
 
