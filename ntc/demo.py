@@ -344,7 +344,7 @@ def figure1(cfg: Config, out_dir: Path) -> dict:
 
     def expected_loss(g, y):        # E 0.5 mean (f - y)² under f ~ N(mean, cov)
         var = jnp.diagonal(g.covariance, axis1=-2, axis2=-1)[..., None]
-        return 0.5 * jnp.mean((g.mean - y) ** 2 + var, axis=(-2, -1))
+        return 0.5 * jnp.mean((g.mean - y[None]) ** 2 + var, axis=(-2, -1))   # (times,)
 
     @jax.jit                        # one XLA program for kernels, eigensolves and all times
     def infinite_curves(x_train, y_train, x_test, ts):

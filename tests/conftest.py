@@ -1,4 +1,4 @@
-"""Test configuration: float64 everywhere, and hypothesis profiles.
+"""Test configuration: float64 everywhere, no implicit rank promotion, and hypothesis profiles.
 
 `NTC_HYPOTHESIS=thorough` selects the slow profile for long local runs; CI uses `ci`."""
 
@@ -6,10 +6,14 @@ import os
 
 # four simulated CPU devices, so that sharding is exercised by every test run
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+# no implicit rank promotion, here and in the processes tests start (the CLI, workers)
+os.environ.setdefault('JAX_NUMPY_RANK_PROMOTION', 'raise')
 
 import jax  # noqa: E402
 
 jax.config.update('jax_enable_x64', True)
+# NT's tests and careful users forbid implicit rank promotion; ntc must be clean under it
+jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 

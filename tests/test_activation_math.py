@@ -13,6 +13,7 @@ import zlib
 import jax
 
 jax.config.update('jax_enable_x64', True)
+jax.config.update('jax_numpy_rank_promotion', 'raise')   # as conftest: no implicit rank promotion
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

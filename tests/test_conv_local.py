@@ -75,7 +75,7 @@ def test_finite_network_has_unshared_weights():
     y = apply_fn(params, X1)
     # output position (0, 0) sees the input window at (0, 0) through its own weights only
     patch = X1[:, 0:3, 0:2, :].transpose(0, 3, 1, 2).reshape(2, -1)   # XLA's (c, h, w) order
-    want = patch @ w[0, 0] * 1.3 / np.sqrt(2 * 3 * 2) + 0.2 * b[0, 0, 0]
+    want = patch @ w[0, 0] * 1.3 / np.sqrt(2 * 3 * 2) + 0.2 * b[0, 0, 0][None]
     np.testing.assert_allclose(y[:, 0, 0], want, rtol=1e-10)
     with pytest.raises(ShapeError, match='dimension_numbers'):
         stax.ConvLocal(4, (2,))[2](X1, None, 'nngp')

@@ -35,7 +35,7 @@ def mlp(widths, act):
 
     def apply(params, x, **kwargs):
         for i, p in enumerate(params):
-            x = W_STD * x @ p['w'] / math.sqrt(p['w'].shape[0]) + B_STD * p['b']
+            x = _add_bias(W_STD * x @ p['w'] / math.sqrt(p['w'].shape[0]), B_STD * p['b'])
             if i < len(params) - 1:
                 x = act(x)
         return x
@@ -64,9 +64,14 @@ def relu_ntk(x1, x2, depth):
     return ntk
 
 
+def _add_bias(z, b):
+    """z + b on the trailing axes, b's leading axes explicit (rank promotion raises)."""
+    return z + b.reshape((1,) * (z.ndim - b.ndim) + b.shape)
+
+
 def conv_like(params, x, **kwargs):
     """(N, H, D) -> (N, H, C) with mixing along H (so examples share no structure with H)."""
-    h = jnp.tanh(x @ params['w1'] + params['b1'])
+    h = jnp.tanh(_add_bias(x @ params['w1'], params['b1']))
     h = jnp.einsum('gh,nhd->ngd', params['mix'], h)
     return jnp.sin(h) @ params['w2']
 

@@ -34,9 +34,15 @@ def init_fn(key, input_shape):
     return input_shape[:-1] + (2,), params
 
 
+def _add_bias(z, b):
+    """z + b on the trailing axes, b's leading axes explicit (rank promotion raises)."""
+    return z + b.reshape((1,) * (z.ndim - b.ndim) + b.shape)
+
+
 def apply_fn(params, x, **kwargs):
-    h = jax.nn.relu(W_STD * x @ params['w1'] / math.sqrt(x.shape[-1]) + B_STD * params['b1'])
-    return W_STD * h @ params['w2'] / math.sqrt(WIDTH) + B_STD * params['b2']
+    h = jax.nn.relu(_add_bias(W_STD * x @ params['w1'] / math.sqrt(x.shape[-1]),
+                              B_STD * params['b1']))
+    return _add_bias(W_STD * h @ params['w2'] / math.sqrt(WIDTH), B_STD * params['b2'])
 
 
 def relu_kernels(x1, x2):

@@ -277,8 +277,8 @@ def _erf_net_init(key, width, n_nets):
 
 def _erf_net_apply(p, x):
     width = p['w1'].shape[-1]
-    h = erf(W_STD * x @ p['w1'] / math.sqrt(x.shape[1]) + B_STD * p['b1'])
-    return W_STD * h @ p['w2'] / math.sqrt(width) + B_STD * p['b2']
+    h = erf(W_STD * x @ p['w1'] / math.sqrt(x.shape[1]) + B_STD * p['b1'][None])
+    return W_STD * h @ p['w2'] / math.sqrt(width) + B_STD * p['b2'][None]
 
 
 def test_ensemble_of_finite_erf_networks_matches_infinite_ensemble():

@@ -72,8 +72,8 @@ def test_second_order_tracks_a_trained_wide_network_better_than_first_order():
               'b2': jax.random.normal(keys[3], (1,))}
 
     def net(p, x):
-        h = jax.scipy.special.erf(w_std * x @ p['w1'] / math.sqrt(2) + b_std * p['b1'])
-        return w_std * h @ p['w2'] / math.sqrt(width) + b_std * p['b2']
+        h = jax.scipy.special.erf(w_std * x @ p['w1'] / math.sqrt(2) + b_std * p['b1'][None])
+        return w_std * h @ p['w2'] / math.sqrt(width) + b_std * p['b2'][None]
 
     rng = np.random.RandomState(1)
     x, y, x_test = rng.randn(8, 2), rng.randn(8, 1), rng.randn(20, 2)

@@ -744,7 +744,7 @@ def elementwise_numerical(xp, op, c12, q1, q2):
     def step(carry, xw):
         x, w = xw
         fu, du = both(s1 * x)
-        fv, dv = both(along * x + across * ys)
+        fv, dv = both((along * x)[None] + across[None] * ys)     # (deg, shape...)
         k, kd = carry
         k = k + w * fu * jnp.sum(wy * fv, axis=0)
         kd = kd + w * du * jnp.sum(wy * dv, axis=0)

@@ -236,9 +236,9 @@ def attention_kernel(ctx, node, k):
             R11 = R22 = R[None]
             R12 = R[None, None]
         else:
-            R11 = R * (keep1[:, :, None] & keep1[:, None, :])
-            R22 = R * (keep2[:, :, None] & keep2[:, None, :])
-            R12 = R * (keep1[:, None, :, None] & keep2[None, :, None, :])
+            R11 = R[None] * (keep1[:, :, None] & keep1[:, None, :])
+            R22 = R[None] * (keep2[:, :, None] & keep2[:, None, :])
+            R12 = R[None, None] * (keep1[:, None, :, None] & keep2[None, :, None, :])
 
     def interp(x, r):
         return x if (x is None or r is None) else w_x * x + w_p * r
@@ -370,6 +370,6 @@ def attention_apply(op, params, inputs, ctx):
     out = heads @ params['out'] * (op.W_out_std * op.W_value_std
                                    / math.sqrt(op.n_chan_val * op.n_heads * values_in.shape[-1]))
     if params['b'] is not None:
-        out = out + op.b_std * params['b']
+        out = out + op.b_std * params['b'].reshape(1, 1, -1)
     out = out.reshape((n,) + spatial + (op.n_chan_out,))
     return jnp.moveaxis(out, (0, -1), (b_ax, c_ax))

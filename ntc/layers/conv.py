@@ -337,7 +337,7 @@ def embed_diag(x, ns: int, lead: int):
     for i in range(ns):
         ax = lead + 2 * i
         n = x.shape[ax]
-        eye = jnp.eye(n, dtype=x.dtype).reshape((n, n) + (1,) * (x.ndim - ax - 1))
+        eye = jnp.eye(n, dtype=x.dtype).reshape((1,) * ax + (n, n) + (1,) * (x.ndim - ax - 1))
         x = jnp.expand_dims(x, ax + 1) * eye
     return x
 

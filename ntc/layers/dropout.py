@@ -30,7 +30,7 @@ def _self_pair_mask(x, lead: int, spatial: str):
     mask = jnp.eye(x.shape[0]) if lead == 2 else jnp.ones(x.shape[:1])
     if spatial == 'FULL':
         for size in x.shape[lead::2]:
-            mask = mask[..., None, None] * jnp.eye(size)
+            mask = mask[..., None, None] * jnp.eye(size).reshape((1,) * mask.ndim + (size, size))
     else:
         mask = mask.reshape(mask.shape + (1,) * (x.ndim - lead))
     return mask.astype(x.dtype)

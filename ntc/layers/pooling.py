@@ -126,7 +126,7 @@ def pool_full(op, x, order, lead: int, in_type):
             if op.normalize_edges and op.padding == 'SAME':
                 cnt = edge_counts(n, k, s, lo, hi, x.dtype)
                 norm = cnt[:, None] * cnt[None, :]
-                x = x / norm.reshape(norm.shape + (1,) * (x.ndim - ax - 2))
+                x = x / norm.reshape((1,) * ax + norm.shape + (1,) * (x.ndim - ax - 2))
             else:
                 x = x / (k * k)
     return x

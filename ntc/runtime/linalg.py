@@ -316,8 +316,8 @@ def _cg_update(x, r, p, q, rz, pc, bnorm):
     scalars the host looks at (min pᵀAp, max relative residual, α and β of column 0)."""
     pq = jnp.sum(p * q, axis=0)
     alpha = jnp.where(pq > 0, rz / jnp.where(pq > 0, pq, 1.0), 0.0)
-    x = x + alpha * p
-    r = r - alpha * q
+    x = x + alpha[None] * p                     # alpha, beta: one per column of (N, C)
+    r = r - alpha[None] * q
     z = _precondition(pc, r)
     rz_new = jnp.sum(r * z, axis=0)
     beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.0), 0.0)
@@ -326,7 +326,7 @@ def _cg_update(x, r, p, q, rz, pc, bnorm):
     min_pq = jnp.min(jnp.where(active, pq, jnp.inf)) if pq.size else jnp.inf
     stats = jnp.stack([jnp.where(jnp.any(active), min_pq, 1.0), rel, alpha[0],
                        beta[0]]).astype(x.dtype)
-    return x, r, z + beta * p, rz_new, stats
+    return x, r, z + beta[None] * p, rz_new, stats
 
 
 @functools.partial(jax.jit, static_argnums=(6, 7))

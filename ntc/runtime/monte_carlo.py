@@ -171,7 +171,7 @@ class _Sampler:
                 return next_key, (count + c, new_total, m2)
             tot = count + c
             chunk_m2 = _tree.tree_map(
-                lambda k, sm: jnp.sum(masked((k - sm / c) ** 2), axis=0), ks, sums)
+                lambda k, sm: jnp.sum(masked((k - (sm / c)[None]) ** 2), axis=0), ks, sums)
             new_m2 = _tree.tree_map(
                 lambda m, cm, sm, t: m + cm + jnp.where(
                     count > 0, (sm / c - t / jnp.maximum(count, 1)) ** 2 * count * c / tot, 0),

@@ -264,11 +264,11 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.,
             coef = v.T @ r                                               # (P, C)
             if fx_train_0 is not None:
                 d = jnp.einsum('pi,...i,ic->...pc', v, decay(lam_t, tau_e) - 1., coef)
-                fx_train_t = fx_train_0 + layout.unflat(d, layout.rest_shape)
+                fx_train_t = _lead(fx_train_0, tau.ndim) + layout.unflat(d, layout.rest_shape)
             if fx_test_0 is not None:
                 check_phi_accuracy(lam, tau, dtype, fac.what)
                 d = jnp.einsum('qp,pi,...i,ic->...qc', k_td, v, phi(lam_t, tau_e), coef)
-                fx_test_t = fx_test_0 - layout.unflat(d, test_rest)
+                fx_test_t = _lead(fx_test_0, tau.ndim) - layout.unflat(d, test_rest)
 
         if fx_test_0 is None:
             out = fx_train_t
@@ -280,6 +280,11 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.,
         return out
 
     return predict_fn
+
+
+def _lead(x, n: int):
+    """`x` with `n` leading axes of size 1, to broadcast against arrays with `n` time axes."""
+    return x.reshape((1,) * n + x.shape)
 
 
 def _check_inputs(fx_train_0, fx_test_0, k_test_train):
@@ -665,7 +670,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
             else:
                 g_td = as_matrix(k_td[g]).astype(dtype)
                 n_td = as_matrix(k_td['nngp']).astype(dtype)
-                n_tt = as_matrix(k_tt).astype(dtype)
+                n_tt = _lead(as_matrix(k_tt).astype(dtype), tau.ndim)
                 gv = g_td @ v                                          # (Q, P)
                 if g == 'nngp':
                     cov = n_tt - jnp.einsum('qi,...i,ri->...qr', gv, phi(lam_t, 2 * tau_e), gv)
