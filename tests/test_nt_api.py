@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ntc
-from ntc import spec, stax
+from ntc import predict, spec, stax
 from ntc.covariance.masking import MaskedArray
 from ntc.errors import InputError, ValidationError
 
@@ -163,3 +163,15 @@ def test_shapes_are_not_plan_kernels():
         ntc.compile(FC, (-1, 3), ('nngp', 'shape1'))
     with pytest.raises(InputError, match="unknown kernel 'shape3'"):
         FC.kernel_fn(X1, None, 'shape3')
+
+
+def test_predict_traces_a_repeated_axis_once():
+    """NT accepts trace_axes naming one axis twice ((-1, 1) for 2-d targets): it is traced once."""
+    rs = np.random.RandomState(0)
+    x, y, xt = rs.randn(6, 3), rs.randn(6, 2), rs.randn(4, 3)
+    _, _, kfn = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(2))
+    k, kt = kfn(x, None, 'ntk'), kfn(xt, x, 'ntk')
+    for make in (lambda ta: predict.gradient_descent_mse(k, y, trace_axes=ta)(
+                     1.0, np.zeros_like(y), np.zeros((4, 2)), kt)[1],
+                 lambda ta: predict.gp_inference(k, y, diag_reg=1e-3, trace_axes=ta)('ntk', kt)):
+        np.testing.assert_allclose(make((-1, 1)), make((-1,)), rtol=1e-12)

@@ -97,9 +97,7 @@ def _canon_axes(axes, ndim: int, what: str = 'trace_axes') -> tuple[int, ...]:
         if not -ndim <= a < ndim:
             raise InputError(f'{what}={axes} is out of range for outputs with {ndim} axes')
         out.append(a % ndim)
-    if len(set(out)) != len(out):
-        raise InputError(f'{what}={axes} repeats an axis')
-    return tuple(sorted(out))
+    return tuple(sorted(set(out)))  # an axis named twice is traced once, as in NT
 
 
 def _canon_get(get, allowed, default=('nngp', 'ntk')):
