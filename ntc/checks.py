@@ -41,9 +41,10 @@ def result_checks(enabled: bool):
         _STATE['results'] = before
 
 
-def is_concrete(x) -> bool:
-    """Whether `x` holds values (not a tracer under jit, vmap or grad)."""
-    return not isinstance(x, jax.core.Tracer)
+def is_concrete(*xs) -> bool:
+    """Whether the arguments (pytrees) hold values: no leaf is a tracer under jit, vmap or grad,
+    so they can be inspected (checks on values are skipped otherwise)."""
+    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(xs))
 
 
 def float_dtype():

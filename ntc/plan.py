@@ -88,7 +88,7 @@ class KernelPlan:
         mask_constant = inputs.get('mask_constant')
         checks.check_values(x1, 'x1', mask_constant)
         checks.check_values(x2, 'x2', mask_constant)
-        concrete = checks.is_concrete(x1) and (x2 is None or checks.is_concrete(x2))
+        concrete = checks.is_concrete(x1, x2)
         if concrete:
             b = self.input_type.batch
             n1 = x1.shape[b]

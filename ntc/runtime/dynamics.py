@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import ode
 
+from ..checks import is_concrete
 from ..errors import InputError, NumericalError
-from .predict_checks import concrete
 
 # ---------------------------------------------------------------------------------------------
 # closed-form gradient flow on the MSE loss
@@ -20,7 +20,7 @@ from .predict_checks import concrete
 def scaled_times(t, scale, dtype):
     """Times `t` (checked: no NaN, non-negative) as a `dtype` array multiplied by `scale`."""
     t = jnp.asarray(t, dtype)
-    if concrete(t):
+    if is_concrete(t):
         if bool(jnp.any(jnp.isnan(t))):
             raise InputError(f'time t must not be NaN, got {t}')
         if bool(jnp.any(t < 0)):
@@ -46,7 +46,7 @@ def phi(lam, tau):
 
 def integrate(rhs, state0, times, k_td, max_doublings: int = 64):
     """States at `times` (any shape, non-negative, possibly inf) of the ODE from state0 at 0."""
-    if not concrete(times):
+    if not is_concrete(times):
         return _integrate_traced(rhs, state0, times, k_td)
     flat = np.asarray(times, dtype=np.float64).reshape(-1)
     finite = np.unique(flat[np.isfinite(flat)])

@@ -17,8 +17,9 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ..checks import is_concrete
 from ..errors import InputError, NumericalError
-from .predict_checks import FIX_HINT, check_accuracy, check_finite, concrete
+from .predict_checks import FIX_HINT, check_accuracy, check_finite
 from .store import TileStore
 
 # ---------------------------------------------------------------------------------------------
@@ -81,12 +82,12 @@ def cholesky(a, what: str):
     """Lower Cholesky factor; a NaN factor (the matrix is not positive definite) raises."""
     check_finite(a, what)
     low = jnp.linalg.cholesky(a)
-    if concrete(low) and not bool(jnp.all(jnp.isfinite(low))):
+    if is_concrete(low) and not bool(jnp.all(jnp.isfinite(low))):
         lo = float(jnp.linalg.eigvalsh(a)[0])
         raise NumericalError(f'Cholesky factorisation of the {a.shape[0]}x{a.shape[0]} {what} '
                              f'failed: it is not positive definite (smallest eigenvalue {lo:.3g})',
                              hint=FIX_HINT)
-    if concrete(low):
+    if is_concrete(low):
         check_accuracy(_condition_lower_bound(low, a), a.dtype, what)
     return low
 
@@ -95,7 +96,7 @@ def _eigh(a, what: str):
     """Eigendecomposition of a PSD matrix; eigenvalues clipped at 0, clearly negative ones raise."""
     check_finite(a, what)
     evals, evecs = jnp.linalg.eigh(a)
-    if concrete(evals):
+    if is_concrete(evals):
         if not bool(jnp.all(jnp.isfinite(evals))) or not bool(jnp.all(jnp.isfinite(evecs))):
             raise NumericalError(f'eigendecomposition of the {what} failed', hint=FIX_HINT)
         top = float(jnp.max(jnp.abs(evals)))

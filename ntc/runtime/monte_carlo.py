@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
+from ..checks import is_concrete
 from ..errors import InputError
 from .empirical import (
     DEFAULT_NTK_IMPLEMENTATION,
@@ -217,7 +218,7 @@ class _Sampler:
         outs = jax.eval_shape(lambda k: self._one(k, x1, x2, names, shape, kwargs), self.key)
         # traced (inside the caller's jit or shard_map, e.g. ntc.batch's): the caller places
         # the computation, so all samples run in the one program
-        traced = any(isinstance(a, jax.core.Tracer) for a in _tree.tree_leaves((x1, x2, dyn)))
+        traced = not is_concrete(x1, x2, dyn)
         shard = len(self.devices) > 1 and not traced
         size = self._size(outs, shape, x1, x2, names, kwargs, counts[-1], shard)
         fn = self._chunk_fn(names, shape, size, with_m2, static_kw, shard)

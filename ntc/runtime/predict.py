@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
+from ..checks import is_concrete
 from ..errors import InputError, NumericalError
 from .dynamics import decay, integrate, phi, scaled_times
 from .linalg import (
@@ -61,7 +62,6 @@ from .predict_checks import (
     check_phi_accuracy,
     check_positive,
     check_results,
-    concrete,
 )
 from .store import TileStore
 
@@ -320,7 +320,7 @@ def gradient_descent(loss: Callable, k_train_train, y_train, learning_rate: floa
     check_input(k_train_train, 'k_train_train')
     check_input(y_train, 'y_train')
     check_positive(learning_rate, 'learning_rate')
-    if momentum is not None and concrete(momentum) and not np.isfinite(momentum):
+    if momentum is not None and is_concrete(momentum) and not np.isfinite(momentum):
         raise InputError(f'momentum must be finite, got {momentum!r}')
     dtype = _dtype(k_train_train, y_train)
     k_dd = as_matrix(k_train_train).astype(dtype)
@@ -585,7 +585,7 @@ def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate: fl
                                  f'return .{g} when called with get including {g!r}')
             out[g] = jnp.asarray(v)
             with jax.ensure_compile_time_eval():
-                bad = concrete(out[g]) and not bool(jnp.all(jnp.isfinite(out[g])))
+                bad = is_concrete(out[g]) and not bool(jnp.all(jnp.isfinite(out[g])))
             if bad:
                 raise NumericalError(f'kernel_fn returned a {g!r} {what} kernel with NaN or '
                                      'infinite entries', hint='check x_train / x_test and the '
@@ -739,12 +739,12 @@ def max_learning_rate(ntk_train_train, y_train_size: int | None = None, momentum
     k = as_matrix(k)
     factor = k.shape[0] if y_train_size is None else y_train_size
     check_positive(factor, 'y_train_size')
-    if concrete(momentum) and not np.isfinite(momentum):
+    if is_concrete(momentum) and not np.isfinite(momentum):
         raise InputError(f'momentum must be finite, got {momentum!r}')
     check_finite(k, 'ntk_train_train')
     evals = jnp.linalg.eigvalsh(k)
     top = evals[-1]
-    if concrete(evals):
+    if is_concrete(evals):
         tol = 10 * max(k.shape[0], 10) * float(jnp.finfo(evals.dtype).eps) * float(
             jnp.max(jnp.abs(evals)))
         if not float(top) > 0 or float(evals[0]) < -tol:

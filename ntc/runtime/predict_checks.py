@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..checks import is_concrete
 from ..errors import AccuracyWarning, InputError, NumericalError
 
 # The hint of every numerical failure of a solve.
@@ -25,15 +26,9 @@ _WARN_AT = 1e-2
 _RAISE_AT = 1.0
 
 
-def concrete(*xs) -> bool:
-    """True when no argument is a tracer, i.e. values can be inspected (checks are skipped
-    under `jax.jit`)."""
-    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(xs))
-
-
 def check_finite(m, what: str):
     """Refuse (`NumericalError`) a concrete matrix with NaN or infinite entries."""
-    if not concrete(m):
+    if not is_concrete(m):
         return
     with jax.ensure_compile_time_eval():
         ok = bool(jnp.all(jnp.isfinite(m)))
@@ -43,7 +38,7 @@ def check_finite(m, what: str):
 
 def check_input(x, what: str):
     """Refuse NaN / infinite entries in a concrete argument (skipped when traced)."""
-    if x is None or not concrete(x):
+    if x is None or not is_concrete(x):
         return
     with jax.ensure_compile_time_eval():    # a constant inside a jit trace stays concrete
         a = jnp.asarray(x)
@@ -56,7 +51,7 @@ def check_input(x, what: str):
 
 def check_positive(x, what: str):
     """A concrete scalar hyper-parameter must be finite and > 0 (skipped when traced)."""
-    if not concrete(x):
+    if not is_concrete(x):
         return
     v = np.asarray(x)
     if v.size != 1 or not np.isfinite(v).all() or not float(v.reshape(())) > 0:
@@ -66,7 +61,7 @@ def check_positive(x, what: str):
 def check_results(out, what: str):
     """Concrete predictions must be finite: else NumericalError naming the output."""
     leaves = [x for x in jax.tree_util.tree_leaves(out) if x is not None]
-    if not concrete(*leaves):
+    if not is_concrete(*leaves):
         return
     for x in leaves:
         with jax.ensure_compile_time_eval():
@@ -96,7 +91,7 @@ def check_phi_accuracy(lam, tau, dtype, what: str):
     """Test predictions at time τ apply φ(λ, τ) = (1 - exp(-λτ)) / λ to the eigenvalues λ of the
     train kernel; their sensitivity to rounding is that of a solve with the effective condition
     number λ_max · min(τ, 1 / λ_min), checked like a Cholesky solve (concrete values only)."""
-    if not concrete(lam, tau):
+    if not is_concrete(lam, tau):
         return
     with jax.ensure_compile_time_eval():
         top, low = float(jnp.max(lam)), float(jnp.min(lam))
