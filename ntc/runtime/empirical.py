@@ -37,8 +37,8 @@ import numpy as np
 from ..errors import InputError
 
 __all__ = ['NtkImplementation', 'DEFAULT_NTK_IMPLEMENTATION', 'empirical_kernel_fn',
-           'empirical_ntk_vp_fn',
-           'empirical_ntk_fn', 'empirical_nngp_fn', 'per_example_pairs', 'slice_pairs']
+           'empirical_ntk_fn', 'empirical_ntk_vp_fn', 'empirical_nngp_fn', 'per_example_pairs',
+           'slice_pairs']
 
 
 class NtkImplementation(enum.IntEnum):
@@ -478,7 +478,6 @@ def accepts_rng(fn) -> bool:
     except (TypeError, ValueError):
         return True
     return any(p.name == 'rng' or p.kind == p.VAR_KEYWORD for p in params)
-
 
 
 def empirical_ntk_vp_fn(f, x1, x2, params, **apply_fn_kwargs):
