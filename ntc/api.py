@@ -137,18 +137,23 @@ def same_inputs(x1, x2) -> bool:
     return bool(np.array_equal(np.asarray(x1), np.asarray(x2)))
 
 
+def finite_graph(net: Net, input_shape: Sequence[int]):
+    """(input type, typed graph) of the finite network on inputs of `input_shape` (what init_fn
+    and apply_fn run), cached per input type: inputs differing only in batch size share it."""
+    t = input_type(net, input_shape)
+    cache = net._cache.setdefault('typed', {})
+    if t not in cache:
+        cache[t] = typed_graph(net, t, checked=False)
+    return t, cache[t]
+
+
 def output_shape(net: Net, x_shape: Sequence[int]) -> tuple[int, ...]:
     """The finite network's output shape on inputs of `x_shape` (NT's `Kernel.shape1`), from
-    shape inference; cached per input shape."""
-    cache = net._cache.setdefault('output_shapes', {})
-    x_shape = tuple(int(d) for d in x_shape)
-    if x_shape not in cache:
-        t = input_type(net, x_shape)
-        g = typed_graph(net, t, checked=False)
-        out = g.node(g.output).ttype
-        cache[x_shape] = tuple(x_shape[t.batch] if i == out.batch else int(d)
-                               for i, d in enumerate(out.shape))
-    return cache[x_shape]
+    shape inference."""
+    t, g = finite_graph(net, x_shape)
+    out = g.node(g.output).ttype
+    return tuple(int(x_shape[t.batch]) if i == out.batch else int(d)
+                 for i, d in enumerate(out.shape))
 
 
 def make_kernel_fn(net: Net):
@@ -210,8 +215,7 @@ def make_kernel_fn(net: Net):
 def make_init_fn(net: Net):
     """NT's `init_fn(rng, input_shape) -> (output_shape, params)`."""
     def init_fn(rng, input_shape):
-        t = input_type(net, input_shape)
-        g = typed_graph(net, t, checked=False)
+        _, g = finite_graph(net, input_shape)
         out = g.node(g.output).ttype
         out_shape = tuple(-1 if d is None else d for d in out.shape)
         return out_shape, finite.init_params(g, rng)
@@ -221,14 +225,10 @@ def make_init_fn(net: Net):
 
 def make_apply_fn(net: Net):
     """NT's `apply_fn(params, inputs, rng=None, **kwargs)`: the finite network."""
-    cache = net._cache.setdefault('typed', {})
-
     def apply_fn(params, inputs, rng=None, **kwargs):
         x = checks.as_input(inputs, 'inputs')
         checks.check_values(x, 'inputs', kwargs.get('mask_constant'))
-        key = x.shape[1:]
-        if key not in cache:
-            cache[key] = typed_graph(net, input_type(net, x.shape), checked=False)
-        return finite.apply(cache[key], params, x, rng=rng, **kwargs)
+        _, g = finite_graph(net, x.shape)
+        return finite.apply(g, params, x, rng=rng, **kwargs)
 
     return apply_fn
