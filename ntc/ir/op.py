@@ -20,18 +20,22 @@ nothing above the IR: it is readable without JAX.
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-)
+from pydantic import BaseModel, ConfigDict, Field
 
 from .types import SPATIAL_RANK, Spatial, TensorType
 
 NonNegFloat = Annotated[float, Field(ge=0)]
 PosInt = Annotated[int, Field(ge=1)]
+
+
+def upper_name(v):
+    """A choice given as a string or an enum member (ntc's or NT's, valued by its name), as the
+    upper-case name an op field stores; anything else unchanged (for pydantic to refuse)."""
+    v = v.value if isinstance(v, enum.Enum) else v
+    return v.upper() if isinstance(v, str) else v
 
 
 def max_spatial(*levels: Spatial | None) -> Spatial | None:

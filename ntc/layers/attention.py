@@ -33,7 +33,7 @@ from pydantic import Field, field_validator
 from ..covariance.kernel import batch_diag
 from ..covariance.masking import NEG_INF, side_masks, to_storage
 from ..errors import ShapeError
-from ..ir.op import NonNegFloat, Op, PosInt
+from ..ir.op import NonNegFloat, Op, PosInt, upper_name
 from ..ir.registry import finite_rule, kernel_rule, register_op
 
 AttentionMechanismName = Literal['SOFTMAX', 'IDENTITY', 'ABS', 'RELU']
@@ -89,8 +89,7 @@ class GlobalSelfAttention(Op):
     @field_validator('attention_mechanism', 'pos_emb_type', mode='before')
     @classmethod
     def _upper(cls, v):
-        v = v.value if isinstance(v, enum.Enum) else v  # an enum member (ours or NT's) by its name
-        return v.upper() if isinstance(v, str) else v
+        return upper_name(v)
 
     def input_axes(self, ndim: int) -> tuple[int, int]:
         return self.batch_axis % ndim, self.channel_axis % ndim

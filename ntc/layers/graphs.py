@@ -22,7 +22,7 @@ from jax import lax
 from pydantic import field_validator
 
 from ..errors import InputError, ShapeError
-from ..ir.op import Op
+from ..ir.op import Op, upper_name
 from ..ir.registry import finite_rule, kernel_input, kernel_rule, register_op
 from ..ir.types import TensorType
 from .linear import map_kernel
@@ -52,8 +52,7 @@ class Aggregate(Op):
     @field_validator('implementation', mode='before')
     @classmethod
     def _impl_upper(cls, v):
-        v = v.value if isinstance(v, enum.Enum) else v  # an enum member (ours or NT's) by its name
-        return v.upper() if isinstance(v, str) else v
+        return upper_name(v)
 
     def input_axes(self, ndim: int) -> tuple[int, int]:
         return self.batch_axis % ndim, self.channel_axis % ndim

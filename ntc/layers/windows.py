@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from pydantic import field_validator
 
 from ..errors import ShapeError
-from ..ir.op import Op, PosInt
+from ..ir.op import Op, PosInt, upper_name
 from ..ir.types import TensorType
 
 PaddingName = Literal['VALID', 'SAME', 'CIRCULAR']
@@ -57,8 +57,7 @@ class _WindowBase(Op):
     @field_validator('padding', mode='before')
     @classmethod
     def _upper(cls, v):
-        v = v.value if isinstance(v, enum.Enum) else v  # a `Padding` (ours or NT's) by its name
-        return v.upper() if isinstance(v, str) else v
+        return upper_name(v)
 
     def window(self) -> tuple[int, ...]:
         raise NotImplementedError
