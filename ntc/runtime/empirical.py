@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import InputError
+from . import structured
 
 __all__ = ['NtkImplementation', 'DEFAULT_NTK_IMPLEMENTATION', 'empirical_kernel_fn',
            'empirical_ntk_fn', 'empirical_ntk_vp_fn', 'empirical_nngp_fn', 'per_example_pairs',
@@ -364,6 +365,148 @@ def _vmapped_full(f, triple, fx1, x1, x2, params, kw1, kw2, i, full):
     return outer(x1, x2, *(kw1[k] for k in names), *(kw2[k] for k in names))
 
 
+# ---------------------------------------------------------------------------------------------
+# structured derivatives (rules in `structured.py`)
+
+
+def _partition(tree):
+    """(array leaves, rebuild) of a pytree: `rebuild(arrays)` puts the other leaves back."""
+    leaves, tdef = _tree.tree_flatten(tree)
+    is_arr = [hasattr(v, 'shape') and hasattr(v, 'dtype') for v in leaves]
+    arrays = [v for v, a in zip(leaves, is_arr) if a]
+
+    def rebuild(arrs):
+        it = iter(arrs)
+        return tdef.unflatten([next(it) if a else v for v, a in zip(leaves, is_arr)])
+
+    return arrays, rebuild
+
+
+def _program(h, leaves, arrays):
+    """The flattened program of ``h(leaves, arrays)`` and its structured plan."""
+    spec = _tree.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)),
+                          (list(leaves), list(arrays)))
+    prog = structured.flatten(jax.make_jaxpr(h)(*spec))
+    return prog, structured.analyse(prog, len(leaves))
+
+
+def _structured_side(f, params, x, kw, triple, fx):
+    """Factors of one side (see `structured.side_factors`), the program and its plan.  With
+    `vmap_axes`, per example: u gets the example axis first, g and J at the output's batch
+    axis."""
+    leaves, ptdef = _tree.tree_flatten(params)
+    held = {}
+    if triple is None:
+        arrays, rebuild = _partition((x, kw))
+
+        def h(lv, arr):
+            xx, kk = rebuild(arr)
+            return _tree.tree_leaves(f(ptdef.unflatten(lv), xx, **kk))
+
+        prog, plan = _program(h, leaves, arrays)
+        return structured.side_factors(prog, plan, leaves, arrays), prog, plan
+
+    in_axes, out_axes, kw_axes = triple
+    out_tree = _leafwise(out_axes, fx)
+    out_ax = _tree.tree_leaves(out_tree)
+    names = sorted(kw)
+
+    def single(xi, *vals):
+        kwi = {k: (v, kw_axes.get(k)) for k, v in zip(names, vals)}
+        arrays, rebuild = _partition((xi, kwi))
+
+        def h(lv, arr):
+            xx, kk = rebuild(arr)
+            return _tree.tree_leaves(_per_example(f, in_axes, out_tree, xx, kk)(
+                ptdef.unflatten(lv)))
+
+        held['prog'], held['plan'] = _program(h, leaves, arrays)
+        return structured.side_factors(held['prog'], held['plan'], leaves, arrays)
+
+    facs = jax.vmap(single, in_axes=(in_axes,) + tuple(kw_axes.get(k) for k in names))(
+        x, *(kw[k] for k in names))
+    moved = [[(fa[0], jnp.moveaxis(fa[1], 0, ax)) if len(fa) == 2
+              else (jnp.moveaxis(fa[0], 0, ax),) for fa in per_out]
+             for per_out, ax in zip(facs, out_ax)]
+    return moved, held['prog'], held['plan']
+
+
+def _structured_terms(f, trace_axes, diagonal_axes, vmap_axes, x1, x2, params, kwargs):
+    """Per output leaf, the list of (einsum spec, operands) whose sum is the NTK, with the
+    program and plan (shared by `ntk_fn` and `explain`)."""
+    kw1, kw2 = _split_kwargs(kwargs, x1, x2)
+    triple = _vmap_triple(vmap_axes, kwargs)
+    fx1 = jax.eval_shape(lambda p: f(p, x1, **kw1), params)
+    fx2 = fx1 if x2 is None else jax.eval_shape(lambda p: f(p, x2, **kw2), params)
+    f1, prog, plan = _structured_side(f, params, x1, kw1, triple, fx1)
+    if x2 is None:
+        f2 = f1
+    else:
+        f2, _, plan2 = _structured_side(f, params, x2, kw2, triple, fx2)
+        if plan2.key() != plan.key():
+            raise InputError('f follows different structured rules on x1 and x2; use '
+                             'implementation=JACOBIAN_CONTRACTION for it')
+    out_ax = (None if triple is None
+              else _tree.tree_leaves(_leafwise(triple[1], fx1)))
+    leaves1, tdef = _tree.tree_flatten(fx1)
+    leaves2 = _tree.tree_leaves(fx2)
+    kinds = [p for p in plan.points] + [None] * len(plan.fallback)
+    out = []
+    for i, (o1, o2) in enumerate(zip(leaves1, leaves2)):
+        if o1.ndim != o2.ndim:
+            raise InputError(f'f(x1) and f(x2) have different ranks: {o1.shape}, {o2.shape}')
+        tr, dg = _axes(o1.ndim, trace_axes, diagonal_axes)
+        if any(o1.shape[a] != o2.shape[a] for a in tr + dg):
+            raise InputError(f'f(x1) and f(x2) must agree on trace_axes and diagonal_axes, '
+                             f'got shapes {o1.shape} and {o2.shape}')
+        size = math.prod(o1.shape[a] for a in tr)
+        s1, s2, so = _spec(o1.ndim, tr, dg)
+        terms = []
+        for point, fa, fb in zip(kinds, f1[i], f2[i]):
+            if len(fa) == 2:
+                u_lab, y_lab = structured.gram_labels(prog.eqns[point.index], point.slot)
+                b1 = '' if out_ax is None else s1[out_ax[i]]
+                b2 = '' if out_ax is None else s2[out_ax[i]]
+                spec = structured.gram_spec(u_lab, y_lab, s1, s2, so, b1, b2,
+                                            iter(_LETTERS[2 * o1.ndim:]))
+                terms.append((point, spec, (fa[0], fa[1], fb[0], fb[1])))
+            else:
+                a1, a2, ao = _spec(o1.ndim, tr, dg, fa[0].ndim - o1.ndim)
+                terms.append((point, f'{a1},{a2}->{ao}', (fa[0], fb[0])))
+        out.append((terms, size))
+    return tdef, out, prog, plan
+
+
+def _structured(f, trace_axes, diagonal_axes, vmap_axes):
+    def ntk_fn(x1, x2, params, **apply_fn_kwargs):
+        tdef, out, _, _ = _structured_terms(f, trace_axes, diagonal_axes, vmap_axes, x1, x2,
+                                            params, apply_fn_kwargs)
+        kernels = []
+        for terms, size in out:
+            parts = [jnp.einsum(spec, *ops, optimize='optimal') for _, spec, ops in terms]
+            kernels.append(sum(parts[1:], parts[0]) / size)
+        return tdef.unflatten(kernels)
+
+    def explain(x1, x2, params, **apply_fn_kwargs) -> str:
+        """The structured program as a table: per parameter, the equation that consumes it,
+        the contraction used, and its FLOPs and bytes (opt_einsum's cheapest order)."""
+        held = {}
+
+        def shapes(x1, x2, params):
+            tdef, out, prog, plan = _structured_terms(f, trace_axes, diagonal_axes, vmap_axes,
+                                                      x1, x2, params, apply_fn_kwargs)
+            held.update(prog=prog, plan=plan)
+            held['terms'] = [[(p, spec) for p, spec, _ in terms] for terms, _ in out]
+            return [[ops for _, _, ops in terms] for terms, _ in out]
+
+        ops = jax.eval_shape(shapes, x1, x2, params)
+        names = [_tree.keystr(k) for k, _ in _tree.tree_flatten_with_path(params)[0]]
+        return structured.explain(held['prog'], held['plan'], names, held['terms'], ops)
+
+    ntk_fn.explain = explain
+    return ntk_fn
+
+
 def _flops(fn, *args, **kwargs) -> float:
     """FLOPs XLA's cost analysis assigns to fn(*args, **kwargs) (inf when unavailable)."""
     arrays, rest = {}, {}
@@ -425,6 +568,8 @@ def empirical_ntk_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
     Returns ``ntk_fn(x1, x2, params, **apply_fn_kwargs)``; ``x2=None`` means ``x2 = x1``.
     """
     impl = _implementation(implementation)
+    if impl == NtkImplementation.STRUCTURED_DERIVATIVES:
+        return _structured(f, trace_axes, diagonal_axes, vmap_axes)
     if impl == NtkImplementation.NTK_VECTOR_PRODUCTS:
         return _vector_products(f, trace_axes, diagonal_axes, vmap_axes)
     if impl == NtkImplementation.AUTO:

@@ -1,0 +1,476 @@
+"""Structured derivatives of the empirical NTK, read from the jaxpr of any JAX ``f(params, x)``.
+
+Novak et al. 2022 ("Fast finite width neural tangent kernel", sec. 4): when a parameter ``W``
+reaches the outputs only through one equation that is linear in it, ``y = B(u, W)``, the
+Jacobian of the outputs with respect to ``W`` factors through that equation:
+``∂f_o/∂W = B_Wᵀ(u, g_o)`` with ``g_o = ∂f_o/∂y`` the cotangent reaching ``y``.  The NTK term of
+``W`` is then ``Θ_W[o1, o2] = ⟨B_Wᵀ(u1, g1_o1), B_Wᵀ(u2, g2_o2)⟩`` and never needs the Jacobian:
+
+- ``dot_general`` (Dense, attention projections, einsum): ``B_Wᵀ(u, g) = Σ_free u ⊗ g``, so
+  ``Θ_W = Σ u1 g1 u2 g2`` is one four-operand contraction.  Its cheapest order is chosen by
+  FLOPs (opt_einsum): for a dense layer on one example it is ``(u1·u2) ⊙ (g1·g2)``, the Gram
+  of the inputs times the Gram of the cotangents; with many positions it is ``(u1 g1)·(u2 g2)``,
+  the per-layer Jacobian.
+- ``conv_general_dilated`` with the parameter as kernel: the same, with ``u`` the input's
+  patches (``lax.conv_general_dilated_patches``), which turn the convolution into a dot.
+- ``add``/``sub`` (biases), ``mul`` by data (scales), grouped convolutions, and linear chains
+  that are not isometries (``broadcast_in_dim``, ``mul`` by a constant array): the per-layer
+  Jacobian ``B_Wᵀ(u, g)`` from one VJP of the equation per cotangent, pulled back through the
+  chain with its transpose.
+
+The parameter may pass through isometries up to scale first (``mul``/``div`` by a constant
+scalar, ``neg``, ``reshape``, ``transpose``, ``squeeze``, ``expand_dims``,
+``convert_element_type``): ``W' = c·P(W)`` gives ``Θ_W = c² Θ_W'``.  A parameter consumed any
+other way (twice, by a non-linear equation, or returned) falls back to Jacobian contraction for
+that parameter alone; the plan says which and why.  All cotangents come from one reverse pass
+per output entry over the "delta" inputs added to the equations' outputs (``jax.jacrev``),
+which also gives the Jacobians of the fallback parameters.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import opt_einsum
+from jax import lax
+from jax.extend import core as jcore
+
+__all__ = ['Program', 'Point', 'StructuredPlan', 'flatten', 'analyse', 'side_factors',
+           'gram_labels', 'gram_spec', 'contraction_cost', 'explain']
+
+_CALLS = ('jit', 'pjit', 'closed_call', 'core_call')
+_ISOMETRIES = ('neg', 'reshape', 'transpose', 'squeeze', 'expand_dims', 'convert_element_type',
+               'copy', 'copy_p')
+
+
+class _Lit:
+    """A literal operand of a flattened equation."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+@dataclass(frozen=True)
+class Eqn:
+    """One equation of a flattened program: ``outs = prim.bind(*ins, **params)``."""
+
+    eqn: object            # the jaxpr equation it came from (primitive, params, bind rules)
+    ins: tuple             # value ids (int) or _Lit
+    outs: tuple            # value ids
+
+    @property
+    def name(self) -> str:
+        return self.eqn.primitive.name
+
+    def bind(self, *args):
+        params = self.eqn.primitive.get_bind_params(self.eqn.params)
+        out = self.eqn.primitive.bind(*args, **params)
+        return out if self.eqn.primitive.multiple_results else [out]
+
+
+@dataclass
+class Program:
+    """A jaxpr with its calls (``jit``) inlined: one flat list of equations over value ids."""
+
+    eqns: list
+    invars: list
+    outvars: list
+    consts: dict
+    avals: dict
+
+
+def flatten(closed) -> Program:
+    """Inline the nested ``jit`` calls of a closed jaxpr so a parameter can be followed
+    through them."""
+    ids = itertools.count()
+    eqns, consts, avals = [], {}, {}
+
+    def new(var):
+        i = next(ids)
+        avals[i] = var.aval
+        return i
+
+    def read(env, v):
+        return _Lit(v.val) if isinstance(v, jcore.Literal) else env[v]
+
+    def walk(jaxpr, env):
+        for e in jaxpr.eqns:
+            ins = tuple(read(env, v) for v in e.invars)
+            inner = e.params.get('jaxpr', e.params.get('call_jaxpr'))
+            if e.primitive.name in _CALLS and isinstance(inner, jcore.ClosedJaxpr):
+                sub = {}
+                for v, c in zip(inner.jaxpr.constvars, inner.consts):
+                    sub[v] = new(v)
+                    consts[sub[v]] = c
+                sub.update(zip(inner.jaxpr.invars, ins))
+                walk(inner.jaxpr, sub)
+                for v, o in zip(e.outvars, inner.jaxpr.outvars):
+                    env[v] = read(sub, o)
+                continue
+            outs = tuple(new(v) for v in e.outvars)
+            env.update(zip(e.outvars, outs))
+            eqns.append(Eqn(e, ins, outs))
+
+    env = {}
+    for v, c in zip(closed.jaxpr.constvars, closed.consts):
+        env[v] = new(v)
+        consts[env[v]] = c
+    invars = [new(v) for v in closed.jaxpr.invars]
+    env.update(zip(closed.jaxpr.invars, invars))
+    walk(closed.jaxpr, env)
+    outvars = [read(env, v) for v in closed.jaxpr.outvars]
+    return Program(eqns, invars, outvars, consts, avals)
+
+
+@dataclass(frozen=True)
+class Point:
+    """A structured equation: parameter leaf `leaf` reaches the outputs only through operand
+    `slot` of equation `index`, after the linear `chain` ((equation index, operand slot)
+    pairs).  `rule` is
+    'gram' (dot_general / conv as a four-operand contraction) or 'explicit' (per-layer
+    Jacobian from one VJP of the equation per cotangent)."""
+
+    index: int
+    leaf: int
+    slot: int
+    rule: str
+    chain: tuple
+    isometric: bool
+
+
+@dataclass
+class StructuredPlan:
+    """Which parameter leaves use which rule; `fallback` maps the others to the reason."""
+
+    points: list
+    fallback: dict = field(default_factory=dict)
+    unused: list = field(default_factory=list)
+
+    def key(self):
+        return (tuple(self.points), tuple(sorted(self.fallback)))
+
+
+@dataclass(frozen=True)
+class _Tag:
+    leaf: int
+    chain: tuple
+    isometric: bool
+
+
+def _independent(prog, dep, a) -> bool:
+    return isinstance(a, _Lit) or a not in dep
+
+
+def _shape(prog, a):
+    return np.shape(a.value) if isinstance(a, _Lit) else prog.avals[a].shape
+
+
+def analyse(prog: Program, n_leaves: int) -> StructuredPlan:
+    """Follow each parameter leaf (the first `n_leaves` inputs) through the program and find
+    the one equation that consumes it linearly, or the reason it falls back."""
+    uses: dict = {}
+    for e in prog.eqns:
+        for a in e.ins:
+            if not isinstance(a, _Lit):
+                uses[a] = uses.get(a, 0) + 1
+    for a in prog.outvars:
+        if not isinstance(a, _Lit):
+            uses[a] = uses.get(a, 0) + 2        # returned: never a single linear use
+    dep = set(prog.invars)
+    tags = {v: _Tag(k, (), True) for k, v in enumerate(prog.invars[:n_leaves])}
+    points, fallback = {}, {}
+
+    def fail(leaf, why):
+        fallback.setdefault(leaf, why)
+
+    for i, e in enumerate(prog.eqns):
+        if any(not isinstance(a, _Lit) and a in dep for a in e.ins):
+            dep.update(e.outs)
+        tagged = [(s, tags[a]) for s, a in enumerate(e.ins)
+                  if not isinstance(a, _Lit) and a in tags]
+        if not tagged:
+            continue
+        for s, t in tagged:
+            if uses.get(e.ins[s], 0) != 1:
+                fail(t.leaf, 'its value is used more than once')
+        if len(tagged) > 1:
+            for _, t in tagged:
+                fail(t.leaf, f'{e.name} combines two parameter values')
+            continue
+        slot, t = tagged[0]
+        others = [a for s, a in enumerate(e.ins) if s != slot]
+        name = e.name
+        chained = _Tag(t.leaf, t.chain + ((i, slot),), t.isometric)
+        if name in _ISOMETRIES and len(e.ins) == 1:
+            tags[e.outs[0]] = chained
+        elif name in ('mul', 'div') and not (name == 'div' and slot == 1) \
+                and _independent(prog, dep, others[0]):
+            iso = t.isometric and _shape(prog, others[0]) == ()
+            tags[e.outs[0]] = _Tag(t.leaf, chained.chain, iso)
+        elif name == 'broadcast_in_dim':
+            tags[e.outs[0]] = _Tag(t.leaf, chained.chain, False)
+        elif name == 'dot_general' and not isinstance(others[0], _Lit):
+            points[t.leaf] = Point(i, t.leaf, slot, 'gram' if t.isometric else 'explicit',
+                                   t.chain, t.isometric)
+        elif name == 'conv_general_dilated' and slot == 1 and not isinstance(others[0], _Lit):
+            plain = e.eqn.params['feature_group_count'] == 1 \
+                and e.eqn.params['batch_group_count'] == 1
+            points[t.leaf] = Point(i, t.leaf, slot, 'gram' if plain and t.isometric
+                                   else 'explicit', t.chain, t.isometric)
+        elif name in ('add', 'sub', 'add_any') \
+                and _shape(prog, e.ins[slot]) == prog.avals[e.outs[0]].shape or name == 'mul':
+            points[t.leaf] = Point(i, t.leaf, slot, 'explicit', t.chain, t.isometric)
+        else:
+            fail(t.leaf, f'{name} consumes it')
+    kept = [p for k, p in sorted(points.items()) if k not in fallback]
+    done = {p.leaf for p in kept} | set(fallback)
+    unused = [k for k in range(n_leaves) if k not in done]
+    return StructuredPlan(kept, fallback, unused)
+
+
+# ---------------------------------------------------------------------------------------------
+# the factors of one side: inputs and cotangents of the structured equations
+
+
+def _dot_labels(eqn: Eqn, slot: int):
+    """Labels of the data operand's axes and of the output's axes of a dot_general whose
+    operand `slot` is the weight: ('K', i) contracted with the weight, ('B', i) batch (shared
+    with the weight), ('M', i) free axes of the weight, ('F', d) free axes of the data."""
+    (lc, rc), (lb, rb) = eqn.eqn.params['dimension_numbers']
+    data_c, data_b = (lc, lb) if slot == 1 else (rc, rb)
+    w_c, w_b = (rc, rb) if slot == 1 else (lc, lb)
+    u_ndim = len(eqn.eqn.invars[1 - slot].aval.shape)
+    w_ndim = len(eqn.eqn.invars[slot].aval.shape)
+    u_lab = []
+    for d in range(u_ndim):
+        if d in data_c:
+            u_lab.append(('K', data_c.index(d)))
+        elif d in data_b:
+            u_lab.append(('B', data_b.index(d)))
+        else:
+            u_lab.append(('F', d))
+    u_free = [('F', d) for d in range(u_ndim) if d not in data_c and d not in data_b]
+    w_free = [('M', d) for d in range(w_ndim) if d not in w_c and d not in w_b]
+    y_lab = [('B', i) for i in range(len(lb))] + (u_free + w_free if slot == 1
+                                                   else w_free + u_free)
+    return u_lab, y_lab
+
+
+def _conv_labels(eqn: Eqn):
+    out_spec = eqn.eqn.params['dimension_numbers'].out_spec
+    ndim = len(out_spec)
+    u_lab = [('K', 0) if d == out_spec[1] else ('F', d) for d in range(ndim)]
+    y_lab = [('M', 0) if d == out_spec[1] else ('F', d) for d in range(ndim)]
+    return u_lab, y_lab
+
+
+def gram_labels(eqn: Eqn, slot: int):
+    """(labels of u, labels of y) of a 'gram' point: u is the data operand (dot_general) or
+    the patches of the input (convolution)."""
+    if eqn.name == 'dot_general':
+        return _dot_labels(eqn, slot)
+    return _conv_labels(eqn)
+
+
+def _patches(eqn: Eqn, u):
+    """Patches of a convolution's input, laid out like its output, features (C_in, *filter):
+    ``conv(u, W) = patches(u) · W`` with W as a (C_in·∏filter, C_out) matrix."""
+    p = eqn.eqn.params
+    dn = p['dimension_numbers']
+    w_shape = eqn.eqn.invars[1].aval.shape
+    filt = tuple(w_shape[d] for d in dn.rhs_spec[2:])
+    return lax.conv_general_dilated_patches(
+        u, filt, p['window_strides'], p['padding'], p['lhs_dilation'], p['rhs_dilation'],
+        dn, precision=p['precision'])
+
+
+def _run(prog: Program, plan: StructuredPlan, leaves, data, deltas, fb):
+    """Evaluate the program with `deltas` added to the outputs of the structured equations
+    and fallback leaves replaced by `fb`; also returns the operand values of the structured
+    equations and of their chains."""
+    env = dict(prog.consts)
+    vals = list(leaves) + list(data)
+    for k, v in zip(sorted(plan.fallback), fb):
+        vals[k] = v
+    env.update(zip(prog.invars, vals))
+    at = {p.index: j for j, p in enumerate(plan.points)}
+    keep = {i for p in plan.points for i, _ in p.chain} | set(at)
+    seen = {}
+
+    def read(a):
+        return a.value if isinstance(a, _Lit) else env[a]
+
+    for i, e in enumerate(prog.eqns):
+        args = [read(a) for a in e.ins]
+        if i in keep:
+            seen[i] = args
+        outs = e.bind(*args)
+        if i in at:
+            outs = [outs[0] + deltas[at[i]]]
+        env.update(zip(e.outs, outs))
+    return [read(a) for a in prog.outvars], seen
+
+
+def _chain_scale(prog, point, seen):
+    """c of an isometric chain W' = c·P(W)."""
+    c = 1.
+    for i, slot in point.chain:
+        name = prog.eqns[i].name
+        if name == 'neg':
+            c = -c
+        elif name in ('mul', 'div'):
+            other = seen[i][1 - slot]
+            c = c * other if name == 'mul' else c / other
+    return c
+
+
+def _chain_fn(prog, point, seen):
+    """W -> the weight operand of the structured equation, through the chain."""
+    def fn(w):
+        for i, slot in point.chain:
+            args = list(seen[i])
+            args[slot] = w
+            w = prog.eqns[i].bind(*args)[0]
+        return w
+    return fn
+
+
+def side_factors(prog: Program, plan: StructuredPlan, leaves, data):
+    """The factors of one side: per output leaf, a list with, for each point of the plan,
+    (u, g) for a 'gram' point (u already multiplied by the chain's scale) or (J_W,), then
+    (J,) for each fallback leaf.  Output axes lead g and J."""
+    deltas = tuple(jnp.zeros(prog.avals[prog.eqns[p.index].outs[0]].shape,
+                             prog.avals[prog.eqns[p.index].outs[0]].dtype)
+                   for p in plan.points)
+    fb = tuple(leaves[k] for k in sorted(plan.fallback))
+
+    def run(d, f):
+        outs, seen = _run(prog, plan, leaves, data, d, f)
+        return outs, seen
+
+    jac, seen = jax.jacrev(run, argnums=(0, 1), has_aux=True)(deltas, fb)
+    result = []
+    for o, (jd, jf) in zip(prog.outvars, jac):
+        n_out = len(prog.avals[o].shape) if not isinstance(o, _Lit) else np.ndim(o.value)
+        per_point = []
+        for p, g in zip(plan.points, jd):
+            e = prog.eqns[p.index]
+            if p.rule == 'gram':
+                u = seen[p.index][1 - p.slot]
+                if e.name == 'conv_general_dilated':
+                    u = _patches(e, u)
+                per_point.append((u * _chain_scale(prog, p, seen), g))
+            else:
+                per_point.append((_explicit(prog, p, seen, g, n_out),))
+        result.append(per_point + [(j,) for j in jf])
+    return result
+
+
+def _explicit(prog, p, seen, g, n_out):
+    """Per-layer Jacobian J_W[o, ...] = chainᵀ(B_Wᵀ(u, g_o)) from one VJP per output entry."""
+    e = prog.eqns[p.index]
+    args = seen[p.index]
+    out_shape = g.shape[:n_out]
+
+    def weight_ct(go):
+        def eq(v):
+            a = list(args)
+            a[p.slot] = v
+            return e.bind(*a)[0]
+        (jv,) = jax.vjp(eq, args[p.slot])[1](go)
+        if p.chain:
+            w = _leaf_aval(prog, p)
+            (jv,) = jax.linear_transpose(_chain_fn(prog, p, seen), w)(jv)
+        return jv
+
+    flat = g.reshape((-1,) + g.shape[n_out:])
+    j = jax.vmap(weight_ct)(flat)
+    return j.reshape(out_shape + j.shape[1:])
+
+
+def _leaf_aval(prog, p):
+    a = prog.avals[prog.invars[p.leaf]]
+    return jax.ShapeDtypeStruct(a.shape, a.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# contraction and plan text
+
+
+def gram_spec(u_lab, y_lab, s1, s2, so, batch1, batch2, free_letters):
+    """einsum subscripts 'u1,g1,u2,g2->out' of a gram point: s1/s2/so are the output-axis
+    subscripts of `empirical._spec`; batch1/batch2 the letter of the vmapped example axis of
+    u on each side ('' when not vmapped); free_letters supplies fresh letters."""
+    shared, side = {}, [{}, {}]
+
+    def letter(lab, k):
+        if lab[0] == 'F':
+            table = side[k]
+        else:
+            table = shared
+        if lab not in table:
+            table[lab] = next(free_letters)
+        return table[lab]
+
+    u1 = batch1 + ''.join(letter(lb, 0) for lb in u_lab)
+    g1 = s1 + ''.join(letter(lb, 0) for lb in y_lab)
+    u2 = batch2 + ''.join(letter(lb, 1) for lb in u_lab)
+    g2 = s2 + ''.join(letter(lb, 1) for lb in y_lab)
+    return f'{u1},{g1},{u2},{g2}->{so}'
+
+
+def contraction_cost(spec: str, *shapes):
+    """(FLOPs, largest intermediate in elements, path) of the cheapest order (opt_einsum)."""
+    _, info = opt_einsum.contract_path(spec, *shapes, shapes=True, optimize='optimal')
+    return float(info.opt_cost), float(info.largest_intermediate), info.path
+
+
+def explain(prog: Program, plan: StructuredPlan, leaf_names, terms, operands) -> str:
+    """The empirical NTK program as a table: per parameter leaf (and output leaf), the
+    equation that consumes it, the contraction used, its FLOPs (opt_einsum's cheapest order)
+    and the bytes of its operands; fallback and unused leaves say so."""
+    rows = [('param', 'equation', 'rule', 'contraction', 'flops', 'bytes')]
+    total_flops = total_bytes = 0.
+    fb = sorted(plan.fallback)
+    for out_terms, out_ops in zip(terms, operands):
+        n_fb = 0
+        for (point, spec), ops in zip(out_terms, out_ops):
+            shapes = [o.shape for o in ops]
+            flops, _, path = contraction_cost(spec, *shapes)
+            nbytes = float(sum(np.prod(o.shape) * o.dtype.itemsize for o in ops))
+            total_flops += flops
+            total_bytes += nbytes
+            if point is None:
+                k = fb[n_fb]
+                n_fb += 1
+                row = (leaf_names[k], '-', f'fallback ({plan.fallback[k]})',
+                       f'{spec} [Jacobian contraction]')
+            else:
+                e = prog.eqns[point.index]
+                if len(ops) == 4:
+                    order = 'Gram(u)*Gram(g)' if _is_gram_order(path) else 'J_layer.J_layer'
+                    rule = f'structured {e.name}'
+                else:
+                    order, rule = 'per-layer Jacobian', f'structured {e.name} (VJP)'
+                row = (leaf_names[point.leaf], f'#{point.index} {e.name}', rule,
+                       f'{spec} [{order}]')
+            rows.append(row + (f'{flops:.3g}', f'{nbytes:.3g}'))
+    for k in plan.unused:
+        rows.append((leaf_names[k], '-', 'unused', 'no contribution', '0', '0'))
+    rows.append(('total', '', '', '', f'{total_flops:.3g}', f'{total_bytes:.3g}'))
+    return _format(rows)
+
+
+def _is_gram_order(path):
+    """Whether the cheapest order first contracts u1 with u2 or g1 with g2 (operands 0, 2 or
+    1, 3 of 'u1,g1,u2,g2')."""
+    return tuple(sorted(path[0])) in ((0, 2), (1, 3))
+
+
+def _format(rows) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return '\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
