@@ -221,8 +221,7 @@ def analyse(prog: Program, n_leaves: int) -> StructuredPlan:
                 and e.eqn.params['batch_group_count'] == 1
             points[t.leaf] = Point(i, t.leaf, slot, 'gram' if plain and t.isometric
                                    else 'explicit', t.chain, t.isometric)
-        elif name in ('add', 'sub', 'add_any') \
-                and _shape(prog, e.ins[slot]) == prog.avals[e.outs[0]].shape or name == 'mul':
+        elif name in ('add', 'sub', 'add_any', 'mul'):      # VJP rule (sums broadcasts)
             points[t.leaf] = Point(i, t.leaf, slot, 'explicit', t.chain, t.isometric)
         else:
             fail(t.leaf, f'{name} consumes it')
