@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import logging
 import math
 import string
 from collections import namedtuple
@@ -54,6 +55,7 @@ class NtkImplementation(enum.IntEnum):
 DEFAULT_NTK_IMPLEMENTATION = NtkImplementation.JACOBIAN_CONTRACTION
 
 _tree = jax.tree_util
+_log = logging.getLogger(__name__)
 _LETTERS = string.ascii_letters
 
 
@@ -527,7 +529,9 @@ def _auto(f, trace_axes, diagonal_axes, vmap_axes, fwd):
     impls = {NtkImplementation.JACOBIAN_CONTRACTION:
              _jacobian_contraction(f, trace_axes, diagonal_axes, vmap_axes, fwd),
              NtkImplementation.NTK_VECTOR_PRODUCTS:
-             _vector_products(f, trace_axes, diagonal_axes, vmap_axes)}
+             _vector_products(f, trace_axes, diagonal_axes, vmap_axes),
+             NtkImplementation.STRUCTURED_DERIVATIVES:
+             _structured(f, trace_axes, diagonal_axes, vmap_axes)}
     chosen: dict = {}
 
     def ntk_fn(x1, x2, params, **apply_fn_kwargs):
@@ -538,6 +542,8 @@ def _auto(f, trace_axes, diagonal_axes, vmap_axes, fwd):
         if key not in chosen:
             cost = {i: _flops(fn, x1, x2, params, **apply_fn_kwargs) for i, fn in impls.items()}
             chosen[key] = min(cost, key=lambda i: (cost[i], i))
+            _log.info('empirical_ntk_fn(implementation=AUTO) picked %s: XLA FLOPs %s',
+                      chosen[key].name, ', '.join(f'{i.name} {c:.3g}' for i, c in cost.items()))
         return impls[chosen[key]](x1, x2, params, **apply_fn_kwargs)
 
     ntk_fn.chosen = chosen

@@ -276,15 +276,32 @@ def gram_labels(eqn: Eqn, slot: int):
 
 
 def _patches(eqn: Eqn, u):
-    """Patches of a convolution's input, laid out like its output, features (C_in, *filter):
-    ``conv(u, W) = patches(u) · W`` with W as a (C_in·∏filter, C_out) matrix."""
+    """Patches of a convolution's input (im2col), laid out like its output with features
+    (C_in, *filter): ``conv(u, W) = patches(u) · W`` with W as a (C_in·∏filter, C_out)
+    matrix.  Built from strided slices of the padded (and lhs-dilated) input: memory moves
+    only, where ``lax.conv_general_dilated_patches`` would run a one-hot convolution."""
     p = eqn.eqn.params
     dn = p['dimension_numbers']
     w_shape = eqn.eqn.invars[1].aval.shape
-    filt = tuple(w_shape[d] for d in dn.rhs_spec[2:])
-    return lax.conv_general_dilated_patches(
-        u, filt, p['window_strides'], p['padding'], p['lhs_dilation'], p['rhs_dilation'],
-        dn, precision=p['precision'])
+    y_shape = eqn.eqn.outvars[0].aval.shape
+    filt = [w_shape[d] for d in dn.rhs_spec[2:]]
+    outs = [y_shape[d] for d in dn.out_spec[2:]]
+    x = jnp.transpose(u, dn.lhs_spec)                          # (N, C, *spatial)
+    cfg = [(0, 0, 0), (0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d
+                                    in zip(p['padding'], p['lhs_dilation'])]
+    x = lax.pad(x, jnp.zeros((), x.dtype), cfg)
+    cuts = []
+    for ks in itertools.product(*(range(k) for k in filt)):
+        start = [0, 0] + [k * r for k, r in zip(ks, p['rhs_dilation'])]
+        limit = list(x.shape[:2]) + [s0 + (o - 1) * st + 1 for s0, o, st
+                                     in zip(start[2:], outs, p['window_strides'])]
+        cuts.append(lax.slice(x, start, limit, [1, 1] + list(p['window_strides'])))
+    t = jnp.stack(cuts, axis=2)                                # (N, C, K, *out spatial)
+    t = t.reshape((t.shape[0], -1) + t.shape[3:])
+    perm = [0] * t.ndim
+    for logical, axis in enumerate(dn.out_spec):
+        perm[axis] = logical
+    return jnp.transpose(t, perm)
 
 
 def _run(prog: Program, plan: StructuredPlan, leaves, data, deltas, fb):
