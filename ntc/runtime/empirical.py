@@ -11,15 +11,17 @@ so a width-C readout gives the per-channel kernel) and restricted to the diagona
 order: a free axis ``a`` gives the pair ``(a of x1, a of x2)``, a diagonal axis appears once and a
 traced axis not at all; for ``(N, C)`` outputs and ``trace_axes=(-1,)`` this is ``(N1, N2)``.
 
-Two NTK implementations (Novak et al. 2022, "Fast finite width neural tangent kernel"):
+Three NTK implementations (Novak et al. 2022, "Fast finite width neural tangent kernel"):
 `NtkImplementation.JACOBIAN_CONTRACTION` instantiates the Jacobians (reverse mode) and
 contracts them; `NtkImplementation.NTK_VECTOR_PRODUCTS` never forms a Jacobian: each column
-``Θ e = J1 (J2^T e)`` is a VJP of ``f(x2)`` followed by a JVP of ``f(x1)``.  ``AUTO`` compiles both
-and keeps the one XLA counts fewer FLOPs for, as NT does; FLOPs ignore memory traffic, and on
-CPU this picks Jacobian contraction even for MLPs where NTK-vector products run 1.3-2x faster
-(``benchmarks/bench_empirical.py``), so choose explicitly when speed matters.
-``STRUCTURED_DERIVATIVES`` (NT's custom interpreter) is accepted for compatibility and computed
-with Jacobian contraction: the kernel is the same, only NT's speed-up is not reproduced.
+``Θ e = J1 (J2^T e)`` is a VJP of ``f(x2)`` followed by a JVP of ``f(x1)``;
+`NtkImplementation.STRUCTURED_DERIVATIVES` reads the jaxpr of ``f`` and, for each parameter
+consumed by one linear equation (dot_general, convolution, bias add, scale), contracts that
+equation's inputs with the cotangents reaching its output (`structured.py`,
+``docs/empirical_ntk.md``), falling back to Jacobian contraction per parameter; its
+``ntk_fn.explain(x1, x2, params)`` prints the plan.  ``AUTO`` compiles the three and keeps the
+one XLA counts fewest FLOPs for (logged on this module's logger); FLOPs ignore memory traffic,
+so choose explicitly when speed matters.
 """
 
 from __future__ import annotations
