@@ -438,13 +438,10 @@ class _Walker:
         ok = n.kind in ('dense', 'conv') and not n.read and n.b_leaf is None and not r.reduced
         if ok:
             ok = self.materialise(r, where, pass_scale=True) == (r.node, 1.0)
-        if ok:
-            sizes = [d for d in b.shape if d != 1]
-            ch_traced = [i for i, p in enumerate(r.perm) if p == n.channel]
+        if ok:  # one value per output channel, broadcast over every other axis
             out = n.attrs.get('out_dim', n.attrs.get('out_chan'))
-            if len(b.shape) != len(r.shape) and len(b.shape) != 1 or sizes and (sizes != [out] or (len(b.shape) == len(r.shape)
-                                                and b.shape[ch_traced[0]] != out)):
-                ok = False
+            want = tuple(out if p == n.channel else 1 for p in r.perm)
+            ok = b.shape == want
         if not ok:
             raise self.error(eqn, where, 'a parameter is added to an activation that is not the '
                              'output of a dense or conv layer (a shift such as batch norm\'s)',
