@@ -575,7 +575,8 @@ class _Walker:
         region = self.elementwise_like(eqn, r)
         return Region(region.node, region.shape, tuple(p for i, p in enumerate(r.perm)
                                                        if i not in axes), region.fn,
-                      region.base_shape, region.base_perm, region.reduced | ir_axes)
+                      region.base_shape, region.base_perm, region.reduced | ir_axes,
+                      region.lead)
 
     def elementwise_like(self, eqn, r: Region) -> Region:
         """`r` followed by the equation (any primitive of one array), inside its region."""
@@ -625,7 +626,7 @@ class _Walker:
             out = self.elementwise_like(eqn, r)
             return Region(out.node, shape, _relabel(r.shape, r.perm, shape, name, eqn.params)
                           or tuple([None] * len(shape)), out.fn, out.base_shape, out.base_perm,
-                          out.reduced)
+                          out.reduced, out.lead)
         if r.fn is not None:
             r = Region(self.materialise(r, where), r.shape, r.perm)
         perm = _relabel(r.shape, r.perm, shape, name, eqn.params)
@@ -667,13 +668,12 @@ class _Walker:
     def _materialise(self, r: Region, where: str, pass_scale: bool) -> tuple[int, float]:
         n = self.nodes[r.node]
         lead = r.lead / n.folded
-        if r.reduced:
-            fn = r.fn if lead == 1.0 else _after_scale(r.fn, lead)
-            return self.layer_norm(r, fn, where), 1.0
         if lead != 1.0 and r.fn is not None and self.can_fold(n, lead):
             self.fold(n, lead)  # c·(x @ W) or sum_pool(x) / 4 first, then the activation
             lead = 1.0
         fn = r.fn if lead == 1.0 else _after_scale(r.fn, lead)
+        if r.reduced:
+            return self.layer_norm(r, fn, where), 1.0
         kind, value = ('scale', lead) if r.fn is None else _classify(fn, self.dtype)
         if kind == 'identity' or (kind == 'scale' and value == 1.0):
             return r.node, 1.0
