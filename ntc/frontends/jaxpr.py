@@ -163,6 +163,7 @@ def recognise(apply_fn: Callable, params: Any, x_example, *, param_std: Any = 1.
         raise TraceError(f'the function branches on the value of its input: {_first_line(e)}',
                          path='trace', hint='a data-dependent branch has no kernel; '
                          + MONTE_CARLO_HINT) from None
+    _refuse_data_dependent_control_flow(closed.jaxpr)
     walker = _Walker(x_example.ndim, x_example.dtype)
     n_leaves = len(leaves_with_paths)
     env = {}
@@ -183,6 +184,20 @@ def recognise(apply_fn: Callable, params: Any, x_example, *, param_std: Any = 1.
     out = walker.materialise(outs[0], 'output')
     names = ['/'.join(_key_name(k) for k in path) for path, _ in leaves_with_paths]
     return walker.build(out, stds, names, W_std, b_std)
+
+
+def _refuse_data_dependent_control_flow(jaxpr) -> None:
+    """A TraceError at the first cond/while/scan whose operands depend on the input (the last
+    argument): a branch or loop on the data has no infinite-width layer."""
+    depends = {jaxpr.invars[-1]}
+    for i, eqn in enumerate(jaxpr.eqns, 1):
+        dependent = any(not isinstance(v, jcore.Literal) and v in depends for v in eqn.invars)
+        if dependent and eqn.primitive.name in ('cond', 'switch', 'while', 'scan'):
+            raise TraceError(f'equation {i} ({eqn.primitive.name}): control flow on the input '
+                             '(a data-dependent branch or loop) has no layer',
+                             path=_where(eqn, None), hint=MONTE_CARLO_HINT)
+        if dependent:
+            depends.update(eqn.outvars)
 
 
 def _first_line(e: Exception) -> str:
@@ -772,6 +787,12 @@ class _Walker:
     def affine_stds(self, n: Node, stds, names) -> tuple[float, float | None, str]:
         """(W_std, b_std, parameterisation) of an affine layer from its parameters' initial
         stds σ and constant factors c (module docstring)."""
+        for leaf in (n.w_leaf, n.b_leaf):
+            if leaf is not None and math.isnan(stds[leaf]):
+                raise TraceError(f'the initial std of {names[leaf]} is unknown (its initialiser '
+                                 'is not a variance_scaling, normal or zeros one)', path=n.where,
+                                 hint='pass the stds: ntc.trace(apply_fn, params, x, '
+                                 'param_std=...)')
         sigma, c = stds[n.w_leaf], abs(n.w_scale)
         if np.isclose(c, 1.0, rtol=1e-6):
             param, w = 'standard', sigma * math.sqrt(n.fan_in)

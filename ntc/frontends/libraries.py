@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from ..net import Net
-from .jaxpr import Recognised, TraceError, recognise
+from .jaxpr import Recognised, recognise
 
 
 def from_flax(module, x_example, variables: Any = None, *, key: int = 0,
@@ -52,11 +52,8 @@ def recognise_flax(module, x_example, variables: Any = None, *, key: int = 0,
         names = tuple(_key_name(k) for k in path)
         owner = owners.get(names[:-1])
         init = getattr(owner, f'{names[-1]}_init', None)
-        if init is None:
-            raise TraceError(f'no initialiser found for the parameter {"/".join(names)}',
-                             path='from_flax', hint='give the stds with ntc.trace(apply_fn, '
-                             'params, x, param_std=...)')
-        return math.sqrt(init_variance(init, np.shape(leaf), '/'.join(names)))
+        variance = None if init is None else init_variance(init, np.shape(leaf))
+        return math.nan if variance is None else math.sqrt(variance)  # nan: unknown
 
     def apply_fn(p, x):
         return module.apply({'params': p, **others}, x)
@@ -82,16 +79,12 @@ def recognise_equinox(model, x_example, *, W_std: float | None = None,
         owner = model
         for k in path[:-1]:
             owner = _child(owner, k)
-        name = '.'.join(_key_name(k) for k in path)
         if isinstance(owner, eqx.nn.Linear):
             fan_in = owner.in_features if owner.in_features != 'scalar' else 1
         elif isinstance(owner, eqx.nn.Conv):
             fan_in = owner.in_channels // owner.groups * math.prod(owner.kernel_size)
         else:
-            raise TraceError(f'the parameter {name} belongs to {type(owner).__name__}, whose '
-                             'initialiser ntc does not know', path='from_equinox',
-                             hint='give the stds with ntc.trace(apply_fn, params, x, '
-                             'param_std=...)')
+            return math.nan  # unknown; an error if the parameter is a weight or bias
         return 1 / math.sqrt(3 * fan_in)
 
     def apply_fn(p, x):
@@ -100,9 +93,9 @@ def recognise_equinox(model, x_example, *, W_std: float | None = None,
     return recognise(apply_fn, params, x_example, param_std=std, W_std=W_std, b_std=b_std)
 
 
-def init_variance(init, shape: tuple[int, ...], name: str) -> float:
+def init_variance(init, shape: tuple[int, ...]) -> float | None:
     """The variance of the entries that `init(key, shape)` draws, read from the initialiser's
-    arguments (see the module docstring)."""
+    arguments (see the module docstring); None for an initialiser not listed there."""
     if getattr(init, '__name__', '') == 'zeros':
         return 0.0
     code = getattr(init, '__code__', None)
@@ -116,10 +109,7 @@ def init_variance(init, shape: tuple[int, ...], name: str) -> float:
             return float(args['scale']) / fan
     if set(args) == {'stddev', 'dtype'} or set(args) == {'stddev'}:
         return float(args['stddev']) ** 2
-    raise TraceError(f'cannot read the variance of the initialiser of {name} '
-                     f'({getattr(init, "__qualname__", init)!r})', path='from_flax',
-                     hint='use a variance_scaling, normal or zeros initialiser, or pass the stds '
-                     'to ntc.trace(..., param_std=...)')
+    return None
 
 
 def _fans(shape, in_axis: int, out_axis: int) -> tuple[float, float]:
