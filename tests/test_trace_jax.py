@@ -1,6 +1,10 @@
 """ntc.trace on plain JAX functions of (params, x): the recognised net equals the same net
 written with ntc.stax (same IR), and so do the kernels, to float64 round-off."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -203,3 +207,11 @@ def test_a_mixed_parameterisation_is_an_error():
 
     with pytest.raises(TraceError, match='neither the standard'):
         ntc.trace(f, normal_params({'w': (3, 4)}), np.ones((2, 3)), param_std=0.3)
+
+
+def test_import_ntc_needs_neither_flax_nor_equinox():
+    code = ('import sys, ntc; '
+            'print(sorted(m for m in ("flax", "equinox") if m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         cwd=Path(ntc.__file__).parent.parent, check=True).stdout
+    assert out.strip() == '[]'
