@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -63,6 +64,7 @@ ELEMENTWISE = {
     'stop_gradient', 'reduce_precision', 'nextafter', 'sinh', 'cosh', 'asinh', 'atan',
 }
 CALLS = ('jaxpr', 'call_jaxpr', 'fun_jaxpr')
+NTC_DIR = str(Path(__file__).resolve().parent.parent)
 NUMERICAL_DEG = 32  # Gauss-Hermite points per axis for activations without a closed form
 
 
@@ -164,7 +166,7 @@ def recognise(apply_fn: Callable, params: Any, x_example, *, param_std: Any = 1.
                          path='trace', hint='a data-dependent branch has no kernel; '
                          + MONTE_CARLO_HINT) from None
     _refuse_data_dependent_control_flow(closed.jaxpr)
-    walker = _Walker(x_example.ndim, x_example.dtype)
+    walker = _Walker(x_example.dtype)
     n_leaves = len(leaves_with_paths)
     env = {}
     for v, c in zip(closed.jaxpr.constvars, closed.consts):
@@ -234,7 +236,7 @@ def _where(eqn, fallback: str | None) -> str:
         frames = []
     for f in frames:
         name = f.file_name
-        if 'site-packages' in name or 'dist-packages' in name or '/ntc/' in name:
+        if 'site-packages' in name or 'dist-packages' in name or name.startswith(NTC_DIR):
             continue
         return f'{name}:{f.start_line} ({f.function_name})'
     return fallback or 'unknown line'
@@ -258,7 +260,7 @@ def _tidy(v: float, dtype, digits: int | None = None) -> float:
 
 
 class _Walker:
-    def __init__(self, in_ndim: int, dtype):
+    def __init__(self, dtype):
         self.nodes: list[Node] = []
         self.dtype = np.dtype(dtype)
         self.notes: list[str] = []
@@ -266,6 +268,7 @@ class _Walker:
         self.done: dict = {}
 
     def error(self, eqn, where: str, message: str, hint: str) -> TraceError:
+        # equations are counted in order, those of inlined calls (jit, custom_jvp) included
         return TraceError(f'equation {self.eqn_count} ({eqn.primitive.name}): {message}',
                           path=where, hint=hint)
 
