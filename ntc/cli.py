@@ -22,6 +22,7 @@ from pathlib import Path
 from . import bench, demo, spec
 from .api import compile as compile_plan
 from .errors import InputError, NtcError, NumericalError
+from .frontends import recognise_flax
 from .net import Net
 from .runtime import distributed, predict
 from .runtime.batching import batch, output_path
@@ -84,6 +85,36 @@ def load_net(source: str):
                            f'[-1, 32, 32, 3], got {repr(shape)[:60]}')
         shape = [-1 if d is None else d for d in shape]
     return net, {'net': net, 'input_shape': shape}
+
+
+def load_flax(source: str, input_shape):
+    """(net, document) of the flax.linen module `Model` (a class built without arguments, or
+    an instance) in FILE.py for `FILE.py:Model`, traced on zeros of the input shape (from
+    --input-shape or the file's `input_shape`); prints what was recognised."""
+    path, _, name = source.rpartition(':')
+    path = Path(path)
+    if not name.isidentifier() or path.suffix != '.py':
+        raise InputError(f'--flax {source!r}: expected FILE.py:Model')
+    if not path.is_file():
+        raise NtcError(f'{path} does not exist')
+    mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(mod_spec)
+    _run_user_code(lambda: mod_spec.loader.exec_module(module), str(path))
+    model = getattr(module, name, None)
+    if model is None:
+        raise NtcError(f'{path} defines no {name}')
+    if isinstance(model, type):
+        model = _run_user_code(model, str(path))
+    shape = input_shape or getattr(module, 'input_shape', None)
+    if shape is None:
+        raise NtcError('no input shape', hint='pass --input-shape, e.g. 32,32,3')
+    shape = [d for d in shape if d not in (-1, None)]
+    import numpy as np
+    found = recognise_flax(model, np.zeros((2, *shape), np.float32))
+    print(f'# {source}: recognised as\n# {found.net.code()}')
+    for note in found.notes:
+        print(f'# {note}')
+    return found.net, {'net': found.net, 'input_shape': [-1, *shape]}
 
 
 def _find_module(name: str):
@@ -268,7 +299,12 @@ class _Outputs:
 
 
 def cmd_plan(args) -> int:
-    net, doc = load_net(args.spec)
+    if (args.spec is None) == (args.flax is None):
+        raise InputError('pass either a SPEC or --flax FILE.py:Model')
+    if args.flax:
+        net, doc = load_flax(args.flax, args.input_shape)
+    else:
+        net, doc = load_net(args.spec)
     shape = args.input_shape or doc.get('input_shape')
     if shape is None:
         raise NtcError('no input shape', hint='pass --input-shape, e.g. 32,32,3')
@@ -495,7 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', required=True, parser_class=_Parser)
 
     q = sub.add_parser('plan', help='print the compiled plan (EXPLAIN table, JSON or Graphviz)')
-    q.add_argument('spec', help='spec file (.yaml/.json), Python file or module defining `net`')
+    q.add_argument('spec', nargs='?', help='spec file (.yaml/.json), Python file or module '
+                   'defining `net`')
+    q.add_argument('--flax', metavar='FILE.py:Model', help='trace a flax.linen module instead '
+                   '(ntc.from_flax) and print what was recognised')
     q.add_argument('--input-shape', type=_shape, help='input shape without the batch, e.g. '
                    '32,32,3 (default: the spec\'s input_shape)')
     q.add_argument('--get', type=_names, default=('nngp', 'ntk'), help='kernels, e.g. nngp,ntk')

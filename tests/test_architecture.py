@@ -18,7 +18,7 @@ LAYERS = (
     ('passes',),                       # pure Graph -> Graph passes
     ('lower',),                        # kernel program, finite network, symbolic kernels
     ('fingerprint', 'plan', 'api'),    # KernelPlan and compile
-    ('net', 'stax', 'spec'),           # the front end: builders and spec files
+    ('net', 'stax', 'spec', 'frontends'),  # the front ends: builders, specs, traced models
     ('runtime',),                      # tiling, store, predict, empirical, Monte-Carlo
     ('testing', 'bench'),              # tools built on the whole library
     ('demo', 'cli', '__main__', '__init__'),
