@@ -103,6 +103,7 @@ class Region:
     base_perm: tuple[int | None, ...] = ()
     reduced: frozenset = frozenset()
     lead: float = 1.0
+    origin: str = ''            # the source line where the elementwise chain began
 
 
 @dataclass
@@ -526,7 +527,8 @@ class _Walker:
         reduced = frozenset().union(*[r.reduced for r in regions])
         full = [r for r in regions if r.shape == shape]
         perm = full[0].perm if full else base_perm
-        return Region(r0.node, shape, perm, fn, base_shape, base_perm, reduced, lead)
+        origin = next((r.origin for r in regions if r.origin), where)
+        return Region(r0.node, shape, perm, fn, base_shape, base_perm, reduced, lead, origin)
 
     def fan_in(self, eqn, regions: list[Region], where: str) -> Region:
         name = eqn.primitive.name
@@ -685,6 +687,7 @@ class _Walker:
 
     def _materialise(self, r: Region, where: str, pass_scale: bool) -> tuple[int, float]:
         n = self.nodes[r.node]
+        where = r.origin or where
         lead = r.lead / n.folded
         if lead != 1.0 and r.fn is not None and self.can_fold(n, lead):
             self.fold(n, lead)  # c·(x @ W) or sum_pool(x) / 4 first, then the activation
