@@ -43,7 +43,7 @@ def _inputs(case, n1=3, n2=2):
 
 @pytest.mark.parametrize('kind, case, axes', list(_cases()))
 def test_structured_equals_jacobian_contraction_on_every_layer_kind(kind, case, axes):
-    init_fn, apply_fn, _ = harness_net(case)
+    init_fn, apply_fn, _ = case.finite or harness_net(case)    # finite: a kernel-only op
     x1, x2 = _inputs(case)
     _, params = init_fn(jax.random.PRNGKey(3), x1.shape)
     kwargs = {'rng': jax.random.PRNGKey(5)} if kind == 'Dropout' else {}
@@ -159,8 +159,10 @@ def test_auto_picks_by_cost_and_logs_it(caplog):
 
 
 def test_fcn_structured_program_needs_less_memory_than_the_jacobian():
-    """XLA's memory analysis of the compiled programs: the structured one's peak (temporaries)
-    is below Jacobian contraction's by more than the size of the Jacobian itself."""
+    """XLA's memory analysis of the compiled programs: Jacobian contraction's temporaries hold
+    the Jacobians of the largest parameter for both inputs at once (XLA contracts leaf by leaf,
+    never holding the whole Jacobian); the structured program's temporaries are below that
+    by more than those Jacobians' size."""
     width, n, out = 512, 8, 4
     init_fn, apply_fn, _ = stax.serial(*([stax.Dense(width), stax.Relu()] * 3),
                                        stax.Dense(out))
@@ -173,6 +175,7 @@ def test_fcn_structured_program_needs_less_memory_than_the_jacobian():
         fn = empirical_ntk_fn(apply_fn, (), (), 0, impl)
         compiled = jax.jit(fn).lower(x, x, params).compile()
         temp[impl] = compiled.memory_analysis().temp_size_in_bytes
-    n_params = sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(params))
-    jacobian_bytes = n * out * n_params * 4
-    assert temp[SD] + jacobian_bytes < temp[JC], (temp, jacobian_bytes)
+    largest = max(math.prod(a.shape) for a in jax.tree_util.tree_leaves(params))
+    jacobians_bytes = 2 * n * out * largest * 4            # x1's and x2's, float32
+    assert temp[SD] + jacobians_bytes < temp[JC], (temp, jacobians_bytes)
+    assert temp[SD] * 100 < temp[JC]
