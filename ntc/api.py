@@ -50,13 +50,17 @@ def normalize_get(get, shapes: bool = False) -> tuple[tuple[str, ...], str]:
 # start takes one entry per branch.  A tree describes that structure: LEAF for one array, or
 # ('tuple' | 'list', children); hashable, so that graphs and plans are cached per structure.
 
-LEAF = None
+LEAF = 'array'
 InputTree = Any
 OutputTree = Any  # the same form, with output positions (`Graph.outputs` indices) as leaves
 
 
+CONTAINERS = ('tuple', 'list', 'parallel-tuple', 'parallel-list')  # the last two: outputs
+# of a `parallel`, of the container type it received (init_fn gives tuples for them)
+
+
 def is_container(tree) -> bool:
-    return isinstance(tree, tuple) and len(tree) == 2 and tree[0] in ('tuple', 'list')
+    return isinstance(tree, tuple) and len(tree) == 2 and tree[0] in CONTAINERS
 
 
 def split_tree(x, is_leaf) -> tuple[list, InputTree]:
@@ -85,23 +89,18 @@ def map_tree(tree, f):
     return (tree[0], tuple(map_tree(sub, f) for sub in tree[1]))
 
 
-def rebuild(tree, values):
+def rebuild(tree, values, shapes: bool = False):
     """NT's containers: `tree` with its leaves, in order, replaced by `values` (tuples and
-    lists as the tree names them)."""
+    lists as the tree names them; with `shapes`, as init_fn nests output shapes: a tuple for
+    every `parallel`)."""
     items = iter(values)
 
     def build(t):
         if not is_container(t):
             return next(items)
-        return (list if t[0] == 'list' else tuple)(build(sub) for sub in t[1])
+        as_list = t[0].endswith('list') and not (shapes and t[0].startswith('parallel'))
+        return (list if as_list else tuple)(build(sub) for sub in t[1])
     return build(tree)
-
-
-def as_tuples(tree) -> InputTree:
-    """The tree with every container a tuple (how NT's init_fn reads input shapes)."""
-    if not is_container(tree):
-        return tree
-    return ('tuple', tuple(as_tuples(sub) for sub in tree[1]))
 
 
 def _is_array(x) -> bool:
@@ -408,11 +407,9 @@ def make_init_fn(net: Net):
     inputs `input_shape` is a (nested) tuple or list of shapes, and a net with several outputs
     gives their shapes nested as NT does (tuples for `parallel`, lists for `FanOut`)."""
     def init_fn(rng, input_shape):
-        shapes, tree = split_shapes(input_shape)
-        tree = as_tuples(tree)
-        shapes = rebuild(tree, shapes) if is_container(tree) else input_shape
-        _, g, out_tree = finite_graph(net, shapes)
-        return rebuild(out_tree, output_shapes(net, shapes)), finite.init_params(g, rng)
+        _, g, out_tree = finite_graph(net, input_shape)
+        return (rebuild(out_tree, output_shapes(net, input_shape), shapes=True),
+                finite.init_params(g, rng))
 
     return init_fn
 

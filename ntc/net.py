@@ -145,12 +145,23 @@ def build_graph(net: Net, tree: InputTree = LEAF) -> tuple[Graph, OutputTree]:
     return g, map_tree(value_tree(out), lambda _: next(positions))
 
 
+class ParallelList(list):
+    """The values a `parallel` computes from a list of values."""
+
+
+class ParallelTuple(tuple):
+    """The values a `parallel` computes from a tuple of values."""
+
+
 def value_tree(value) -> InputTree:
     """A value of `_emit` (a node id, or a list/tuple of values) as a tree whose leaves are the
     node ids."""
     if isinstance(value, int):
         return value
-    return (type(value).__name__, tuple(value_tree(v) for v in value))
+    name = 'list' if isinstance(value, list) else 'tuple'
+    if isinstance(value, (ParallelList, ParallelTuple)):
+        name = f'parallel-{name}'
+    return (name, tuple(value_tree(v) for v in value))
 
 
 def _label(net: Net, prefix: str) -> str:
@@ -178,8 +189,9 @@ def _emit(net: Net, g: Graph, value, prefix: str):
                 f'parallel has {len(net.children)} branches but receives {_count(value)} '
                 'value(s)', path=base, hint=f'put FanOut({len(net.children)}) before it, or '
                 f'give it {_count(value)} branches')
-        return type(value)(_emit(child, g, x, f'{base}[{i}]')
-                           for i, (child, x) in enumerate(zip(net.children, value)))
+        outs = [_emit(child, g, x, f'{base}[{i}]')
+                for i, (child, x) in enumerate(zip(net.children, value))]
+        return ParallelList(outs) if isinstance(value, list) else ParallelTuple(outs)
     op, path = net.op, _label(net, prefix)
     if isinstance(op, FanOut):
         if not isinstance(value, int):
@@ -210,7 +222,7 @@ def _emit_repeat(net: Net, g: Graph, value, prefix: str):
     entry, exits = value, []
     for i in range(net.n):
         value = _emit(net.children[0], g, value, f'{base}[{i}]')
-        if map_tree(value_tree(value), _same) != map_tree(value_tree(entry), _same):
+        if _nesting(value) != _nesting(entry):
             raise ArchitectureError(f'repeat needs a layer that keeps the number of values, but '
                                     f'it maps {_count(entry)} to {_count(value)}', path=base,
                                     hint=f'use serial(*[layer] * {net.n}) for such a layer')
@@ -222,8 +234,10 @@ def _emit_repeat(net: Net, g: Graph, value, prefix: str):
     return value
 
 
-def _same(_) -> None:
-    return None
+def _nesting(value):
+    """How a value nests (None for one node id, a tuple per container), whatever the ids and
+    container types."""
+    return None if isinstance(value, int) else tuple(_nesting(v) for v in value)
 
 
 def as_net(obj: Any, where: str) -> Net:
