@@ -51,7 +51,7 @@ def normalize_get(get, shapes: bool = False) -> tuple[tuple[str, ...], str]:
 # ('tuple' | 'list', children); hashable, so that graphs and plans are cached per structure.
 
 LEAF = 'array'
-InputTree = Any
+InputTree = Any  # LEAF, or (container name, child trees)
 OutputTree = Any  # the same form, with output positions (`Graph.outputs` indices) as leaves
 
 
@@ -334,11 +334,12 @@ def make_kernel_fn(net: Net):
         xs2 = None if xs2 is None else [checks.as_input(x, name('x2', i))
                                         for i, x in enumerate(xs2)]
         _, out_tree = net.graph_and_outputs(tree)
-        shape_key = (tree, tuple((x.shape, x.ndim) for x in xs1))
-        if shape_key not in cache:
-            cache[shape_key] = [t.batch for t in input_types(net.graph(tree),
-                                                             [x.shape for x in xs1])]
-        batch_axes = cache[shape_key]
+        axes_key = ('batch axes', tree, tuple(x.ndim for x in xs1))
+        if axes_key not in cache:  # NT's batch_axis, from the first layer that names it
+            g = net.graph(tree)
+            cache[axes_key] = [_input_type(g, nid, x.shape).batch if x.ndim >= 2 else 0
+                               for nid, x in zip(g.input_nodes(), xs1, strict=True)]
+        batch_axes = cache[axes_key]
         features = []
         for i, (a, b) in enumerate(zip(xs1, xs2 or [None] * len(xs1))):
             ax = batch_axes[i]
