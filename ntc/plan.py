@@ -112,8 +112,10 @@ class KernelPlan:
         self.check_inputs(x1, x2)
         inputs = kernel_inputs(kwargs, xs1[0], None if xs2 is None else xs2[0])
         mask_constant = inputs.get('mask_constant')
-        for x in xs1 + (xs2 or []):
-            checks.check_values(x, 'x1' if xs2 is None or x is not xs2 else 'x2', mask_constant)
+        for side, xs in (('x1', xs1), ('x2', xs2 or [])):
+            for i, x in enumerate(xs):
+                checks.check_values(x, f'{side}[{i}]' if self.many_inputs else side,
+                                    mask_constant)
         concrete = checks.is_concrete(x1, x2)
         if concrete:
             b = self.input_type.batch
