@@ -70,7 +70,7 @@ class Net:
     # -- the IR ----------------------------------------------------------------------------
 
     def graph(self, tree: InputTree | None = None) -> Graph:
-        """The DAG of this net for inputs of structure `tree` (`ntc.api.input_tree`; by
+        """The DAG of this net for inputs of structure `tree` (`ntc.api.split_inputs`; by
         default the structure the net itself asks for, e.g. a pair for a top-level
         `parallel` of two branches), cached: graphs are never mutated in place."""
         return self.graph_and_outputs(tree)[0]
