@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from . import checks
 from .errors import InputError, ShapeError
+from .ir.graph import Graph
 from .ir.types import TensorType
 from .lower import finite
 from .passes import KERNEL_NAMES, Options, run_passes
@@ -44,14 +45,132 @@ def normalize_get(get, shapes: bool = False) -> tuple[tuple[str, ...], str]:
     return names, ('one' if isinstance(get, str) else 'tuple')
 
 
+# ----------------------------------------------------------------------------- input trees
+# NT's networks take and give one array, or a (nested) tuple or list of them: `parallel` at the
+# start takes one entry per branch.  A tree describes that structure: LEAF for one array, or
+# ('tuple' | 'list', children); hashable, so that graphs and plans are cached per structure.
+
+LEAF = 'array'
+InputTree = Any  # LEAF, or (container name, child trees)
+OutputTree = Any  # the same form, with output positions (`Graph.outputs` indices) as leaves
+
+
+CONTAINERS = ('tuple', 'list', 'parallel-tuple', 'parallel-list')  # the last two: outputs
+# of a `parallel`, of the container type it received (init_fn gives tuples for them)
+
+
+def is_container(tree) -> bool:
+    return isinstance(tree, tuple) and len(tree) == 2 and tree[0] in CONTAINERS
+
+
+def split_tree(x, is_leaf) -> tuple[list, InputTree]:
+    """(leaves in order, tree) of a value made of nested tuples and lists."""
+    if is_leaf(x):
+        return [x], LEAF
+    leaves, subtrees = [], []
+    for item in x:
+        got, sub = split_tree(item, is_leaf)
+        leaves += got
+        subtrees.append(sub)
+    return leaves, ('list' if isinstance(x, list) else 'tuple', tuple(subtrees))
+
+
+def tree_leaves(tree) -> list:
+    """The leaves of a tree, in order."""
+    if not is_container(tree):
+        return [tree]
+    return [leaf for sub in tree[1] for leaf in tree_leaves(sub)]
+
+
+def map_tree(tree, f):
+    """The tree with each leaf replaced by f(leaf)."""
+    if not is_container(tree):
+        return f(tree)
+    return (tree[0], tuple(map_tree(sub, f) for sub in tree[1]))
+
+
+def rebuild(tree, values, shapes: bool = False):
+    """NT's containers: `tree` with its leaves, in order, replaced by `values` (tuples and
+    lists as the tree names them; with `shapes`, as init_fn nests output shapes: a tuple for
+    every `parallel`)."""
+    items = iter(values)
+
+    def build(t):
+        if not is_container(t):
+            return next(items)
+        as_list = t[0].endswith('list') and not (shapes and t[0].startswith('parallel'))
+        return (list if as_list else tuple)(build(sub) for sub in t[1])
+    return build(tree)
+
+
+def _is_array(x) -> bool:
+    """An array leaf: anything but a tuple or list, or one holding numbers only."""
+    return not isinstance(x, (tuple, list)) or _numeric(x)
+
+
+def _numeric(x) -> bool:
+    return all(isinstance(i, (int, float, np.number)) or (isinstance(i, (tuple, list))
+                                                           and _numeric(i)) for i in x)
+
+
+def _is_shape(x) -> bool:
+    """A shape leaf: a tuple or list of ints (or None, NT's unknown size)."""
+    return isinstance(x, (tuple, list)) and all(
+        d is None or isinstance(d, (int, np.integer)) for d in x)
+
+
+def split_inputs(x) -> tuple[list, InputTree]:
+    """(arrays, tree) of kernel_fn's or apply_fn's `x`."""
+    return split_tree(x, _is_array)
+
+
+def split_shapes(input_shape) -> tuple[list, InputTree]:
+    """(shapes, tree) of init_fn's or compile's `input_shape`: one shape or a (nested)
+    tuple/list of shapes."""
+    if not isinstance(input_shape, (tuple, list)):
+        raise ShapeError(f'input shape {input_shape!r} is not a tuple of sizes',
+                         hint='pass (N, features), or a tuple of such shapes for a network '
+                              'with several inputs')
+    return split_tree(input_shape, lambda x: _is_shape(x) or not isinstance(x, (tuple, list)))
+
+
+# ----------------------------------------------------------------------------- input types
+
+
 def input_type(net: Net, input_shape: Sequence[int]) -> TensorType:
-    """The TensorType of the input: batch/channel axes from the first layer that names them."""
+    """The TensorType of the input of a one-input net."""
+    return input_types(net.graph(LEAF), [input_shape])[0]
+
+
+def input_types(graph: Graph, shapes: Sequence[Sequence[int]]) -> list[TensorType]:
+    """The TensorType of each input node of `graph` for inputs of `shapes` (in order)."""
+    inputs = graph.input_nodes()
+    if len(shapes) != len(inputs):
+        raise ShapeError(f'the network takes {len(inputs)} input(s), got {len(shapes)} shape(s)')
+    return [_input_type(graph, nid, shape) for nid, shape in zip(inputs, shapes)]
+
+
+def _readers(graph: Graph, nid: int) -> list:
+    """The nodes downstream of input `nid`, in topological order."""
+    below = {nid}
+    for node in graph.nodes():
+        if any(i in below for i in graph.inputs(node.id)):
+            below.add(node.id)
+    return [n for n in graph.nodes() if n.id in below and n.id != nid]
+
+
+def _input_type(graph: Graph, nid: int, input_shape: Sequence[int]) -> TensorType:
+    """The TensorType of input `nid`: batch/channel axes from the first layer reading it that
+    names them."""
+    if not _is_shape(input_shape):
+        raise ShapeError(f'input shape {input_shape!r} is not a tuple of sizes',
+                         hint='pass (N, features) or (N, spatial..., channels)')
     shape = tuple(None if d is None or d < 0 else int(d) for d in input_shape)
     if len(shape) < 2:
         raise ShapeError(f'input shape {tuple(input_shape)} needs a batch axis and a channel axis',
                          hint='pass (N, features) or (N, spatial..., channels)')
     batch_axis, channel_axis, first = 0, -1, None
-    for node in net.graph().nodes():
+    for node in _readers(graph, nid):
         axes = node.op.input_axes(len(shape))
         if axes is not None:
             (batch_axis, channel_axis), first = axes, node
@@ -87,19 +206,22 @@ def _axes_example(lhs: str) -> str:
     return '(' + ', '.join(lhs) + ')'
 
 
-def typed_graph(net: Net, t: TensorType, checked: bool = True):
-    """The net's graph with types inferred (and the architecture checked, if `checked`)."""
-    g = net.graph().copy()
-    g.replace(g.input_nodes()[0], ttype=t)
+def typed_graph(graph: Graph, types: Sequence[TensorType], checked: bool = True) -> Graph:
+    """`graph` with its inputs of `types` and every type inferred (and the architecture
+    checked, if `checked`)."""
+    g = graph.copy()
+    for nid, t in zip(g.input_nodes(), types, strict=True):
+        g.replace(nid, ttype=t)
     g = infer_types(g, Options())
     return check(g, Options()) if checked else g
 
 
-def compile(net: Net, input_shape: Sequence[int], get=('nngp', 'ntk'), *,  # noqa: A001
+def compile(net: Net, input_shape, get=('nngp', 'ntk'), *,  # noqa: A001
             reference: bool = False, force_full: bool = False, roll_loops: bool = True,
             diagonal_spatial: bool = False, verify: bool = True,
             dtype=jnp.float32) -> KernelPlan:
-    """Compile `net` into a KernelPlan for inputs of `input_shape` (batch entry ignored).
+    """Compile `net` into a KernelPlan for inputs of `input_shape` (batch entry ignored; a
+    (nested) tuple of shapes for a net with several inputs, as NT's init_fn takes them).
 
     `reference=True` gives the reference plan (joint Gram matrix, FULL layouts, no folding), the
     semantic oracle every optimisation must reproduce; `force_full=True` keeps FULL spatial
@@ -108,19 +230,23 @@ def compile(net: Net, input_shape: Sequence[int], get=('nngp', 'ntk'), *,  # noq
     diagonal of the output kernels, (N1, N2, s1, s2, ...), as NT's `diagonal_spatial`.
     """
     names, _ = normalize_get(get)
-    t = input_type(net, input_shape)
-    empty = [i for i, d in enumerate(t.shape) if i != t.batch and d == 0]
-    if empty:
-        raise ShapeError(f'input shape {tuple(input_shape)} has a zero-size axis {empty[0]}: '
-                         'the kernel averages over the features, of which there are none',
-                         hint='give every example at least one feature')
+    shapes, tree = split_shapes(input_shape)
+    built = net.graph(tree)
+    types = input_types(built, shapes)
+    for shape, t in zip(shapes, types):
+        empty = [i for i, d in enumerate(t.shape) if i != t.batch and d == 0]
+        if empty:
+            raise ShapeError(f'input shape {tuple(shape)} has a zero-size axis {empty[0]}: '
+                             'the kernel averages over the features, of which there are none',
+                             hint='give every example at least one feature')
     opts = Options(get=names, reference=reference, force_full=force_full, roll_loops=roll_loops,
                    diagonal_spatial=bool(diagonal_spatial))
-    g = net.graph().copy()
-    g.replace(g.input_nodes()[0], ttype=t)
+    g = built.copy()
+    for nid, t in zip(g.input_nodes(), types):
+        g.replace(nid, ttype=t)
     graph = run_passes(g, opts, check_ir=verify)
-    source = typed_graph(net, t)
-    return KernelPlan(graph, t, opts, source, dtype_bytes=jnp.dtype(dtype).itemsize)
+    source = typed_graph(built, types)
+    return KernelPlan(graph, types, opts, source, dtype_bytes=jnp.dtype(dtype).itemsize)
 
 
 def same_inputs(x1, x2) -> bool:
@@ -137,98 +263,169 @@ def same_inputs(x1, x2) -> bool:
     return bool(np.array_equal(np.asarray(x1), np.asarray(x2)))
 
 
-def finite_graph(net: Net, input_shape: Sequence[int]):
-    """(input type, typed graph) of the finite network on inputs of `input_shape` (what init_fn
-    and apply_fn run), cached per input type: inputs differing only in batch size share it."""
-    t = input_type(net, input_shape)
+def finite_graph(net: Net, input_shape) -> tuple[list[TensorType], Graph, OutputTree]:
+    """(input types, typed graph, output tree) of the finite network on inputs of
+    `input_shape` (one shape, or a tree of them: `split_shapes`), what init_fn and apply_fn run;
+    cached per input type: inputs differing only in batch size share it."""
+    shapes, tree = split_shapes(input_shape)
+    built, out_tree = net.graph_and_outputs(tree)
+    types = input_types(built, shapes)
     cache = net._cache.setdefault('typed', {})
-    if t not in cache:
-        cache[t] = typed_graph(net, t, checked=False)
-    return t, cache[t]
+    key = (tree, tuple(types))
+    if key not in cache:
+        cache[key] = typed_graph(built, types, checked=False)
+    return types, cache[key], out_tree
+
+
+def output_shapes(net: Net, input_shape) -> list[tuple[int, ...]]:
+    """The finite network's output shapes (one per graph output) on inputs of `input_shape`
+    (NT's `Kernel.shape1`), from shape inference: an output's batch size is that of the input
+    it is computed from (the first, when several)."""
+    shapes, _ = split_shapes(input_shape)
+    types, g, _ = finite_graph(net, input_shape)
+    sizes = {nid: -1 if s[t.batch] is None else int(s[t.batch])
+             for nid, s, t in zip(g.input_nodes(), shapes, types)}
+    out = []
+    for nid in g.outputs:
+        t = g.node(nid).ttype
+        src = min((i for i in sizes if i == nid or i in g.ancestors(nid)), default=None)
+        n = sizes[src] if src is not None else -1
+        out.append(tuple(n if i == t.batch else int(d) for i, d in enumerate(t.shape)))
+    return out
 
 
 def output_shape(net: Net, x_shape: Sequence[int]) -> tuple[int, ...]:
-    """The finite network's output shape on inputs of `x_shape` (NT's `Kernel.shape1`), from
-    shape inference."""
-    t, g = finite_graph(net, x_shape)
-    out = g.node(g.output).ttype
-    return tuple(int(x_shape[t.batch]) if i == out.batch else int(d)
-                 for i, d in enumerate(out.shape))
+    """The output shape of a one-output net on inputs of `x_shape`."""
+    (shape,) = output_shapes(net, x_shape)
+    return shape
+
+
+def _shape_tree(xs: list, tree: InputTree):
+    """The tree of shapes of arrays `xs` (a tree's leaves)."""
+    return rebuild(tree, [tuple(x.shape) for x in xs]) if is_container(tree) else xs[0].shape
 
 
 def make_kernel_fn(net: Net):
     """NT's `kernel_fn(x1, x2=None, get=None, **kwargs)` for `net`, traceable under jax.jit.
-    Besides kernels, `get` may name NT's `shape1` / `shape2`: the output shapes (tuples)."""
+    Besides kernels, `get` may name NT's `shape1` / `shape2`: the output shapes (tuples).
+
+    `x1` and `x2` may be (nested) tuples or lists of arrays, for a net with several inputs
+    (a `parallel` at its start); a net with several outputs returns them nested as NT does (a
+    tuple or list per `parallel`, the container type of its input; a list per `FanOut`)."""
     cache = net._cache.setdefault('plans', {})
-    batch_axes: dict[int, int] = {}  # input rank -> batch axis
 
     def kernel_fn(x1, x2=None, get=None, *, diagonal_batch: bool = True,
                   diagonal_spatial: bool = False, **kwargs):
         names, form = normalize_get(get, shapes=True)
-        if x2 is not None and same_inputs(x1, x2):
-            x2 = None  # NT's convention: kernel_fn(x, x) is kernel_fn(x, None)
-        x1 = checks.as_input(x1, 'x1')
-        x2 = None if x2 is None else checks.as_input(x2, 'x2')
-        if x1.ndim not in batch_axes:  # NT's batch_axis, from the first layer that names it
-            batch_axes[x1.ndim] = input_type(net, x1.shape).batch if x1.ndim >= 2 else 0
-        b = batch_axes[x1.ndim]
-        features = x1.shape[:b] + x1.shape[b + 1:]
-        if x2 is not None and (x1.ndim != x2.ndim or features != x2.shape[:b] + x2.shape[b + 1:]):
-            raise InputError(f'x1 has shape {x1.shape} and x2 has shape {x2.shape}: they must '
-                             f'have the same feature shape (all axes but the batch axis {b})')
+        xs1, tree = split_inputs(x1)
+        xs2 = None
+        if x2 is not None:
+            xs2, tree2 = split_inputs(x2)
+            if all(x is None for x in xs2):  # NT: [(None, None), None] is x2 = None
+                xs2 = None
+            elif tree2 != tree:
+                raise InputError('x1 and x2 have different structures (tuples and lists of '
+                                 'arrays)', hint='pass x2 nested as x1 is')
+        if xs2 is not None and all(same_inputs(a, b) for a, b in zip(xs1, xs2)):
+            xs2 = None  # NT's convention: kernel_fn(x, x) is kernel_fn(x, None)
+        many = is_container(tree)
+        name = (lambda n, i: f'{n}[{i}]') if many else (lambda n, i: n)
+        xs1 = [checks.as_input(x, name('x1', i)) for i, x in enumerate(xs1)]
+        xs2 = None if xs2 is None else [checks.as_input(x, name('x2', i))
+                                        for i, x in enumerate(xs2)]
+        _, out_tree = net.graph_and_outputs(tree)
+        axes_key = ('batch axes', tree, tuple(x.ndim for x in xs1))
+        if axes_key not in cache:  # NT's batch_axis, from the first layer that names it
+            g = net.graph(tree)
+            cache[axes_key] = [_input_type(g, nid, x.shape).batch if x.ndim >= 2 else 0
+                               for nid, x in zip(g.input_nodes(), xs1, strict=True)]
+        batch_axes = cache[axes_key]
+        features = []
+        for i, (a, b) in enumerate(zip(xs1, xs2 or [None] * len(xs1))):
+            ax = batch_axes[i]
+            feat = a.shape[:ax] + a.shape[ax + 1:]
+            features.append(feat)
+            if b is not None and (a.ndim != b.ndim or feat != b.shape[:ax] + b.shape[ax + 1:]):
+                raise InputError(f'{name("x1", i)} has shape {a.shape} and {name("x2", i)} has '
+                                 f'shape {b.shape}: they must have the same feature shape (all '
+                                 f'axes but the batch axis {ax})')
         kernels = tuple(n for n in names if n in KERNEL_NAMES)
+        arg1 = tuple(xs1) if many else xs1[0]
+        arg2 = None if xs2 is None else (tuple(xs2) if many else xs2[0])
 
         def plan_for(kernels):
-            key = (features, x1.ndim, kernels, bool(diagonal_spatial))
+            key = (tree, tuple(features), tuple(x.ndim for x in xs1), kernels,
+                   bool(diagonal_spatial))
             if key not in cache:
-                cache[key] = compile(net, x1.shape, kernels, dtype=x1.dtype,
+                cache[key] = compile(net, _shape_tree(xs1, tree), kernels, dtype=xs1[0].dtype,
                                      diagonal_spatial=diagonal_spatial)
             return cache[key]
 
+        def per_output(value, plan):
+            return value if len(plan.graph.outputs) > 1 else [value]
+
         def batch_marginals():
             """NT's `diagonal_batch=False`: cov1 = K(x1, x1), cov2 = K(x2, x2) over every pair
-            of examples, (N, N, ...) in the output layout (cov2 None when x2 is None)."""
+            of examples, (N, N, ...) in the output layout (cov2 None when x2 is None), per
+            output."""
             full = plan_for(('nngp',))
-            return dict(cov1=full.raw(x1, None, **kwargs)['nngp'],
-                        cov2=None if x2 is None else full.raw(x2, None, **kwargs)['nngp'])
+            cov1 = per_output(full.raw(arg1, None, **kwargs), full)
+            cov2 = (per_output(full.raw(arg2, None, **kwargs), full) if arg2 is not None
+                    else [None] * len(cov1))
+            return [dict(cov1=a['nngp'], cov2=None if b is None else b['nngp'])
+                    for a, b in zip(cov1, cov2)]
 
-        out = {}
+        outs = None
         if kernels:
             plan = plan_for(kernels)
             if form == 'kernel':
-                k = plan.kernel(x1, x2, **kwargs)
-                return k if diagonal_batch else k.replace(**batch_marginals())
-            out = dict(plan.raw(x1, x2, **kwargs))
+                ks = per_output(plan.kernel(arg1, arg2, **kwargs), plan)
+                if not diagonal_batch:
+                    ks = [k.replace(**m) for k, m in zip(ks, batch_marginals())]
+                return rebuild(out_tree, ks)
+            outs = [dict(o) for o in per_output(plan.raw(arg1, arg2, **kwargs), plan)]
             if not diagonal_batch and {'cov1', 'cov2'} & set(kernels):
-                out.update(batch_marginals())
+                for o, m in zip(outs, batch_marginals()):
+                    o.update(m)
         if 'shape1' in names or 'shape2' in names:
-            out['shape1'] = output_shape(net, x1.shape)
-            out['shape2'] = out['shape1'] if x2 is None else output_shape(net, x2.shape)
+            shape1 = output_shapes(net, _shape_tree(xs1, tree))
+            shape2 = shape1 if xs2 is None else output_shapes(net, _shape_tree(xs2, tree))
+            outs = outs or [{} for _ in shape1]
+            for o, a, b in zip(outs, shape1, shape2):
+                o.update(shape1=a, shape2=b)
         if form == 'tuple':  # NT: a tuple `get` gives a namedtuple, even of one kernel
-            return result_type(names)(*(out[n] for n in names))
-        return out[names[0]]
+            results = [result_type(names)(*(o[n] for n in names)) for o in outs]
+        else:
+            results = [o[names[0]] for o in outs]
+        return rebuild(out_tree, results)
 
     kernel_fn.net = net
     return kernel_fn
 
 
 def make_init_fn(net: Net):
-    """NT's `init_fn(rng, input_shape) -> (output_shape, params)`."""
+    """NT's `init_fn(rng, input_shape) -> (output_shape, params)`; for a net with several
+    inputs `input_shape` is a (nested) tuple or list of shapes, and a net with several outputs
+    gives their shapes nested as NT does (tuples for `parallel`, lists for `FanOut`)."""
     def init_fn(rng, input_shape):
-        _, g = finite_graph(net, input_shape)
-        out = g.node(g.output).ttype
-        out_shape = tuple(-1 if d is None else d for d in out.shape)
-        return out_shape, finite.init_params(g, rng)
+        _, g, out_tree = finite_graph(net, input_shape)
+        return (rebuild(out_tree, output_shapes(net, input_shape), shapes=True),
+                finite.init_params(g, rng))
 
     return init_fn
 
 
 def make_apply_fn(net: Net):
-    """NT's `apply_fn(params, inputs, rng=None, **kwargs)`: the finite network."""
+    """NT's `apply_fn(params, inputs, rng=None, **kwargs)`: the finite network (`inputs` and the
+    outputs nested as for `make_kernel_fn`)."""
     def apply_fn(params, inputs, rng=None, **kwargs):
-        x = checks.as_input(inputs, 'inputs')
-        checks.check_values(x, 'inputs', kwargs.get('mask_constant'))
-        _, g = finite_graph(net, x.shape)
-        return finite.apply(g, params, x, rng=rng, **kwargs)
+        xs, tree = split_inputs(inputs)
+        many = is_container(tree)
+        xs = [checks.as_input(x, f'inputs[{i}]' if many else 'inputs') for i, x in enumerate(xs)]
+        for x in xs:
+            checks.check_values(x, 'inputs', kwargs.get('mask_constant'))
+        _, g, out_tree = finite_graph(net, _shape_tree(xs, tree))
+        out = finite.apply(g, params, xs if many else xs[0], rng=rng, **kwargs)
+        return rebuild(out_tree, out if len(g.outputs) > 1 else [out])
 
     return apply_fn

@@ -40,7 +40,7 @@ def graph_fingerprint(graph: Graph) -> str:
         h.update(repr((n.id, n.op.kind, n.path, n.ttype, n.cov, n.materialize, n.loop,
                        graph.inputs(n.id))).encode())
         h.update(_fn_id(n.op).encode())
-    h.update(repr(graph.output).encode())
+    h.update(repr(graph.outputs[0] if len(graph.outputs) == 1 else graph.outputs).encode())
     return h.hexdigest()
 
 

@@ -13,7 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .api import make_apply_fn, make_init_fn, make_kernel_fn
+from .api import (
+    LEAF,
+    InputTree,
+    OutputTree,
+    make_apply_fn,
+    make_init_fn,
+    make_kernel_fn,
+    map_tree,
+    rebuild,
+    tree_leaves,
+)
 from .errors import ArchitectureError, ValidationError
 from .ir.graph import Graph, RepeatRecord
 from .ir.op import Op
@@ -59,11 +69,20 @@ class Net:
 
     # -- the IR ----------------------------------------------------------------------------
 
-    def graph(self) -> Graph:
-        """The DAG of this net (cached; graphs are never mutated in place)."""
-        if 'graph' not in self._cache:
-            self._cache['graph'] = build_graph(self)
-        return self._cache['graph']
+    def graph(self, tree: InputTree | None = None) -> Graph:
+        """The DAG of this net for inputs of structure `tree` (`ntc.api.split_inputs`; by
+        default the structure the net itself asks for, e.g. a pair for a top-level
+        `parallel` of two branches), cached: graphs are never mutated in place."""
+        return self.graph_and_outputs(tree)[0]
+
+    def graph_and_outputs(self, tree: InputTree | None = None) -> tuple[Graph, OutputTree]:
+        """(graph, output tree): the graph for inputs of structure `tree`, and how its
+        outputs (`Graph.outputs`, by index) nest in NT's containers (`ntc.api.rebuild`)."""
+        tree = natural_tree(self) if tree is None else tree
+        graphs = self._cache.setdefault('graphs', {})
+        if tree not in graphs:
+            graphs[tree] = build_graph(self, tree)
+        return graphs[tree]
 
     def code(self, module: str = 'stax') -> str:
         """Python source that rebuilds this net with `ntc.stax`."""
@@ -95,23 +114,54 @@ def repeated(child: Net, n: Any, path: str = 'repeat') -> Net:
     return Net('repeat', children=(child,), n=n)
 
 
-def build_graph(net: Net) -> Graph:
-    """Translate a builder tree into the DAG IR (NT's list-of-values semantics for fan-outs)."""
+def natural_tree(net: Net) -> InputTree:
+    """The input structure `net` asks for: a `parallel` at its start takes a tuple with one
+    entry per branch (each branch's own structure); anything else takes one array."""
+    while net.kind in ('serial', 'repeat') and net.children:
+        net = net.children[0]
+    if net.kind == 'parallel':
+        return ('tuple', tuple(natural_tree(c) for c in net.children))
+    return LEAF
+
+
+def build_graph(net: Net, tree: InputTree = LEAF) -> tuple[Graph, OutputTree]:
+    """Translate a builder tree into the DAG IR for inputs of structure `tree` (NT's semantics
+    of values: a FanOut makes a list, a parallel maps its branches over the entries of the
+    container it receives and returns a container of the same type), and the output tree
+    (`Graph.outputs` by index, nested as NT returns them)."""
     g = Graph()
-    x = g.add(Input(), [], 'input')
+    n_inputs = len(tree_leaves(tree))
+    value = rebuild(tree, [g.add(Input(), [], 'input' if n_inputs == 1 else f'input[{i}]')
+                           for i in range(n_inputs)])
     try:
-        outs = _emit(net, g, [x], '')
+        out = _emit(net, g, value, '')
     except RecursionError:
         raise ArchitectureError('the network is nested too deeply (serial/parallel inside '
                                 'each other thousands of levels deep)', path=_label(net, ''),
                                 hint='flatten it: serial(*layers) takes any number of layers, '
                                 'and stax.repeat(layer, n) stacks n copies') from None
-    if len(outs) != 1:
-        raise ArchitectureError(f'the network ends with {len(outs)} parallel values',
-                                path=_label(net, ''), hint='end it with a fan-in such as '
-                                'FanInSum(), FanInConcat() or FanInProd()')
-    g.output = outs[0]
-    return g
+    g.outputs = tree_leaves(value_tree(out))
+    positions = iter(range(len(g.outputs)))
+    return g, map_tree(value_tree(out), lambda _: next(positions))
+
+
+class ParallelList(list):
+    """The values a `parallel` computes from a list of values."""
+
+
+class ParallelTuple(tuple):
+    """The values a `parallel` computes from a tuple of values."""
+
+
+def value_tree(value) -> InputTree:
+    """A value of `_emit` (a node id, or a list/tuple of values) as a tree whose leaves are the
+    node ids."""
+    if isinstance(value, int):
+        return value
+    name = 'list' if isinstance(value, list) else 'tuple'
+    if isinstance(value, (ParallelList, ParallelTuple)):
+        name = f'parallel-{name}'
+    return (name, tuple(value_tree(v) for v in value))
 
 
 def _label(net: Net, prefix: str) -> str:
@@ -119,63 +169,75 @@ def _label(net: Net, prefix: str) -> str:
     return f'{prefix}.{own}' if prefix else own
 
 
-def _emit(net: Net, g: Graph, ins: list[int], prefix: str) -> list[int]:
+def _count(value) -> int:
+    return 1 if isinstance(value, int) else len(value)
+
+
+def _emit(net: Net, g: Graph, value, prefix: str):
+    """The value `net` computes from `value`: a node id, or a list/tuple of values."""
     if net.kind == 'repeat':
-        return _emit_repeat(net, g, ins, prefix)
+        return _emit_repeat(net, g, value, prefix)
     if net.kind == 'serial':
         base = f'{prefix}.serial' if prefix else 'serial'
         for i, child in enumerate(net.children):
-            ins = _emit(child, g, ins, f'{base}[{i}]')
-        return ins
+            value = _emit(child, g, value, f'{base}[{i}]')
+        return value
     if net.kind == 'parallel':
         base = f'{prefix}.parallel' if prefix else 'parallel'
-        if len(ins) != len(net.children):
+        if isinstance(value, int) or len(value) != len(net.children):
             raise ArchitectureError(
-                f'parallel has {len(net.children)} branches but receives {len(ins)} value(s)',
-                path=base, hint=f'put FanOut({len(net.children)}) before it, or give it '
-                f'{len(ins)} branches')
-        outs = []
-        for i, (child, x) in enumerate(zip(net.children, ins)):
-            y = _emit(child, g, [x], f'{base}[{i}]')
-            if len(y) != 1:
-                raise ArchitectureError(f'branch {i} of parallel produces {len(y)} values',
-                                        path=f'{base}[{i}]', hint='end the branch with a fan-in')
-            outs += y
-        return outs
+                f'parallel has {len(net.children)} branches but receives {_count(value)} '
+                'value(s)', path=base, hint=f'put FanOut({len(net.children)}) before it, or '
+                f'give it {_count(value)} branches')
+        outs = [_emit(child, g, x, f'{base}[{i}]')
+                for i, (child, x) in enumerate(zip(net.children, value))]
+        return ParallelList(outs) if isinstance(value, list) else ParallelTuple(outs)
     op, path = net.op, _label(net, prefix)
     if isinstance(op, FanOut):
-        if len(ins) != 1:
-            raise ArchitectureError(f'FanOut receives {len(ins)} values', path=path,
+        if not isinstance(value, int):
+            raise ArchitectureError(f'FanOut receives {len(value)} values', path=path,
                                     hint='merge them with a fan-in first')
-        return ins * op.num
+        return [value] * op.num
     if op.arity is None:
-        if len(ins) < 2:
-            raise ArchitectureError(f'{op.kind} needs two or more branches, got {len(ins)}',
-                                    path=path, hint='put FanOut(n) and parallel(...) before it')
-        return [g.add(op, ins, path)]
-    if len(ins) != op.arity:
-        raise ArchitectureError(f'{op.kind} takes one value but receives {len(ins)} parallel '
+        if isinstance(value, int) or len(value) < 2:
+            raise ArchitectureError(f'{op.kind} needs two or more branches, got '
+                                    f'{_count(value)}', path=path,
+                                    hint='put FanOut(n) and parallel(...) before it')
+        if not all(isinstance(v, int) for v in value):
+            raise ArchitectureError(f'{op.kind} receives nested values', path=path,
+                                    hint='merge each branch with a fan-in first')
+        return g.add(op, list(value), path)
+    if not isinstance(value, int):
+        raise ArchitectureError(f'{op.kind} takes one value but receives {len(value)} parallel '
                                 'values', path=path, hint='put it inside parallel(...) or merge '
                                 'the branches with FanInSum()/FanInConcat() first')
-    return [g.add(op, ins, path)]
+    return g.add(op, [value], path)
 
 
-def _emit_repeat(net: Net, g: Graph, ins: list[int], prefix: str) -> list[int]:
+def _emit_repeat(net: Net, g: Graph, value, prefix: str):
     """The `n` copies of the child in sequence, iteration i under ``<prefix>.repeat[i]`` (n = 0:
     the identity, as in neural_tangents).  The graph records the entry and each iteration's exit
     so that `infer_types` can refuse a child that changes the shape."""
     base = _label(net, prefix)
-    entry, exits = tuple(ins), []
+    entry, exits = value, []
     for i in range(net.n):
-        ins = _emit(net.children[0], g, ins, f'{base}[{i}]')
-        if len(ins) != len(entry):
+        value = _emit(net.children[0], g, value, f'{base}[{i}]')
+        if _nesting(value) != _nesting(entry):
             raise ArchitectureError(f'repeat needs a layer that keeps the number of values, but '
-                                    f'it maps {len(entry)} to {len(ins)}', path=base,
+                                    f'it maps {_count(entry)} to {_count(value)}', path=base,
                                     hint=f'use serial(*[layer] * {net.n}) for such a layer')
-        exits.append(tuple(ins))
+        exits.append(tuple(tree_leaves(value_tree(value))))
     if exits:
-        g.repeats.append(RepeatRecord(path=base, n=net.n, entry=entry, exits=tuple(exits)))
-    return ins
+        g.repeats.append(RepeatRecord(path=base, n=net.n,
+                                      entry=tuple(tree_leaves(value_tree(entry))),
+                                      exits=tuple(exits)))
+    return value
+
+
+def _nesting(value):
+    """How a value nests (None for one node id, a tuple per container), whatever the ids and
+    container types."""
+    return None if isinstance(value, int) else tuple(_nesting(v) for v in value)
 
 
 def as_net(obj: Any, where: str) -> Net:

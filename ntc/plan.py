@@ -39,10 +39,13 @@ def result_type(get: tuple[str, ...]) -> type:
 class KernelPlan:
     """A compiled kernel program for one input feature shape and one set of requested kernels."""
 
-    def __init__(self, graph: Graph, input_type: TensorType, opts: Options, source: Graph,
-                 dtype_bytes: int = 4):
+    def __init__(self, graph: Graph, input_types: list[TensorType] | TensorType, opts: Options,
+                 source: Graph, dtype_bytes: int = 4):
         self.graph = graph
-        self.input_type = input_type
+        # one type per input node; `input_type` is the first (the only one, mostly)
+        self.input_types = list(input_types) if isinstance(input_types, (list, tuple)) \
+            else [input_types]
+        self.input_type = self.input_types[0]
         self.opts = opts
         self.source = source  # the typed, checked graph before optimisation
         self.dtype_bytes = dtype_bytes
@@ -59,11 +62,28 @@ class KernelPlan:
             self._fn = lower(self.graph, self.opts)
         return self._fn
 
+    @property
+    def many_inputs(self) -> bool:
+        return len(self.input_types) > 1
+
     def check_inputs(self, x1, x2) -> None:
-        t = self.input_type
-        for name, x in (('x1', x1), ('x2', x2)):
-            if x is None:
-                continue
+        """Refuse inputs whose rank or feature shape differ from those compiled for (with
+        several inputs, x1 and x2 are sequences of arrays, one per input)."""
+        if self.many_inputs:
+            for name, xs in (('x1', x1), ('x2', x2)):
+                if xs is not None and (not isinstance(xs, (tuple, list))
+                                       or len(xs) != len(self.input_types)):
+                    raise InputError(f'{name} must be a tuple of {len(self.input_types)} '
+                                     'arrays, one per input of the network')
+            for i, t in enumerate(self.input_types):
+                self._check_input(t, f'x1[{i}]', x1[i])
+                self._check_input(t, f'x2[{i}]', None if x2 is None else x2[i])
+            return
+        self._check_input(self.input_type, 'x1', x1)
+        self._check_input(self.input_type, 'x2', x2)
+
+    def _check_input(self, t: TensorType, name: str, x) -> None:
+        if x is not None:
             if x.ndim != t.ndim:
                 raise InputError(f'{name} has rank {x.ndim} but the plan was compiled for '
                                  f'inputs of rank {t.ndim} {t.describe()}')
@@ -73,49 +93,66 @@ class KernelPlan:
                 raise InputError(f'{name} has feature shape {feat} but the plan was compiled '
                                  f'for {want}', hint='compile a plan for this input shape')
 
-    def raw(self, x1, x2=None, **kwargs) -> dict:
-        """Run the plan: {name: array} for every name in `get`.  `kwargs` are NT's extra
-        kernel_fn inputs, e.g. ``pattern=(pattern1, pattern2)`` for `Aggregate`.
+    def raw(self, x1, x2=None, **kwargs) -> dict | list[dict]:
+        """Run the plan: {name: array} for every name in `get` (a list of them, one per output,
+        for a network with several outputs; x1 and x2 are then tuples of arrays, one per input,
+        for a network with several inputs).  `kwargs` are NT's extra kernel_fn inputs, e.g.
+        ``pattern=(pattern1, pattern2)`` for `Aggregate`.
 
         Integer inputs are cast to the float dtype in use.  With concrete (not traced) values,
         NaN/Inf inputs and calls that cannot fit in the device's memory are refused, and a
         non-finite result raises `NumericalError` naming the first non-finite layer
         (see `ntc.checks`)."""
-        x1 = checks.as_input(x1, 'x1')
-        x2 = None if x2 is None else checks.as_input(x2, 'x2')
+        xs1 = list(x1) if self.many_inputs else [x1]
+        xs2 = None if x2 is None else (list(x2) if self.many_inputs else [x2])
+        xs1 = [checks.as_input(x, 'x1') for x in xs1]
+        xs2 = None if xs2 is None else [checks.as_input(x, 'x2') for x in xs2]
+        x1 = tuple(xs1) if self.many_inputs else xs1[0]
+        x2 = None if xs2 is None else (tuple(xs2) if self.many_inputs else xs2[0])
         self.check_inputs(x1, x2)
-        inputs = kernel_inputs(kwargs, x1, x2)
+        inputs = kernel_inputs(kwargs, xs1[0], None if xs2 is None else xs2[0])
         mask_constant = inputs.get('mask_constant')
-        checks.check_values(x1, 'x1', mask_constant)
-        checks.check_values(x2, 'x2', mask_constant)
+        for side, xs in (('x1', xs1), ('x2', xs2 or [])):
+            for i, x in enumerate(xs):
+                checks.check_values(x, f'{side}[{i}]' if self.many_inputs else side,
+                                    mask_constant)
         concrete = checks.is_concrete(x1, x2)
         if concrete:
             b = self.input_type.batch
-            n1 = x1.shape[b]
-            n2 = n1 if x2 is None else x2.shape[b]
-            scale = x1.dtype.itemsize / self.dtype_bytes
+            n1 = xs1[0].shape[b]
+            n2 = n1 if xs2 is None else xs2[0].shape[b]
+            scale = xs1[0].dtype.itemsize / self.dtype_bytes
             checks.check_memory(lambda m1, m2: scale * self.peak_bytes(m1, m2), n1, n2,
-                                next(iter(x1.devices())))
+                                next(iter(xs1[0].devices())))
         out = self.fn(x1, x2, inputs) if inputs else self.fn(x1, x2)
         if concrete:
-            checks.check_results(out, lambda: first_nonfinite(self.graph, self.opts, x1, x2,
-                                                              inputs or None), x1.dtype)
+            for o in (out if isinstance(out, list) else [out]):
+                checks.check_results(o, lambda: first_nonfinite(
+                    self.graph, self.opts, x1, x2, inputs or None), xs1[0].dtype)
         return out
 
     def __call__(self, x1, x2=None, **kwargs):
-        """The requested kernels: an array for one name, a namedtuple for several."""
+        """The requested kernels: an array for one name, a namedtuple for several (a list of
+        them, one per output, for a network with several outputs)."""
         out = self.raw(x1, x2, **kwargs)
         get = self.opts.get
-        if len(get) == 1:
-            return out[get[0]]
-        return result_type(get)(*(out[g] for g in get))
 
-    def kernel(self, x1, x2=None, **kwargs) -> Kernel:
-        """All kernels as a `Kernel` (what `kernel_fn(x1, x2, get=None)` returns)."""
+        def pick(o):
+            return o[get[0]] if len(get) == 1 else result_type(get)(*(o[g] for g in get))
+        return [pick(o) for o in out] if isinstance(out, list) else pick(out)
+
+    def kernel(self, x1, x2=None, **kwargs) -> Kernel | list[Kernel]:
+        """All kernels as a `Kernel` (what `kernel_fn(x1, x2, get=None)` returns); a list of
+        them, one per output, for a network with several outputs."""
         out = self.raw(x1, x2, **kwargs)
-        return Kernel(nngp=out.get('nngp'), ntk=out.get('ntk'), cov1=out.get('cov1'),
-                      cov2=None if x2 is None else out.get('cov2'), layout=self.output_layout,
-                      x1_is_x2=x2 is None)
+
+        def as_kernel(o, layout):
+            return Kernel(nngp=o.get('nngp'), ntk=o.get('ntk'), cov1=o.get('cov1'),
+                          cov2=None if x2 is None else o.get('cov2'), layout=layout,
+                          x1_is_x2=x2 is None)
+        if isinstance(out, list):
+            return [as_kernel(o, lay) for o, lay in zip(out, self.output_layouts)]
+        return as_kernel(out, self.output_layout)
 
     # -- inspecting ------------------------------------------------------------------------
 
@@ -123,6 +160,11 @@ class KernelPlan:
     def output_layout(self) -> CovType:
         """The layout of the returned kernels (what the runtime reads to tile and mirror)."""
         return self.graph.node(self.graph.output).cov
+
+    @property
+    def output_layouts(self) -> list[CovType]:
+        """The layout of each output's kernels, in output order."""
+        return [self.graph.node(o).cov for o in self.graph.outputs]
 
     @property
     def batch_axis(self) -> int:
@@ -168,13 +210,25 @@ class KernelPlan:
         tot_b = sum((c.bytes for c in self.costs.values()), sympy.Integer(0))
         peak = self.costs[max(self.costs, key=lambda i: _at(self.costs[i].live, 1000, 1000))].live
         lines.append('')
-        lines.append(f'get={",".join(self.opts.get)}  input {self.input_type.describe()}  '
+        lines.append(f'get={",".join(self.opts.get)}  {self.io_text()}  '
                      f'nodes {len(self.graph)}  transposes {self.transposes}  '
                      f'materialised {sum(n.materialize for n in self.graph.nodes())}  '
                      f'loops {self.loops_text()}')
         lines.append(f'total FLOPs {_fmt(tot_f, n1, n2)}   bytes written {_fmt(tot_b, n1, n2)}   '
                      f'peak live {_fmt(peak, n1, n2)}')
         return '\n'.join(lines)
+
+    def io_text(self) -> str:
+        """'input <type>', or for several inputs and outputs e.g.
+        'inputs %0 <type>, %1 <type>  outputs %4, %6'."""
+        if not self.many_inputs and len(self.graph.outputs) == 1:
+            return f'input {self.input_type.describe()}'
+        nodes = self.graph.input_nodes()
+        ins = ', '.join(f'%{nid} {t.describe()}' for nid, t in zip(nodes, self.input_types))
+        text = f'input{"s" * self.many_inputs} {ins}'
+        if len(self.graph.outputs) > 1:
+            text += '  outputs ' + ', '.join(f'%{o}' for o in self.graph.outputs)
+        return text
 
     def loops_text(self) -> str:
         """The rolled loops: '0', or e.g. '1 (19 × 2 nodes)'."""
@@ -191,7 +245,8 @@ class KernelPlan:
         """A stable hash of everything that determines the plan's numbers: the optimised graph
         (every op's arguments, captured values of user functions included), the options and
         the input type.  Raises `Unfingerprintable` for a function with no stable value."""
-        body = graph_fingerprint(self.graph) + repr(self.opts) + self.input_type.model_dump_json()
+        body = (graph_fingerprint(self.graph) + repr(self.opts)
+                + ''.join(t.model_dump_json() for t in self.input_types))
         return hashlib.sha256(body.encode()).hexdigest()
 
     def symbolic(self):

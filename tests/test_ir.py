@@ -103,7 +103,8 @@ def test_net_unpacks_as_nt_triple():
                                                        stax.Dense(2))),
      ['3 branches', '2 value', 'FanOut(3)']),
     (lambda: stax.serial(stax.FanOut(2), stax.Dense(3)), ['serial[1].Dense', 'receives 2']),
-    (lambda: stax.serial(stax.Dense(3), stax.FanOut(2)), ['2 parallel values', 'fan-in']),
+    (lambda: stax.serial(stax.FanOut(2), stax.parallel(stax.FanOut(2), stax.Dense(2)),
+                         stax.FanInSum()), ['serial[2].FanInSum', 'nested', 'fan-in']),
 ])
 def test_arity_errors_name_the_layer(build, words):
     with pytest.raises(ArchitectureError) as e:

@@ -52,12 +52,14 @@ class RepeatRecord:
 
 
 class Graph:
-    """A DAG of `Node`s with one designated output, and the repeats it was expanded from."""
+    """A DAG of `Node`s with its designated outputs (in order; a network with several outputs,
+    NT's `parallel` at the top, has several), and the repeats it was expanded from.  The inputs
+    are the nodes without inputs, in id order (`input_nodes`)."""
 
     def __init__(self) -> None:
         self._g = nx.DiGraph()
         self._next = 0
-        self.output: int | None = None
+        self.outputs: list[int] = []
         self.repeats: list[RepeatRecord] = []
         self._order: list[int] | None = None  # cached topological order; edits clear it
 
@@ -77,12 +79,23 @@ class Graph:
         g = Graph()
         g._g = self._g.copy()
         g._next = self._next
-        g.output = self.output
+        g.outputs = list(self.outputs)
         g.repeats = list(self.repeats)
         g._order = self._order
         return g
 
     # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def output(self) -> int | None:
+        """The output node of a single-output graph (None before one is set)."""
+        if len(self.outputs) > 1:
+            raise NtcError(f'the graph has {len(self.outputs)} outputs: read Graph.outputs')
+        return self.outputs[0] if self.outputs else None
+
+    @output.setter
+    def output(self, nid: int) -> None:
+        self.outputs = [nid]
 
     def node(self, nid: int) -> Node:
         return self._g.nodes[nid]['node']
@@ -114,7 +127,8 @@ class Graph:
         return sorted((c, self._g.edges[nid, c]['slot']) for c in self._g.successors(nid))
 
     def input_nodes(self) -> list[int]:
-        return [nid for nid in self.order() if self.node(nid).op.arity == 0]
+        """The input nodes, in id order: the order of the network's inputs."""
+        return sorted(nid for nid in self._g.nodes if self.node(nid).op.arity == 0)
 
     def is_acyclic(self) -> bool:
         return nx.is_directed_acyclic_graph(self._g)
@@ -139,8 +153,7 @@ class Graph:
         (src,) = self.inputs(nid)
         for dst, slot in self.consumers(nid):
             self._g.add_edge(src, dst, slot=slot)
-        if self.output == nid:
-            self.output = src
+        self.outputs = [src if o == nid else o for o in self.outputs]
         self._g.remove_node(nid)
 
     def insert_on_edge(self, src: int, dst: int, op: Op, path: str) -> int:
@@ -168,8 +181,7 @@ class Graph:
         nid = self.add(op, [src], path)
         for dst, slot in consumers:
             self._g.add_edge(nid, dst, slot=slot)
-        if self.output == src:
-            self.output = nid
+        self.outputs = [nid if o == src else o for o in self.outputs]
         return nid
 
     # -- text and dicts ----------------------------------------------------------------------
@@ -187,7 +199,7 @@ class Graph:
                              + ('' if n.loop is None else f' loop{n.loop[0]}.{n.loop[1]}'))
             notes.append(n.path)
             lines.append(f'{line:<52} # ' + ' | '.join(notes))
-        lines.append(f'return %{self.output}')
+        lines.append('return ' + ', '.join(f'%{o}' for o in self.outputs))
         return '\n'.join(lines)
 
     def to_dict(self) -> dict:
@@ -205,7 +217,9 @@ class Graph:
             if n.loop is not None:
                 nodes[-1]['loop'] = list(n.loop)
         edges = sorted([s, d, a['slot']] for s, d, a in self._g.edges(data=True))
-        return dict(nodes=nodes, edges=edges, output=self.output)
+        if len(self.outputs) == 1:
+            return dict(nodes=nodes, edges=edges, output=self.outputs[0])
+        return dict(nodes=nodes, edges=edges, outputs=list(self.outputs))
 
     @classmethod
     def from_dict(cls, data: dict) -> Graph:
@@ -224,13 +238,13 @@ class Graph:
         except (KeyError, TypeError, ValueError) as e:
             raise ValidationError(f'not a valid graph dict: {e}') from e
         g._next = max(g._g.nodes, default=-1) + 1
-        g.output = data['output']
+        g.outputs = [data['output']] if 'output' in data else list(data['outputs'])
         return g
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Graph):
             return NotImplemented
-        return (self.output == other.output
+        return (self.outputs == other.outputs
                 and dict(self._g.nodes(data='node')) == dict(other._g.nodes(data='node'))
                 and sorted(self._g.edges(data='slot')) == sorted(other._g.edges(data='slot')))
 

@@ -40,40 +40,46 @@ def init_params(graph: Graph, key) -> dict:
 
 
 def apply(graph: Graph, params: dict, x, rng=None, **kwargs):
-    """Run the finite network on `x`.  With ``mask_constant=c``, entries of `x` equal to `c`
-    are masked (see `ntc.covariance.masking`) and the output is a `MaskedArray` (NT's
-    convention)."""
+    """Run the finite network on `x` (a sequence of arrays, one per input node in order, for a
+    graph with several inputs); a graph with several outputs returns a list of them.  With
+    ``mask_constant=c``, entries of `x` equal to `c` are masked (see `ntc.covariance.masking`)
+    and each output is a `MaskedArray` (NT's convention)."""
     mask_constant = kwargs.pop('mask_constant', None)
-    mask = None
+    inputs = graph.input_nodes()
+    xs = list(x) if len(inputs) > 1 or isinstance(x, (tuple, list)) else [x]
+    masks = [None] * len(xs)
     if mask_constant is not None:
-        x, mask = masking.mask_input(x, graph.node(graph.input_nodes()[0]).ttype, mask_constant)
-    out, out_mask = run(graph, params, x, rng, mask, kwargs)
-    if mask_constant is None:
-        return out
-    return masking.MaskedArray(out, masking.to_tensor(out_mask, graph.node(graph.output).ttype,
-                                                      out.shape))
+        for i, nid in enumerate(inputs):
+            xs[i], masks[i] = masking.mask_input(xs[i], graph.node(nid).ttype, mask_constant)
+    outs, out_masks = run(graph, params, xs, rng, masks, kwargs)
+    if mask_constant is not None:
+        outs = [masking.MaskedArray(o, masking.to_tensor(m, graph.node(nid).ttype, o.shape))
+                for o, m, nid in zip(outs, out_masks, graph.outputs)]
+    return outs[0] if len(graph.outputs) == 1 else outs
 
 
-def run(graph: Graph, params: dict, x, rng, mask, kwargs: dict):
-    """(output, output position mask) of the finite network on `x` with position mask `mask`
-    (None: nothing masked); every layer's masked input positions are zeroed."""
+def run(graph: Graph, params: dict, xs: list, rng, in_masks: list, kwargs: dict):
+    """(outputs, their position masks) of the finite network on inputs `xs` (one per input
+    node) with position masks `in_masks` (None: nothing masked); every layer's masked input
+    positions are zeroed."""
     env, masks = {}, {}
+    given = dict(zip(graph.input_nodes(), zip(xs, in_masks, strict=True), strict=True))
     nodes = list(graph.nodes())
     rngs = (jax.random.split(rng, len(nodes)) if rng is not None else [None] * len(nodes))
     for node, r in zip(nodes, rngs):
         if node.op.arity == 0:
-            env[node.id], masks[node.id] = x, mask
+            env[node.id], masks[node.id] = given[node.id]
             continue
         rule = get_finite_rule(node)
         srcs = graph.inputs(node.id)
         types = tuple(graph.node(i).ttype for i in srcs)
-        in_masks = [masks[i] for i in srcs]
-        ins = [masking.zero_tensor(env[i], m, t) for i, m, t in zip(srcs, in_masks, types)]
+        in_masks_ = [masks[i] for i in srcs]
+        ins = [masking.zero_tensor(env[i], m, t) for i, m, t in zip(srcs, in_masks_, types)]
         try:
             p = params.get(node.path, ())
         except AttributeError:
             raise NtcError('params must be the dict returned by init_fn') from None
-        env[node.id] = rule.apply(node.op, p, ins, ApplyCtx(node.path, r, kwargs, in_masks[0],
+        env[node.id] = rule.apply(node.op, p, ins, ApplyCtx(node.path, r, kwargs, in_masks_[0],
                                                             types))
-        masks[node.id] = masking.propagate(node, in_masks, list(types))
-    return env[graph.output], masks[graph.output]
+        masks[node.id] = masking.propagate(node, in_masks_, list(types))
+    return [env[o] for o in graph.outputs], [masks[o] for o in graph.outputs]

@@ -141,8 +141,9 @@ def run_loop(ctx: LowerCtx, graph: Graph, loop: Loop, carry: Kernel) -> Kernel:
 
 
 def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
-             watch=None) -> Kernel:
-    """The output node's Kernel (in the node's layout) for inputs x1, x2 (x2 None: x1);
+             watch=None) -> list[Kernel]:
+    """The output nodes' Kernels (each in its node's layout) for inputs x1, x2 (x2 None: x1);
+    with several input nodes, x1 and x2 are sequences of arrays, one per input node in order.
     `inputs` holds extra kernel_fn inputs such as Aggregate's `pattern`.  Rolled loops run as
     scans, except under masking (whose per-node masks are built by the unrolled walk) or with
     `watch(ctx, node, env)`, called after each node's Kernel `env[node.id]` is computed (in
@@ -152,6 +153,7 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
     ctx = LowerCtx(graph=graph, xp=JNP, want_ntk=opts.want_ntk, inputs=inputs,
                    x1_is_x2=x2 is None, masks=masks)
     env: dict[int, Kernel] = {}
+    given1, given2 = _per_input(graph, x1), _per_input(graph, x2)
     uses = {nid: len(graph.consumers(nid)) for nid in graph.order()}
     unrolled = masks is not None or watch is not None
     starts = {} if unrolled else {lp.body[0]: lp for lp in loops(graph)}
@@ -160,7 +162,7 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
     def release(srcs):
         for s in srcs:
             uses[s] -= 1
-            if uses[s] == 0 and s != graph.output:
+            if uses[s] == 0 and s not in graph.outputs:
                 del env[s]
 
     for node in graph.nodes():
@@ -172,9 +174,12 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
         if node.id in inside:
             continue
         if node.op.arity == 0:
+            if not uses[node.id] and node.id not in graph.outputs:
+                continue  # an input the outputs do not read
+            a, b = given1[node.id], given2[node.id]
             if masks is not None:
-                x1, x2, masks[node.id] = masking.mask_inputs(node.ttype, x1, x2, mask_constant)
-            k = input_kernel(node, x1, x2)
+                a, b, masks[node.id] = masking.mask_inputs(node.ttype, a, b, mask_constant)
+            k = input_kernel(node, a, b)
             if node.materialize:
                 k = jax.lax.optimization_barrier(k)
             env[node.id] = k
@@ -183,7 +188,18 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
         if watch is not None:
             watch(ctx, node, env)
         release(graph.inputs(node.id))
-    return env[graph.output]
+    return [env[o] for o in graph.outputs]
+
+
+def _per_input(graph: Graph, x) -> dict:
+    """Input node id -> its array: `x` itself for one input, else x[i] for the i-th input node
+    (x None: None for each)."""
+    nodes = graph.input_nodes()
+    if x is None:
+        return dict.fromkeys(nodes)
+    if len(nodes) == 1 and not isinstance(x, (tuple, list)):
+        return {nodes[0]: x}
+    return dict(zip(nodes, x, strict=True))
 
 
 def first_nonfinite(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None):
@@ -238,8 +254,11 @@ def to_user(k: Kernel, opts: Options) -> dict:
 
 
 def lower(graph: Graph, opts: Options):
-    """One jitted function (x1, x2, inputs=None) -> {name: array} for the names in `opts.get`;
-    `inputs` is a dict (a pytree) of extra kernel_fn inputs (see `ntc.plan.kernel_inputs`)."""
+    """One jitted function (x1, x2, inputs=None) -> {name: array} for the names in `opts.get`
+    (a list of such dicts, one per output, for a graph with several outputs); x1 and x2 are
+    tuples of arrays for a graph with several inputs; `inputs` is a dict (a pytree) of extra
+    kernel_fn inputs (see `ntc.plan.kernel_inputs`)."""
     def fn(x1, x2, inputs=None):
-        return to_user(evaluate(graph, opts, x1, x2, inputs), opts)
+        outs = [to_user(k, opts) for k in evaluate(graph, opts, x1, x2, inputs)]
+        return outs[0] if len(graph.outputs) == 1 else outs
     return jax.jit(fn)

@@ -30,9 +30,9 @@ def compose(first: tuple[float, ...], second: tuple[float, ...]) -> tuple[float,
 
 def canonicalize(graph: Graph, opts: Options) -> Graph:
     g = graph.copy()
-    live = g.ancestors(g.output) | {g.output}
+    live = set(g.outputs).union(*(g.ancestors(o) for o in g.outputs), g.input_nodes())
     for nid in [n for n in g.order() if n not in live]:
-        g.remove(nid)  # dead branches never reach the output
+        g.remove(nid)  # dead branches never reach an output (inputs stay: they are positional)
     for node in list(g.nodes()):
         if node.op.is_identity():
             g.bypass(node.id)
@@ -46,7 +46,7 @@ def canonicalize(graph: Graph, opts: Options) -> Graph:
             continue
         (src,) = g.inputs(nid)
         first = _coefficients(g, src)
-        if first is None or len(g.consumers(src)) != 1 or src == g.output:
+        if first is None or len(g.consumers(src)) != 1 or src in g.outputs:
             continue
         a, b, c, d, e = compose(first, second)
         paths = _folded(g, src) + _folded(g, nid)

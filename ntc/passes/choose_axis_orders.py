@@ -6,10 +6,11 @@ convolutions whose dimension_numbers move spatial axes relabel it, and every ste
 axes by name, so it accepts any order.  The order of the input covariance is free (it is built by
 an einsum in whatever order we like).  The pass therefore:
 
-1. tries every storage order of the input's spatial axes (at most d! for d spatial axes);
+1. tries every storage order of the input's spatial axes (at most d! for d spatial axes; with
+   several inputs, every combination of their orders);
 2. propagates orders forward; where a fan-in receives different orders, the smaller inputs get
    an explicit Transpose to the order of the largest; if the output's order is not the tensor's
-   own, one final Transpose is needed;
+   own, one final Transpose is needed (per output);
 3. keeps the choice that moves the fewest bytes (ties: the identity order), inserts the
    Transpose nodes, and cancels adjacent pairs.
 
@@ -20,7 +21,7 @@ relabel axes and the plan shows every transpose that is left.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import permutations
+from itertools import permutations, product
 
 from ..ir.graph import Graph
 from ..layers.linear import Transpose
@@ -34,7 +35,7 @@ _PROBE = {N1: 100, N2: 100}  # batch sizes at which transposed bytes are compare
 class _Assignment:
     orders: dict[int, tuple[int, ...]] = field(default_factory=dict)
     fixes: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)  # src, dst, order
-    output_fix: tuple[int, ...] | None = None
+    output_fixes: dict[int, tuple[int, ...]] = field(default_factory=dict)  # output -> order
     cost: float = 0.0
 
 
@@ -42,12 +43,13 @@ def _bytes(g: Graph, nid: int, opts: Options) -> float:
     return float(node_bytes(g.node(nid), opts, 1).subs(_PROBE))
 
 
-def _propagate(g: Graph, opts: Options, start: tuple[int, ...]) -> _Assignment:
+def _propagate(g: Graph, opts: Options, starts: dict[int, tuple[int, ...]]) -> _Assignment:
+    """The orders that follow from storing each input `i` in order `starts[i]`."""
     a = _Assignment()
     for node in g.nodes():
         srcs = g.inputs(node.id)
         if not srcs:
-            a.orders[node.id] = start
+            a.orders[node.id] = starts[node.id]
             continue
         in_orders = [a.orders[s] for s in srcs]
         target = in_orders[0]
@@ -59,20 +61,21 @@ def _propagate(g: Graph, opts: Options, start: tuple[int, ...]) -> _Assignment:
                     a.cost += _bytes(g, s, opts)
         src_type = g.node(srcs[0]).ttype
         a.orders[node.id] = node.op.out_order(target, src_type, node.ttype)
-    final = a.orders[g.output]
-    if list(final) != sorted(final):
-        a.output_fix = tuple(sorted(final))
-        a.cost += _bytes(g, g.output, opts)
+    for out in dict.fromkeys(g.outputs):
+        final = a.orders[out]
+        if list(final) != sorted(final):
+            a.output_fixes[out] = tuple(sorted(final))
+            a.cost += _bytes(g, out, opts)
     return a
 
 
 def choose_axis_orders(graph: Graph, opts: Options) -> Graph:
     g = graph.copy()
-    (inp,) = g.input_nodes()
-    n = len(g.node(inp).ttype.spatial_axes)
+    inputs = g.input_nodes()
+    choices = [permutations(range(len(g.node(i).ttype.spatial_axes))) for i in inputs]
     best = None
-    for start in permutations(range(n)):  # the identity order comes first and wins ties
-        a = _propagate(g, opts, start)
+    for start in product(*choices):  # the identity orders come first and win ties
+        a = _propagate(g, opts, dict(zip(inputs, start)))
         if best is None or a.cost < best.cost:
             best = a
     for nid, order in best.orders.items():
@@ -80,12 +83,10 @@ def choose_axis_orders(graph: Graph, opts: Options) -> Graph:
     inserted: dict[tuple[int, tuple[int, ...]], int] = {}
     for src, dst, order in best.fixes:
         _transpose_edge(g, src, dst, order, inserted)
-    if best.output_fix is not None:
-        out = g.node(g.output)
-        tid = g.insert_after(out.id, Transpose(order=best.output_fix),
-                             f'{out.path}.Transpose')
-        g.replace(tid, ttype=out.ttype, cov=out.cov.model_copy(
-            update=dict(axis_order=best.output_fix)))
+    for out_id, order in best.output_fixes.items():
+        out = g.node(out_id)
+        tid = g.insert_after(out.id, Transpose(order=order), f'{out.path}.Transpose')
+        g.replace(tid, ttype=out.ttype, cov=out.cov.model_copy(update=dict(axis_order=order)))
     return cancel_transposes(g)
 
 

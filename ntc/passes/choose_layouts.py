@@ -31,14 +31,15 @@ from .options import Options
 def requirements(g: Graph, opts: Options) -> tuple[dict, dict]:
     """Per node: the spatial layout its consumers need of its cross kernel, and of its
     marginals (None: marginals not needed)."""
-    natural = output_spatial(g, opts)
-    return propagate_needs(g, natural, natural if opts.want_marginals else None)
+    natural = {o: output_spatial(g, opts, o) for o in g.outputs}
+    return propagate_needs(g, natural, natural if opts.want_marginals else {})
 
 
-def propagate_needs(g: Graph, out_x: str, out_m: str | None) -> tuple[dict, dict]:
-    """Backward from the output's needs (cross kernel, marginals): each op maps the layout its
-    consumers need to the one it needs of its inputs; at a FanOut the strongest need wins."""
-    need_x, need_m = {g.output: out_x}, {g.output: out_m}
+def propagate_needs(g: Graph, out_x: dict, out_m: dict) -> tuple[dict, dict]:
+    """Backward from the outputs' needs (cross kernel, marginals; output id -> layout): each op
+    maps the layout its consumers need to the one it needs of its inputs; at a FanOut the
+    strongest need wins."""
+    need_x, need_m = dict(out_x), dict(out_m)
     for nid in reversed(g.order()):
         node = g.node(nid)
         for src in g.inputs(nid):
@@ -48,11 +49,11 @@ def propagate_needs(g: Graph, out_x: str, out_m: str | None) -> tuple[dict, dict
     return need_x, need_m
 
 
-def output_spatial(g: Graph, opts: Options) -> str:
-    """The layout the network returns: FULL while spatial axes remain, except after an op
-    whose output is naturally spatially diagonal (ConvLocal: NT returns (N1, N2, H, W)) or when
-    only the diagonal is asked for (`opts.diagonal_spatial`)."""
-    node = g.node(g.output)
+def output_spatial(g: Graph, opts: Options, nid: int) -> str:
+    """The layout the network returns at output `nid`: FULL while spatial axes remain, except
+    after an op whose output is naturally spatially diagonal (ConvLocal: NT returns
+    (N1, N2, H, W)) or when only the diagonal is asked for (`opts.diagonal_spatial`)."""
+    node = g.node(nid)
     if not node.ttype.spatial_axes:
         return 'NONE'
     return 'DIAG' if opts.diagonal_spatial else node.op.natural_output
@@ -67,16 +68,17 @@ def choose_layouts(graph: Graph, opts: Options) -> Graph:
         order = tuple(range(len(t.spatial_axes)))
         if opts.reference:
             spatial = 'FULL' if has_space else 'NONE'
-            if node.id == g.output:
-                spatial = output_spatial(g, opts)
+            if node.id in g.outputs:
+                spatial = output_spatial(g, opts, node.id)
             cov = CovType(batch='FULL', spatial=spatial, marginal=None, axis_order=order)
-        else:
-            spatial, marginal = need_x[node.id], need_m.get(node.id)
+        else:  # an unused input needs nothing: its diagonal is cheapest
+            spatial = need_x.get(node.id, 'DIAG' if has_space else 'NONE')
+            marginal = need_m.get(node.id)
             if opts.force_full and has_space:
                 spatial = 'FULL'
                 marginal = None if marginal is None else 'FULL'
             cov = CovType(batch='DIAG', spatial=spatial, marginal=marginal, axis_order=order)
-        if node.id == g.output and node.op.readout and not has_space:
+        if node.id in g.outputs and node.op.readout and not has_space and not g.consumers(node.id):
             cov = cov.model_copy(update=dict(readout=t.channels))
         g.replace(node.id, cov=cov, materialize=should_materialize(g, node, cov))
     return g

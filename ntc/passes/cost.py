@@ -68,7 +68,7 @@ def cost(graph: Graph, opts: Options, itemsize: int = 4) -> dict[int, NodeCost]:
         now = sum(live.values(), sympy.Integer(0))
         table[nid] = NodeCost(flops=flops, bytes=out_bytes, live=sympy.expand(now))
         for src in graph.inputs(nid):
-            if last_use.get(src) == nid and src != graph.output:
+            if last_use.get(src) == nid and src not in graph.outputs:
                 live.pop(src, None)
     return table
 

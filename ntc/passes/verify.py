@@ -15,8 +15,8 @@ def problems(g: Graph, orders_fixed: bool = True) -> list[str]:
     if not g.is_acyclic():
         return ['the graph has a cycle']
     out = []
-    if g.output is None or g.output not in g:
-        out.append('the output is not a node of the graph')
+    if not g.outputs or any(o not in g for o in g.outputs):
+        out.append('an output is not a node of the graph')
     typed = all(n.ttype is not None for n in g.nodes())
     laid_out = typed and all(n.cov is not None for n in g.nodes())
     for n in g.nodes():

@@ -43,8 +43,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .. import checks
+from ..api import LEAF, input_types, normalize_get, rebuild, split_inputs
 from ..api import compile as compile_plan
-from ..api import normalize_get
 from ..covariance.kernel import Kernel
 from ..errors import InputError, NumericalError, StoreError
 from ..fingerprint import Unfingerprintable, value_fingerprint
@@ -323,7 +323,13 @@ class BatchedKernelFn:
         """The kernels of `kernel_fn(x1, x2, *args, **kwargs)`, computed in tiles: `get` is the
         first of `args` or a keyword; other arguments are passed on as given, except a pair
         `(v1, v2)` of per-example arrays (e.g. `pattern=(p1, p2)`), which is tiled with x1 and
-        x2."""
+        x2.  A network with several inputs or outputs is tiled by `_call_tree`."""
+        if self._several_inputs_or_outputs(x1):
+            if out is not None or self.store is not None:
+                raise InputError('ntc.batch tiles a network with several inputs or outputs in '
+                                 'memory only (no out= or store)',
+                                 hint='compute each output with its own one-output network')
+            return self._call_tree(x1, x2, args, kwargs)
         if self._own():      # ntc's: `get` is taken apart, the rest passed on
             get, args = (args[0], args[1:]) if args else (kwargs.pop('get', None), ())
         else:
@@ -342,6 +348,65 @@ class BatchedKernelFn:
                 if self.store is not None and not self.store.discard_empty_job():
                     raise
                 tile = max(1, tile // 2)  # a smaller tile fits: never fail for memory
+
+    # -- several inputs or outputs (NT's tuples and lists) -------------------------------------
+
+    def _several_inputs_or_outputs(self, x1) -> bool:
+        """Whether x1 is a (nested) tuple or list of arrays, or the wrapped ntc network has
+        several outputs."""
+        if split_inputs(x1)[1] is not LEAF:
+            return True
+        net = getattr(self.kernel_fn, 'net', None)
+        graph = self.kernel_fn.graph if isinstance(self.kernel_fn, KernelPlan) else (
+            None if net is None else net.graph(LEAF))
+        return graph is not None and len(graph.outputs) > 1
+
+    def _call_tree(self, x1, x2, args, kwargs):
+        """`kernel_fn(x1, x2, *args, **kwargs)` for inputs and outputs nested in tuples and
+        lists (NT's convention for several of them): every tile pair is one call on the tiles of
+        every input array, and the results are joined leaf by leaf along the two batch axes
+        (marginals along their one).  Tiles run one after the other on the default device,
+        without mirroring; NT's x2 of Nones, ``[(None, None), None]``, is x2 = None."""
+        if x2 is not None and not jax.tree_util.tree_leaves(x2):
+            x2 = None
+        xs1, tree = split_inputs(x1)
+        xs2 = None if x2 is None else split_inputs(x2)[0]
+        axes = self._tree_batch_axes(x1, xs1)
+        n1 = xs1[0].shape[axes[0]]
+        n2 = n1 if xs2 is None else xs2[0].shape[axes[0]]
+        tile = max(n1, n2) if not self.batch_size else self.batch_size
+        get = args[0] if args else kwargs.get('get')
+
+        def block(xs, start):
+            return rebuild(tree, [jax.lax.slice_in_dim(x, start, start + tile, axis=ax)
+                                  for x, ax in zip(xs, axes)])
+
+        own = self._own()
+        rows = []
+        for i in range(0, n1, tile):
+            row = []
+            for j in range(0, n2, tile):
+                if xs2 is None and i == j:
+                    second = None if own else block(xs1, i)
+                else:
+                    second = block(xs1 if xs2 is None else xs2, j)
+                row.append(self.kernel_fn(block(xs1, i), second, *args, **kwargs))
+                self.stats.tiles_computed += 1
+            rows.append(row)
+        self.stats.tile = tile
+        self.stats.grid = (len(rows), len(rows[0]))
+        self.stats.tiles_total = self.stats.tiles_computed
+        return _join_tree(rows, get if isinstance(get, str) else None)
+
+    def _tree_batch_axes(self, x1, xs1) -> list[int]:
+        """Each input array's batch axis: the plan's for an ntc network, else 0."""
+        net = getattr(self.kernel_fn, 'net', None)
+        if isinstance(self.kernel_fn, KernelPlan):
+            return [t.batch for t in self.kernel_fn.input_types]
+        if net is None:
+            return [0] * len(xs1)
+        graph = net.graph(split_inputs(x1)[1])
+        return [t.batch for t in input_types(graph, [np.shape(x) for x in xs1])]
 
     def choose_tile(self, plan, n1, n2, symmetric: bool = False, store=None) -> int:
         """The tile size: `batch_size`, the one recorded in a store being resumed (`store`, else
@@ -567,6 +632,33 @@ class BatchedKernelFn:
             return Kernel(nngp=result.get('nngp'), ntk=result.get('ntk'), cov1=result.get('cov1'),
                           cov2=result.get('cov2'), x1_is_x2=symmetric)
         return result_type(tuple(names))(*(result[n] for n in names))
+
+
+def _join_tree(rows, name: str | None):
+    """One result from the results of a grid of tiles (`rows[i][j]`, each a tree of arrays,
+    namedtuples of kernels or Kernels): cross kernels joined along both batch axes, marginals
+    (`cov1` down the first column, `cov2` along the first row) along their one; `name` is the
+    kernel an array leaf holds (None: a cross kernel)."""
+    first = rows[0][0]
+    if first is None:
+        return None
+    if isinstance(first, Kernel):
+        fields = {n: _join_tree([[getattr(t, n) for t in row] for row in rows], n)
+                  for n in ('nngp', 'ntk', 'cov1', 'cov2')}
+        return first.replace(**fields)
+    if isinstance(first, tuple) and hasattr(first, '_fields'):  # a namedtuple of kernels
+        return type(first)(*(_join_tree([[getattr(t, n) for t in row] for row in rows], n)
+                             for n in first._fields))
+    if isinstance(first, (tuple, list)):
+        return type(first)(_join_tree([[t[k] for t in row] for row in rows], name)
+                           for k in range(len(first)))
+    if name == 'cov1':
+        return jnp.concatenate([row[0] for row in rows], axis=0)
+    if name == 'cov2':
+        return jnp.concatenate(rows[0], axis=0)
+    if name in ('shape1', 'shape2'):
+        return first
+    return jnp.concatenate([jnp.concatenate(row, axis=1) for row in rows], axis=0)
 
 
 def _keywords(kwargs: dict) -> dict:

@@ -27,6 +27,7 @@ so choose explicitly when speed matters.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import logging
 import math
@@ -138,6 +139,17 @@ def _same(x1, x2):
     return jnp.all(jnp.asarray([jnp.all(a == b) for a, b in zip(l1, l2)]))
 
 
+def _reads_nt_x2(fn):
+    """`fn(x1, x2, ...)` that reads NT's "x2 = x1" for a network with several inputs, a tree
+    of Nones such as ``[(None, None), None]``, as x2 = None."""
+    @functools.wraps(fn)
+    def wrapped(x1, x2=None, *args, **kwargs):
+        if x2 is not None and not _tree.tree_leaves(x2):
+            x2 = None
+        return fn(x1, x2, *args, **kwargs)
+    return wrapped
+
+
 def _split_kwargs(kwargs: dict, x1, x2):
     """Per-input keyword arguments, as in NT: a pair ``(v1, v2)`` is split between the two calls;
     ``rng`` becomes two keys, equal when the inputs are equal; other values are shared."""
@@ -239,7 +251,7 @@ def empirical_nngp_fn(f, trace_axes=(-1,), diagonal_axes=()):
 
         return _tree.tree_map(one, out1, out2)
 
-    return nngp_fn
+    return _reads_nt_x2(nngp_fn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,10 +591,10 @@ def empirical_ntk_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
     if impl == NtkImplementation.STRUCTURED_DERIVATIVES:
         return _structured(f, trace_axes, diagonal_axes, vmap_axes)
     if impl == NtkImplementation.NTK_VECTOR_PRODUCTS:
-        return _vector_products(f, trace_axes, diagonal_axes, vmap_axes)
+        return _reads_nt_x2(_vector_products(f, trace_axes, diagonal_axes, vmap_axes))
     if impl == NtkImplementation.AUTO:
-        return _auto(f, trace_axes, diagonal_axes, vmap_axes, _fwd)
-    return _jacobian_contraction(f, trace_axes, diagonal_axes, vmap_axes, _fwd)
+        return _reads_nt_x2(_auto(f, trace_axes, diagonal_axes, vmap_axes, _fwd))
+    return _reads_nt_x2(_jacobian_contraction(f, trace_axes, diagonal_axes, vmap_axes, _fwd))
 
 
 def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,

@@ -295,27 +295,35 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples, batch_size: int = 0
         def kernel_fn(x1, x2=None, get=None, **apply_fn_kwargs):
             """Generator of Monte-Carlo estimates of `get` after each count in n_samples."""
             names, single = _get(get)
+            x2 = _nt_x2(x2)
             for est in estimates(x1, x2, names, apply_fn_kwargs):
                 yield package(est, names, single)
     else:
         def kernel_fn(x1, x2=None, get=None, **apply_fn_kwargs):
             """Monte-Carlo estimate of the kernels `get` between `x1` and `x2` (None: x1)."""
             names, single = _get(get)
+            x2 = _nt_x2(x2)
             *_, est = estimates(x1, x2, names, apply_fn_kwargs)
             return package(est, names, single)
 
     return kernel_fn
 
 
+def _nt_x2(x2):
+    """NT's x2 = x1 for a network with several inputs, a tree of Nones such as
+    ``[(None, None), None]``, read as None."""
+    return None if x2 is not None and not _tree.tree_leaves(x2) else x2
+
+
 def _blocked(sampler, x1, x2, names, counts, kwargs, batch_size):
     """Estimates assembled from ``batch_size`` x ``batch_size`` blocks of (x1, x2)."""
-    n1 = x1.shape[0]
-    n2 = n1 if x2 is None else x2.shape[0]
+    n1 = _tree.tree_leaves(x1)[0].shape[0]  # a network with several inputs: x1 is a tuple
+    n2 = n1 if x2 is None else _tree.tree_leaves(x2)[0].shape[0]
     if n1 % batch_size or n2 % batch_size:
         raise InputError(f'batch_size={batch_size} must divide the batch sizes of x1 ({n1}) '
                          f'and x2 ({n2})')
     if sampler.input_shape is None:
-        sampler.input_shape = tuple(x1.shape)       # the networks are initialised for all of x1
+        sampler.input_shape = _tree.tree_map(jnp.shape, x1)  # initialised for all of x1
     ndim = sampler.out_ndim(x1, sampler.input_shape, _split_kwargs(kwargs, x1, None)[0])
     tr, dg = _axes(ndim, sampler.trace_axes, sampler.diagonal_axes)
     if 0 in tr:
@@ -324,8 +332,11 @@ def _blocked(sampler, x1, x2, names, counts, kwargs, batch_size):
     if diagonal and n1 != n2:
         raise InputError(f'diagonal_axes includes the batch axis, so x1 and x2 need the same '
                          f'number of examples, got {n1} and {n2}')
-    rows = [x1[i:i + batch_size] for i in range(0, n1, batch_size)]
-    cols = rows if x2 is None else [x2[j:j + batch_size] for j in range(0, n2, batch_size)]
+    def block(x, i):
+        return _tree.tree_map(lambda a: a[i:i + batch_size], x)
+
+    rows = [block(x1, i) for i in range(0, n1, batch_size)]
+    cols = rows if x2 is None else [block(x2, j) for j in range(0, n2, batch_size)]
     runs = {}
     for i, a in enumerate(rows):
         for j, b in enumerate(cols):

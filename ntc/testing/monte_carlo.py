@@ -65,7 +65,7 @@ def readout_paths(net: Net) -> set[str]:
         todo, seen, hit = [node.id], set(), False
         while todo and not hit:
             v = todo.pop()
-            if v == g.output:
+            if v in g.outputs:
                 hit = True
             for w, _slot in g.consumers(v):
                 if w not in seen and not g.node(w).op.creates_fresh:
