@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checks
+from .covariance.kernel import Kernel
 from .errors import InputError, ShapeError
-from .ir.types import TensorType
+from .ir.types import SPATIAL_RANK, TensorType
 from .lower import finite
 from .passes import KERNEL_NAMES, Options, run_passes
 from .passes.check import check
@@ -116,11 +117,77 @@ def compile(net: Net, input_shape: Sequence[int], get=('nngp', 'ntk'), *,  # noq
                          hint='give every example at least one feature')
     opts = Options(get=names, reference=reference, force_full=force_full, roll_loops=roll_loops,
                    diagonal_spatial=bool(diagonal_spatial))
+    return compile_for_type(net, t, opts, verify=verify, dtype=dtype)
+
+
+def compile_for_type(net: Net, t: TensorType, opts: Options, *, verify: bool = True,
+                     dtype=jnp.float32) -> KernelPlan:
+    """The KernelPlan of `net` for inputs of type `t` (see `compile`)."""
     g = net.graph().copy()
     g.replace(g.input_nodes()[0], ttype=t)
     graph = run_passes(g, opts, check_ir=verify)
     source = typed_graph(net, t)
     return KernelPlan(graph, t, opts, source, dtype_bytes=jnp.dtype(dtype).itemsize)
+
+
+def returned_fields(plan: KernelPlan, n1: int, n2: int, diagonal_spatial: bool = False) -> dict:
+    """NT's `Kernel` fields of the kernels `plan` returns for n1 × n2 examples: the finite
+    output's shapes on x1 and x2 (`shape1`, `shape2`), its batch and channel axes, whether it
+    is Gaussian, and whether only the spatial diagonal was asked for."""
+    out = plan.source.node(plan.source.output).ttype
+
+    def shape(n):
+        return tuple(n if i == out.batch else int(d) for i, d in enumerate(out.shape))
+
+    return dict(is_gaussian=out.is_gaussian, diagonal_spatial=bool(diagonal_spatial),
+                shape1=shape(n1), shape2=shape(n2), batch_axis=out.batch,
+                channel_axis=out.channel)
+
+
+def kernel_input_type(k: Kernel) -> TensorType:
+    """The input type a `Kernel` given to kernel_fn stands for (NT's kernel composition): the
+    finite tensor it is the kernel of, read from its `shape1`, axes and Gaussianity."""
+    if k.shape1 is None or len(k.shape1) < 2:
+        raise InputError(f'the Kernel given as x1 has shape1={k.shape1}: it does not say what '
+                         'tensor it is the kernel of',
+                         hint='pass a Kernel that a kernel_fn returned (get=None), or set '
+                              'shape1, shape2, batch_axis and channel_axis with replace()')
+    b = k.batch_axis % len(k.shape1)
+    return TensorType(shape=tuple(None if i == b else int(d) for i, d in enumerate(k.shape1)),
+                      batch_axis=k.batch_axis, channel_axis=k.channel_axis,
+                      is_gaussian=k.is_gaussian)
+
+
+def check_kernel_input(k: Kernel, x2, kwargs: dict) -> None:
+    """Refuse a `Kernel` input that kernel_fn cannot start from."""
+    if x2 is not None:
+        raise InputError('kernel_fn got a Kernel as x1 and an x2: a Kernel already holds the '
+                         'kernels of x1 and x2', hint='pass the Kernel alone: '
+                                                      'kernel_fn(body_kernel_fn(x1, x2))')
+    if not k.diagonal_batch:
+        raise InputError('kernel_fn got a Kernel with diagonal_batch=False (marginals over '
+                         'every pair of examples) as x1',
+                         hint='compute the Kernel with diagonal_batch=True (the default)')
+    extra = sorted(name for name, value in kwargs.items() if value is not None)
+    if extra:
+        raise InputError(f'kernel_fn got a Kernel as x1 and extra inputs {extra}: they are '
+                         'only supported with array inputs',
+                         hint='compose the networks into one with stax.serial and call it on '
+                              'the arrays')
+
+
+def check_kernel_layout(plan: KernelPlan, k: Kernel) -> None:
+    """Refuse a `Kernel` input that stores less than the plan's first layers read."""
+    want = plan.graph.node(plan.graph.input_nodes()[0]).cov
+    have = k.returned_layout
+    if SPATIAL_RANK[want.spatial] > SPATIAL_RANK[have.spatial]:
+        raise InputError('the Kernel given as x1 keeps only the spatial diagonal '
+                         '(diagonal_spatial=True), but this network reads every pair of '
+                         'positions', hint='compute the Kernel with diagonal_spatial=False')
+    if want.marginal is not None and (have.marginal is None or SPATIAL_RANK[want.marginal] >
+                                      SPATIAL_RANK[have.marginal]):
+        raise InputError('the Kernel given as x1 lacks the marginals cov1/cov2 this network '
+                         'reads', hint='pass the whole Kernel a kernel_fn returned (get=None)')
 
 
 def same_inputs(x1, x2) -> bool:
@@ -165,6 +232,8 @@ def make_kernel_fn(net: Net):
     def kernel_fn(x1, x2=None, get=None, *, diagonal_batch: bool = True,
                   diagonal_spatial: bool = False, **kwargs):
         names, form = normalize_get(get, shapes=True)
+        if isinstance(x1, Kernel):
+            return compose(x1, x2, names, form, diagonal_spatial, kwargs)
         if x2 is not None and same_inputs(x1, x2):
             x2 = None  # NT's convention: kernel_fn(x, x) is kernel_fn(x, None)
         x1 = checks.as_input(x1, 'x1')
@@ -196,8 +265,11 @@ def make_kernel_fn(net: Net):
         if kernels:
             plan = plan_for(kernels)
             if form == 'kernel':
-                k = plan.kernel(x1, x2, **kwargs)
-                return k if diagonal_batch else k.replace(**batch_marginals())
+                k = plan.kernel(x1, x2, **kwargs).replace(**returned_fields(
+                    plan, x1.shape[b], (x1 if x2 is None else x2).shape[b], diagonal_spatial))
+                if diagonal_batch:
+                    return k
+                return k.replace(diagonal_batch=False, **batch_marginals())
             out = dict(plan.raw(x1, x2, **kwargs))
             if not diagonal_batch and {'cov1', 'cov2'} & set(kernels):
                 out.update(batch_marginals())
@@ -205,6 +277,28 @@ def make_kernel_fn(net: Net):
             out['shape1'] = output_shape(net, x1.shape)
             out['shape2'] = out['shape1'] if x2 is None else output_shape(net, x2.shape)
         if form == 'tuple':  # NT: a tuple `get` gives a namedtuple, even of one kernel
+            return result_type(names)(*(out[n] for n in names))
+        return out[names[0]]
+
+    def compose(k: Kernel, x2, names, form, diagonal_spatial, kwargs):
+        """kernel_fn(k): the plan runs from the Kernel `k` instead of the inputs' kernel."""
+        check_kernel_input(k, x2, kwargs)
+        t = kernel_input_type(k)
+        kernels = tuple(n for n in names if n in KERNEL_NAMES) or ('nngp',)
+        key = ('kernel input', t, kernels, bool(diagonal_spatial))
+        if key not in cache:
+            opts = Options(get=kernels, diagonal_spatial=bool(diagonal_spatial))
+            cache[key] = compile_for_type(net, t, opts, dtype=k.nngp.dtype)
+        plan = cache[key]
+        check_kernel_layout(plan, k)
+        out = dict(plan.fn(k, None))
+        fields = returned_fields(plan, k.nngp.shape[0], k.nngp.shape[1], diagonal_spatial)
+        out.update(shape1=fields['shape1'], shape2=fields['shape2'])
+        if form == 'kernel':
+            return Kernel(nngp=out['nngp'], ntk=out['ntk'], cov1=out['cov1'],
+                          cov2=None if k.x1_is_x2 else out['cov2'], layout=plan.output_layout,
+                          x1_is_x2=k.x1_is_x2, **fields)
+        if form == 'tuple':
             return result_type(names)(*(out[n] for n in names))
         return out[names[0]]
 

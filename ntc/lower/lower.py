@@ -142,15 +142,17 @@ def run_loop(ctx: LowerCtx, graph: Graph, loop: Loop, carry: Kernel) -> Kernel:
 
 def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
              watch=None) -> Kernel:
-    """The output node's Kernel (in the node's layout) for inputs x1, x2 (x2 None: x1);
-    `inputs` holds extra kernel_fn inputs such as Aggregate's `pattern`.  Rolled loops run as
-    scans, except under masking (whose per-node masks are built by the unrolled walk) or with
+    """The output node's Kernel (in the node's layout) for inputs x1, x2 (x2 None: x1), or
+    for x1 a `Kernel` that `kernel_fn` returned (NT's composition; x2 None); `inputs` holds
+    extra kernel_fn inputs such as Aggregate's `pattern`.  Rolled loops run as scans, except
+    under masking (whose per-node masks are built by the unrolled walk) or with
     `watch(ctx, node, env)`, called after each node's Kernel `env[node.id]` is computed (in
     execution order, its inputs still in `env`)."""
     mask_constant = (inputs or {}).get('mask_constant')
     masks = None if mask_constant is None else {}
     ctx = LowerCtx(graph=graph, xp=JNP, want_ntk=opts.want_ntk, inputs=inputs,
-                   x1_is_x2=x2 is None, masks=masks)
+                   x1_is_x2=x1.x1_is_x2 if isinstance(x1, Kernel) else x2 is None,
+                   masks=masks)
     env: dict[int, Kernel] = {}
     uses = {nid: len(graph.consumers(nid)) for nid in graph.order()}
     unrolled = masks is not None or watch is not None
@@ -174,7 +176,10 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
         if node.op.arity == 0:
             if masks is not None:
                 x1, x2, masks[node.id] = masking.mask_inputs(node.ttype, x1, x2, mask_constant)
-            k = input_kernel(node, x1, x2)
+            if isinstance(x1, Kernel):
+                k = x1.stored_as(node.cov)
+            else:
+                k = input_kernel(node, x1, x2)
             if node.materialize:
                 k = jax.lax.optimization_barrier(k)
             env[node.id] = k
