@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ntc
 from ntc import predict, stax
 from ntc.covariance.kernel import Kernel
 from ntc.errors import InputError, NtcError
@@ -226,3 +227,26 @@ def test_predict_with_traced_batch_and_inner_axes(trace):
     lam, v = np.linalg.eigh(big)
     want = y.ravel() + v @ (np.exp(-t * lam / y.size) * (v.T @ (fx0 - y).ravel()))
     np.testing.assert_allclose(p(t, fx0), want.reshape(shape), rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- through ntc.batch
+
+
+@pytest.mark.parametrize('batch_size', [2, 0])
+@pytest.mark.parametrize('same', [False, True])
+def test_composition_through_batch(batch_size, same):
+    """batch(readout)(batch(body)(x1, x2)) is the whole network's kernel, NT's fields included
+    (ragged tiles: 7 and 3 examples in tiles of 2)."""
+    x1, x2 = _inputs((7, 4, 4, 3), (3, 4, 4, 3))
+    x2 = None if same else x2
+    body = stax.serial(stax.Conv(8, (2, 2)), stax.Relu())
+    readout = stax.serial(stax.GlobalAvgPool(), stax.Dense(10))
+    want = stax.serial(body, readout)[2](x1, x2)
+    inner = ntc.batch(body[2], batch_size)(x1, x2)
+    assert_kernels_close(inner, body[2](x1, x2))
+    outer = ntc.batch(readout[2], batch_size)
+    assert_kernels_close(outer(inner), want)
+    np.testing.assert_allclose(outer(inner, get='nngp'), want.nngp, rtol=1e-10)
+    got = outer(inner, get=('cov2', 'ntk'))
+    np.testing.assert_allclose(got.cov2, want.cov1 if same else want.cov2, rtol=1e-10)
+    np.testing.assert_allclose(got.ntk, want.ntk, rtol=1e-10)
