@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checks
+from .covariance.kernel import Kernel
 from .errors import InputError, ShapeError
 from .ir.graph import Graph
-from .ir.types import TensorType
+from .ir.types import SPATIAL_RANK, TensorType
 from .lower import finite
 from .passes import KERNEL_NAMES, Options, run_passes
 from .passes.check import check
@@ -241,12 +242,79 @@ def compile(net: Net, input_shape, get=('nngp', 'ntk'), *,  # noqa: A001
                              hint='give every example at least one feature')
     opts = Options(get=names, reference=reference, force_full=force_full, roll_loops=roll_loops,
                    diagonal_spatial=bool(diagonal_spatial))
+    return compile_for_types(built, types, opts, verify=verify, dtype=dtype)
+
+
+def compile_for_types(built: Graph, types: Sequence[TensorType], opts: Options, *,
+                      verify: bool = True, dtype=jnp.float32) -> KernelPlan:
+    """The KernelPlan of a net's graph `built` for inputs of `types` (see `compile`)."""
     g = built.copy()
-    for nid, t in zip(g.input_nodes(), types):
+    for nid, t in zip(g.input_nodes(), types, strict=True):
         g.replace(nid, ttype=t)
     graph = run_passes(g, opts, check_ir=verify)
     source = typed_graph(built, types)
     return KernelPlan(graph, types, opts, source, dtype_bytes=jnp.dtype(dtype).itemsize)
+
+
+def returned_fields(plan: KernelPlan, n1: int, n2: int, diagonal_spatial: bool = False,
+                    index: int = 0) -> dict:
+    """NT's `Kernel` fields of the kernels `plan` returns (its output `index`) for n1 × n2
+    examples: the finite output's shapes on x1 and x2 (`shape1`, `shape2`), its batch and
+    channel axes, whether it is Gaussian, and whether only the spatial diagonal was asked for."""
+    out = plan.source.node(plan.source.outputs[index]).ttype
+
+    def shape(n):
+        return tuple(n if i == out.batch else int(d) for i, d in enumerate(out.shape))
+
+    return dict(is_gaussian=out.is_gaussian, diagonal_spatial=bool(diagonal_spatial),
+                shape1=shape(n1), shape2=shape(n2), batch_axis=out.batch,
+                channel_axis=out.channel)
+
+
+def kernel_input_type(k: Kernel) -> TensorType:
+    """The input type a `Kernel` given to kernel_fn stands for (NT's kernel composition): the
+    finite tensor it is the kernel of, read from its `shape1`, axes and Gaussianity."""
+    if k.shape1 is None or len(k.shape1) < 2:
+        raise InputError(f'the Kernel given as x1 has shape1={k.shape1}: it does not say what '
+                         'tensor it is the kernel of',
+                         hint='pass a Kernel that a kernel_fn returned (get=None), or set '
+                              'shape1, shape2, batch_axis and channel_axis with replace()')
+    b = k.batch_axis % len(k.shape1)
+    return TensorType(shape=tuple(None if i == b else int(d) for i, d in enumerate(k.shape1)),
+                      batch_axis=k.batch_axis, channel_axis=k.channel_axis,
+                      is_gaussian=k.is_gaussian)
+
+
+def check_kernel_input(k: Kernel, x2, kwargs: dict) -> None:
+    """Refuse a `Kernel` input that kernel_fn cannot start from."""
+    if x2 is not None:
+        raise InputError('kernel_fn got a Kernel as x1 and an x2: a Kernel already holds the '
+                         'kernels of x1 and x2', hint='pass the Kernel alone: '
+                                                      'kernel_fn(body_kernel_fn(x1, x2))')
+    if not k.diagonal_batch:
+        raise InputError('kernel_fn got a Kernel with diagonal_batch=False (marginals over '
+                         'every pair of examples) as x1',
+                         hint='compute the Kernel with diagonal_batch=True (the default)')
+    extra = sorted(name for name, value in kwargs.items() if value is not None)
+    if extra:
+        raise InputError(f'kernel_fn got a Kernel as x1 and extra inputs {extra}: they are '
+                         'only supported with array inputs',
+                         hint='compose the networks into one with stax.serial and call it on '
+                              'the arrays')
+
+
+def check_kernel_layout(plan: KernelPlan, k: Kernel) -> None:
+    """Refuse a `Kernel` input that stores less than the plan's first layers read."""
+    want = plan.graph.node(plan.graph.input_nodes()[0]).cov
+    have = k.returned_layout
+    if SPATIAL_RANK[want.spatial] > SPATIAL_RANK[have.spatial]:
+        raise InputError('the Kernel given as x1 keeps only the spatial diagonal '
+                         '(diagonal_spatial=True), but this network reads every pair of '
+                         'positions', hint='compute the Kernel with diagonal_spatial=False')
+    if want.marginal is not None and (have.marginal is None or SPATIAL_RANK[want.marginal] >
+                                      SPATIAL_RANK[have.marginal]):
+        raise InputError('the Kernel given as x1 lacks the marginals cov1/cov2 this network '
+                         'reads', hint='pass the whole Kernel a kernel_fn returned (get=None)')
 
 
 def same_inputs(x1, x2) -> bool:
@@ -317,6 +385,8 @@ def make_kernel_fn(net: Net):
     def kernel_fn(x1, x2=None, get=None, *, diagonal_batch: bool = True,
                   diagonal_spatial: bool = False, **kwargs):
         names, form = normalize_get(get, shapes=True)
+        if isinstance(x1, Kernel):
+            return compose(x1, x2, names, form, diagonal_spatial, kwargs)
         xs1, tree = split_inputs(x1)
         xs2 = None
         if x2 is not None:
@@ -380,8 +450,13 @@ def make_kernel_fn(net: Net):
             plan = plan_for(kernels)
             if form == 'kernel':
                 ks = per_output(plan.kernel(arg1, arg2, **kwargs), plan)
+                n1 = xs1[0].shape[batch_axes[0]]
+                n2 = n1 if xs2 is None else xs2[0].shape[batch_axes[0]]
+                ks = [k.replace(**returned_fields(plan, n1, n2, diagonal_spatial, index=i))
+                      for i, k in enumerate(ks)]
                 if not diagonal_batch:
-                    ks = [k.replace(**m) for k, m in zip(ks, batch_marginals())]
+                    ks = [k.replace(diagonal_batch=False, **m)
+                          for k, m in zip(ks, batch_marginals())]
                 return rebuild(out_tree, ks)
             outs = [dict(o) for o in per_output(plan.raw(arg1, arg2, **kwargs), plan)]
             if not diagonal_batch and {'cov1', 'cov2'} & set(kernels):
@@ -398,6 +473,28 @@ def make_kernel_fn(net: Net):
         else:
             results = [o[names[0]] for o in outs]
         return rebuild(out_tree, results)
+
+    def compose(k: Kernel, x2, names, form, diagonal_spatial, kwargs):
+        """kernel_fn(k): the plan runs from the Kernel `k` instead of the inputs' kernel."""
+        check_kernel_input(k, x2, kwargs)
+        t = kernel_input_type(k)
+        kernels = tuple(n for n in names if n in KERNEL_NAMES) or ('nngp',)
+        key = ('kernel input', t, kernels, bool(diagonal_spatial))
+        if key not in cache:
+            opts = Options(get=kernels, diagonal_spatial=bool(diagonal_spatial))
+            cache[key] = compile_for_types(net.graph(), [t], opts, dtype=k.nngp.dtype)
+        plan = cache[key]
+        check_kernel_layout(plan, k)
+        out = dict(plan.fn(k, None))
+        fields = returned_fields(plan, k.nngp.shape[0], k.nngp.shape[1], diagonal_spatial)
+        out.update(shape1=fields['shape1'], shape2=fields['shape2'])
+        if form == 'kernel':
+            return Kernel(nngp=out['nngp'], ntk=out['ntk'], cov1=out['cov1'],
+                          cov2=None if k.x1_is_x2 else out['cov2'], layout=plan.output_layout,
+                          x1_is_x2=k.x1_is_x2, **fields)
+        if form == 'tuple':
+            return result_type(names)(*(out[n] for n in names))
+        return out[names[0]]
 
     kernel_fn.net = net
     return kernel_fn

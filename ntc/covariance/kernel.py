@@ -15,7 +15,7 @@ against the covariance they belong to, so one rule serves every layout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, fields, replace
 
 import jax
 import jax.numpy as jnp
@@ -23,20 +23,53 @@ import jax.numpy as jnp
 from ..ir.types import CovType
 
 
+def _static(default=None, factory=None):
+    """A field kept in the pytree's static aux data, marked as NT marks it (`pytree_node`
+    False in its metadata: NT's tests compare such fields with `==`, not as arrays)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={'pytree_node': False})
+    return field(default=default, metadata={'pytree_node': False})
+
+
 @dataclass(frozen=True)
 class Kernel:
     """Covariances of one value.  `nngp`/`ntk` are cross kernels (or the joint one), `cov1`/
-    `cov2` the per-example marginals (cov2 is None when x2 is x1)."""
+    `cov2` the per-example marginals (cov2 is None when x2 is x1).
+
+    The fields from `x1_is_x2` to `mask2` are neural_tangents' `Kernel` fields, in NT's order and
+    with NT's meaning; kernel rules read only `layout` (how the arrays are stored) and `n1`.  A
+    kernel returned by `kernel_fn` carries NT's values (the finite output's `shape1`/`shape2`,
+    axes and Gaussianity); ntc keeps spatial axes in tensor order, so `is_reversed` is False."""
 
     nngp: jax.Array | None
     ntk: jax.Array | None = None
     cov1: jax.Array | None = None
     cov2: jax.Array | None = None
-    layout: CovType = field(default_factory=CovType)
-    x1_is_x2: bool = False
-    n1: int | None = None  # rows of x1 in the joint (batch FULL) layout
+    x1_is_x2: bool = _static(False)
+    is_gaussian: bool = _static(False)
+    is_reversed: bool = _static(False)
+    is_input: bool = _static(False)
+    diagonal_batch: bool = _static(True)  # cov1/cov2 are (N, ...), not (N, N, ...)
+    diagonal_spatial: bool = _static(False)  # nngp/ntk keep only the spatial diagonal
+    shape1: tuple[int, ...] | None = _static()  # the finite output's shape on x1 (x2)
+    shape2: tuple[int, ...] | None = _static()
+    batch_axis: int = _static(0)  # of shape1/shape2
+    channel_axis: int = _static(-1)
+    mask1: jax.Array | None = None  # NT's masks of the output positions (ntc: always None)
+    mask2: jax.Array | None = None
+    # How the arrays are stored, and the rows of x1 in the joint (batch FULL) layout: ntc's own
+    # metadata, kept out of `dataclasses.fields` (what NT code walks) and in the static aux data.
+    layout: InitVar[CovType | None] = None
+    n1: InitVar[int | None] = None
+
+    def __post_init__(self, layout, n1):
+        object.__setattr__(self, 'layout', CovType() if layout is None else layout)
+        object.__setattr__(self, 'n1', n1)
 
     def replace(self, **kw) -> Kernel:
+        """A copy with the given fields (NT's fields, `layout` or `n1`) changed."""
+        kw.setdefault('layout', self.layout)
+        kw.setdefault('n1', self.n1)
         return replace(self, **kw)
 
     @property
@@ -78,14 +111,62 @@ class Kernel:
         """(qa, qb) for a marginal array `cov` (N, ...): its own variances, broadcastable."""
         return self.expand_marginal(marginal_var(cov, self.n_spatial, self.layout.marginal))
 
+    # -- a kernel_fn result as the input of another kernel_fn (NT's kernel composition) -------
+
+    @property
+    def returned_layout(self) -> CovType:
+        """The layout of a kernel as `kernel_fn` returns it, read from NT's fields: batch DIAG,
+        spatial axes in tensor order, FULL or (`diagonal_spatial`) DIAG, and marginals stored
+        as `cov1` says (None when absent)."""
+        ns = len(self.shape1) - 2
+        spatial = 'NONE' if ns == 0 else 'DIAG' if self.diagonal_spatial else 'FULL'
+        marginal = None
+        if self.cov1 is not None:
+            marginal = 'NONE' if ns == 0 else 'DIAG' if self.cov1.ndim == 1 + ns else 'FULL'
+        return CovType(batch='DIAG', spatial=spatial, marginal=marginal,
+                       axis_order=tuple(range(ns)))
+
+    def stored_as(self, want: CovType) -> Kernel:
+        """This kernel, a `kernel_fn` result (see `returned_layout`), in the layout `want`: its
+        spatial axis pairs moved to `want.axis_order`, then diagonals taken or marginals dropped
+        where `want` needs less (`adapt`)."""
+        have = self.returned_layout
+        order = want.axis_order
+
+        def perm(x, lead: int, spatial: str | None):
+            if x is None or spatial in (None, 'NONE') or order == have.axis_order:
+                return x
+            width = 2 if spatial == 'FULL' else 1
+            axes = [lead + width * o + j for o in order for j in range(width)]
+            return jnp.transpose(x, tuple(range(lead)) + tuple(axes))
+
+        k = self.replace(nngp=perm(self.nngp, 2, have.spatial), ntk=perm(self.ntk, 2, have.spatial),
+                         cov1=perm(self.cov1, 1, have.marginal),
+                         cov2=perm(self.cov2, 1, have.marginal),
+                         layout=have.model_copy(update=dict(axis_order=order)))
+        return adapt(k, want)
+
     def map_covariances(self, fn) -> Kernel:
         """Apply `fn` to nngp, cov1 and cov2 (not ntk)."""
         return self.replace(nngp=_opt(fn, self.nngp), cov1=_opt(fn, self.cov1),
                             cov2=_opt(fn, self.cov2))
 
 
-jax.tree_util.register_dataclass(
-    Kernel, data_fields=['nngp', 'ntk', 'cov1', 'cov2'], meta_fields=['layout', 'x1_is_x2', 'n1'])
+_DATA = tuple(f.name for f in fields(Kernel) if f.metadata.get('pytree_node', True))
+_META = tuple(f.name for f in fields(Kernel) if not f.metadata.get('pytree_node', True))
+
+
+def _flatten(k: Kernel):
+    children = tuple((jax.tree_util.GetAttrKey(name), getattr(k, name)) for name in _DATA)
+    return children, tuple(getattr(k, name) for name in _META) + (k.layout, k.n1)
+
+
+def _unflatten(meta, children) -> Kernel:
+    *static, layout, n1 = meta
+    return Kernel(**dict(zip(_DATA, children)), **dict(zip(_META, static)), layout=layout, n1=n1)
+
+
+jax.tree_util.register_pytree_with_keys(Kernel, _flatten, _unflatten)
 
 
 def _opt(fn, x):

@@ -144,6 +144,7 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
              watch=None) -> list[Kernel]:
     """The output nodes' Kernels (each in its node's layout) for inputs x1, x2 (x2 None: x1);
     with several input nodes, x1 and x2 are sequences of arrays, one per input node in order.
+    x1 may also be a `Kernel` that `kernel_fn` returned (NT's composition; x2 None).
     `inputs` holds extra kernel_fn inputs such as Aggregate's `pattern`.  Rolled loops run as
     scans, except under masking (whose per-node masks are built by the unrolled walk) or with
     `watch(ctx, node, env)`, called after each node's Kernel `env[node.id]` is computed (in
@@ -151,7 +152,8 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
     mask_constant = (inputs or {}).get('mask_constant')
     masks = None if mask_constant is None else {}
     ctx = LowerCtx(graph=graph, xp=JNP, want_ntk=opts.want_ntk, inputs=inputs,
-                   x1_is_x2=x2 is None, masks=masks)
+                   x1_is_x2=x1.x1_is_x2 if isinstance(x1, Kernel) else x2 is None,
+                   masks=masks)
     env: dict[int, Kernel] = {}
     given1, given2 = _per_input(graph, x1), _per_input(graph, x2)
     uses = {nid: len(graph.consumers(nid)) for nid in graph.order()}
@@ -179,7 +181,7 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
             a, b = given1[node.id], given2[node.id]
             if masks is not None:
                 a, b, masks[node.id] = masking.mask_inputs(node.ttype, a, b, mask_constant)
-            k = input_kernel(node, a, b)
+            k = a.stored_as(node.cov) if isinstance(a, Kernel) else input_kernel(node, a, b)
             if node.materialize:
                 k = jax.lax.optimization_barrier(k)
             env[node.id] = k

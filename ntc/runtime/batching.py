@@ -43,7 +43,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .. import checks
-from ..api import LEAF, input_types, normalize_get, rebuild, split_inputs
+from ..api import LEAF, input_types, normalize_get, rebuild, returned_fields, split_inputs
 from ..api import compile as compile_plan
 from ..covariance.kernel import Kernel
 from ..errors import InputError, NumericalError, StoreError
@@ -334,6 +334,8 @@ class BatchedKernelFn:
             get, args = (args[0], args[1:]) if args else (kwargs.pop('get', None), ())
         else:
             get = args[0] if args else kwargs.get('get')
+        if isinstance(x1, Kernel):
+            return self._call_on_kernel(x1, x2, get, args, kwargs)
         if args:
             kwargs = dict(kwargs, **{ARGS: args})
         x1, x2n, symmetric, names, form, plan = self.prepare_inputs(x1, x2, get, kwargs)
@@ -408,6 +410,53 @@ class BatchedKernelFn:
         graph = net.graph(split_inputs(x1)[1])
         return [t.batch for t in input_types(graph, [np.shape(x) for x in xs1])]
 
+    def _call_on_kernel(self, k: Kernel, x2, get, args, kwargs):
+        """NT's composition through `batch`: `kernel_fn(k)` for a Kernel `k`, computed on the
+        sub-kernels of `batch_size` × `batch_size` tiles of its examples, one after another (no
+        sharding, tile store or `out=`), and assembled in the form `kernel_fn` returns."""
+        if x2 is not None:
+            raise InputError('a batched kernel_fn got a Kernel as x1 and an x2: a Kernel '
+                             'already holds the kernels of x1 and x2',
+                             hint='pass the Kernel alone: batch(kernel_fn)(kernel)')
+        n1, n2 = k.nngp.shape[:2]
+        tile = self.batch_size or max(n1, n2)
+        outs = {}
+        for i in range(0, n1, tile):
+            for j in range(0, n2, tile):
+                r, c = slice(i, min(i + tile, n1)), slice(j, min(j + tile, n2))
+                sub = _sub_kernel(k, r, c, same=k.x1_is_x2 and i == j)
+                outs[i, j] = (self.kernel_fn(sub, None, get, *args, **kwargs) if self._own()
+                              else self.kernel_fn(sub, None, *args, **kwargs))
+        first = outs[0, 0]
+        if isinstance(first, Kernel):
+            names = tuple(n for n in KERNEL_NAMES if getattr(first, n) is not None)
+        elif hasattr(first, '_fields'):
+            names = tuple(first._fields)
+        else:
+            names = normalize_get(get, shapes=True)[0] if get is not None else ('nngp',)
+        parts = {ij: _as_dict(out, names) for ij, out in outs.items()}
+        rows, cols = range(0, n1, tile), range(0, n2, tile)
+        result = {}
+        for name in names:
+            if name in ('shape1', 'shape2'):
+                n = n1 if name == 'shape1' else n2
+                result[name] = _with_batch(parts[0, 0][name], n, k.batch_axis)
+            elif name == 'cov1':
+                result[name] = jnp.concatenate([parts[i, 0]['cov1'] for i in rows])
+            elif name == 'cov2':
+                result[name] = jnp.concatenate([parts[0, j]['cov2'] for j in cols])
+            else:
+                result[name] = jnp.concatenate([jnp.concatenate(
+                    [parts[i, j][name] for j in cols], axis=1) for i in rows])
+        if isinstance(first, Kernel):
+            return first.replace(**dict(result, cov2=None if k.x1_is_x2 else result['cov2']),
+                                 x1_is_x2=k.x1_is_x2,
+                                 shape1=_with_batch(first.shape1, n1, first.batch_axis),
+                                 shape2=_with_batch(first.shape2, n2, first.batch_axis))
+        if hasattr(first, '_fields'):
+            return type(first)(*(result[n] for n in names))
+        return result[names[0]]
+
     def choose_tile(self, plan, n1, n2, symmetric: bool = False, store=None) -> int:
         """The tile size: `batch_size`, the one recorded in a store being resumed (`store`, else
         this function's own), or automatic."""
@@ -478,7 +527,10 @@ class BatchedKernelFn:
                                     (n1, n2, symmetric, out), bar)
             finally:
                 bar.close()
-            return self._finish(result, names, form, symmetric)
+            fields = {} if plan is None else dict(
+                returned_fields(plan, n1, n2, bool(kwargs.get('diagonal_spatial', False))),
+                layout=plan.output_layout)
+            return self._finish(result, names, form, symmetric, fields)
         finally:
             for tmp, _ in self._partials:  # an unfinished output never looks complete
                 if os.path.exists(tmp):
@@ -614,7 +666,7 @@ class BatchedKernelFn:
         self._partials.append((tmp, final))
         return _allocate(tmp, shape, dtype)
 
-    def _finish(self, result, names, form, symmetric):
+    def _finish(self, result, names, form, symmetric, fields=None):
         for arr in result.values():
             if isinstance(arr, np.memmap):
                 arr.flush()
@@ -630,7 +682,8 @@ class BatchedKernelFn:
             return result[names[0]]
         if form == 'kernel':
             return Kernel(nngp=result.get('nngp'), ntk=result.get('ntk'), cov1=result.get('cov1'),
-                          cov2=result.get('cov2'), x1_is_x2=symmetric)
+                          cov2=None if symmetric else result.get('cov2'), x1_is_x2=symmetric,
+                          **(fields or {}))
         return result_type(tuple(names))(*(result[n] for n in names))
 
 
@@ -659,6 +712,27 @@ def _join_tree(rows, name: str | None):
     if name in ('shape1', 'shape2'):
         return first
     return jnp.concatenate([jnp.concatenate(row, axis=1) for row in rows], axis=0)
+
+def _sub_kernel(k: Kernel, rows: slice, cols: slice, same: bool) -> Kernel:
+    """The Kernel of examples `rows` of x1 against examples `cols` of x2 (`same`: the rows
+    are the columns, x1 is x2)."""
+    def cut(x, s):
+        return None if x is None else x[s]
+
+    cov2 = k.cov1 if k.x1_is_x2 else k.cov2
+    n1, n2 = rows.stop - rows.start, cols.stop - cols.start
+    return k.replace(nngp=k.nngp[rows, cols], ntk=None if k.ntk is None else k.ntk[rows, cols],
+                     cov1=cut(k.cov1, rows), cov2=None if same else cut(cov2, cols),
+                     x1_is_x2=same, shape1=_with_batch(k.shape1, n1, k.batch_axis),
+                     shape2=_with_batch(k.shape2, n2, k.batch_axis))
+
+
+def _with_batch(shape, n: int, batch_axis: int):
+    """`shape` (a tuple, or None) with its batch entry set to `n`."""
+    if shape is None:
+        return None
+    b = batch_axis % len(shape)
+    return tuple(n if i == b else d for i, d in enumerate(shape))
 
 
 def _keywords(kwargs: dict) -> dict:

@@ -165,7 +165,8 @@ class _Layout:
     def flat(self, y):
         """Targets-shaped array (plus leading axes) -> (..., rows, channels)."""
         lead = y.ndim - self.ndim
-        y = jnp.moveaxis(y, tuple(lead + a for a in self.trace), self.neg)
+        y = jnp.moveaxis(y, tuple(lead + a for a in self.trace),
+                         tuple(range(-len(self.trace), 0)))
         return y.reshape(y.shape[:lead] + (-1, self.n_cols))
 
     def unflat(self, z, rest_shape):
@@ -183,7 +184,7 @@ class _Layout:
 
 
 def _check_train_kernel(k, layout: _Layout, what: str = 'k_train_train'):
-    if k.ndim % 2 or k.ndim == 0:
+    if k.ndim % 2:  # () when every axis, the batch axis too, is traced: a 1 × 1 kernel
         raise InputError(f'{what} must have an even number of axes (pairs (x1, x2) per output '
                          f'axis), got shape {k.shape}')
     if k.shape[::2] != k.shape[1::2]:
