@@ -165,6 +165,9 @@ def make_kernel_fn(net: Net):
     def kernel_fn(x1, x2=None, get=None, *, diagonal_batch: bool = True,
                   diagonal_spatial: bool = False, **kwargs):
         names, form = normalize_get(get, shapes=True)
+        # NT: a layer requiring diagonal_batch=False makes the network's marginals full
+        diagonal_batch = diagonal_batch and not any(
+            node.op.needs_joint_batch() for node in net.graph().nodes())
         if x2 is not None and same_inputs(x1, x2):
             x2 = None  # NT's convention: kernel_fn(x, x) is kernel_fn(x, None)
         x1 = checks.as_input(x1, 'x1')
