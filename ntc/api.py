@@ -216,22 +216,24 @@ def make_kernel_fn(net: Net):
 
 
 def make_init_fn(net: Net):
-    """NT's `init_fn(rng, input_shape) -> (output_shape, params)`."""
+    """NT's `init_fn(rng, input_shape) -> (output_shape, params)`, params in NT's nested
+    structure (`Net.nested_params`)."""
     def init_fn(rng, input_shape):
-        _, g = finite_graph(net, input_shape)
+        t, g = finite_graph(net, input_shape)
         out = g.node(g.output).ttype
-        out_shape = tuple(-1 if d is None else d for d in out.shape)
-        return out_shape, finite.init_params(g, rng)
+        out_shape = tuple(input_shape[t.batch] if d is None else d for d in out.shape)
+        return out_shape, net.nested_params(finite.init_params(g, rng))
 
     return init_fn
 
 
 def make_apply_fn(net: Net):
-    """NT's `apply_fn(params, inputs, rng=None, **kwargs)`: the finite network."""
+    """NT's `apply_fn(params, inputs, rng=None, **kwargs)`: the finite network; `params` as
+    init_fn returns them, or the dict keyed by layer path the finite network reads."""
     def apply_fn(params, inputs, rng=None, **kwargs):
         x = checks.as_input(inputs, 'inputs')
         checks.check_values(x, 'inputs', kwargs.get('mask_constant'))
         _, g = finite_graph(net, x.shape)
-        return finite.apply(g, params, x, rng=rng, **kwargs)
+        return finite.apply(g, net.path_params(params), x, rng=rng, **kwargs)
 
     return apply_fn
