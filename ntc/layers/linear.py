@@ -277,16 +277,10 @@ class Index(Op):
     def infer(self, ins, path):
         t = ins[0]
         per = self.per_axis(t.ndim, path)
-        if isinstance(per[t.batch], int):
-            raise ShapeError('an integer index on the batch axis removes it; the kernel needs '
-                             'a batch axis', path=path, hint='use a slice, e.g. Slice[3:4]')
-        if isinstance(per[t.channel], int):
-            raise ShapeError('an integer index on the channel axis removes it', path=path,
-                             hint='index spatial axes only')
         shape = []
         for i, (d, s) in enumerate(zip(t.shape, per)):
             if isinstance(s, int):
-                if not -d <= s < d:
+                if d is not None and not -d <= s < d:
                     raise ShapeError(f'index {s} is out of range for axis {i} of size {d}',
                                      path=path)
                 continue
@@ -299,13 +293,29 @@ class Index(Op):
                                  path=path)
             shape.append(n)
         kept = self.kept(t)
-        return TensorType(shape=tuple(shape), batch_axis=kept.index(t.batch),
-                          channel_axis=kept.index(t.channel), is_gaussian=t.is_gaussian,
+        if len(kept) < 2:
+            raise ShapeError(f'index {self.label()} leaves {len(kept)} axis of the input\'s '
+                             f'{t.ndim}', path=path, hint='keep a batch and a channel axis')
+        # an integer on the batch or channel axis (the finite network allows it, the kernel
+        # does not): the first other kept axis plays the batch, the last the channel
+        batch = t.batch if t.batch in kept else next(a for a in kept if a != t.channel)
+        channel = t.channel if t.channel in kept else next(a for a in reversed(kept)
+                                                           if a != batch)
+        return TensorType(shape=tuple(shape), batch_axis=kept.index(batch),
+                          channel_axis=kept.index(channel), is_gaussian=t.is_gaussian,
                           is_fresh=t.is_fresh)
 
     def no_kernel(self, ins):
         t = ins[0]
-        sel = self.per_axis(t.ndim)[t.channel]
+        per = self.per_axis(t.ndim)
+        if isinstance(per[t.batch], int):
+            return ('an integer index on the batch axis removes it; the kernel needs a batch '
+                    'axis', 'use a slice, e.g. Slice[3:4]')
+        sel = per[t.channel]
+        if isinstance(sel, int):
+            return (f'an integer index ({sel}) on the channel axis leaves one channel, which '
+                    'has no infinite-width kernel', "index spatial or batch axes only (':' on "
+                    'the channel axis), or estimate the kernel with ntc.monte_carlo_kernel_fn')
         if range(*sel.indices(t.channels)) == range(t.channels):
             return None
         return (f'indexing the channel axis ({sel}) leaves finitely many channels, which has '
