@@ -21,6 +21,7 @@ import numpy as np
 from jax import lax
 from pydantic import field_validator
 
+from ..covariance import masking
 from ..covariance.kernel import reduce_spatial
 from ..errors import ShapeError
 from ..ir.op import Op
@@ -668,6 +669,23 @@ def _index_mask(op, masks, in_types, out_type):
     (m,), (t,) = masks, in_types
     per = op.per_axis(t.ndim)
     return m[(per[t.batch],) + tuple(per[a] for a in t.spatial_axes)]
+
+
+@mask_rule(DotGeneral)
+def _dot_general_mask(op, masks, in_types, out_type):
+    """An output position is masked when every input entry it sums over is: the same
+    dot_general of the unmasked indicator with the constant's non-zero pattern is zero there."""
+    (m,), (t,) = masks, in_types
+    c = op.constant()
+    if c is None:
+        return m
+    live = masking.to_tensor(~m, t).astype(jnp.float32)  # a channel axis of size 1
+    pattern = (jnp.asarray(c) != 0).astype(jnp.float32)
+    args = (pattern, live) if op.is_lhs else (live, pattern)
+    out = lax.dot_general(*args, op.dimension_numbers) == 0
+    pos = jnp.all(out, axis=out_type.channel)
+    b = out_type.batch if out_type.batch < out_type.channel else out_type.batch - 1
+    return jnp.moveaxis(pos, b, 0)
 
 
 @mask_rule(Flatten)
