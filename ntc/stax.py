@@ -71,7 +71,7 @@ def layer(cls, **kwargs):
       `ntc.layers.custom`), with the layouts `requires` asked for."""
     if isinstance(cls, type) and issubclass(cls, Op):
         return _op_layer(cls, **kwargs)
-    if callable(cls) and not kwargs:
+    if callable(cls) and not isinstance(cls, type) and not kwargs:
         return _nt_layer(cls)
     raise ArchitectureError(f'stax.layer expects an op class or a function returning '
                             f'(init_fn, apply_fn, kernel_fn), got {cls!r}',
