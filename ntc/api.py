@@ -404,6 +404,9 @@ def make_kernel_fn(net: Net):
         xs2 = None if xs2 is None else [checks.as_input(x, name('x2', i))
                                         for i, x in enumerate(xs2)]
         _, out_tree = net.graph_and_outputs(tree)
+        # NT: a layer requiring diagonal_batch=False makes the network's marginals full
+        diagonal_batch = diagonal_batch and not any(
+            node.op.needs_joint_batch() for node in net.graph(tree).nodes())
         axes_key = ('batch axes', tree, tuple(x.ndim for x in xs1))
         if axes_key not in cache:  # NT's batch_axis, from the first layer that names it
             g = net.graph(tree)
@@ -503,18 +506,20 @@ def make_kernel_fn(net: Net):
 def make_init_fn(net: Net):
     """NT's `init_fn(rng, input_shape) -> (output_shape, params)`; for a net with several
     inputs `input_shape` is a (nested) tuple or list of shapes, and a net with several outputs
-    gives their shapes nested as NT does (tuples for `parallel`, lists for `FanOut`)."""
+    gives their shapes nested as NT does (tuples for `parallel`, lists for `FanOut`); params
+    in NT's nested structure (`Net.nested_params`)."""
     def init_fn(rng, input_shape):
         _, g, out_tree = finite_graph(net, input_shape)
         return (rebuild(out_tree, output_shapes(net, input_shape), shapes=True),
-                finite.init_params(g, rng))
+                net.nested_params(finite.init_params(g, rng)))
 
     return init_fn
 
 
 def make_apply_fn(net: Net):
     """NT's `apply_fn(params, inputs, rng=None, **kwargs)`: the finite network (`inputs` and the
-    outputs nested as for `make_kernel_fn`)."""
+    outputs nested as for `make_kernel_fn`); `params` as init_fn returns them, or the dict keyed
+    by layer path the finite network reads."""
     def apply_fn(params, inputs, rng=None, **kwargs):
         xs, tree = split_inputs(inputs)
         many = is_container(tree)
@@ -522,7 +527,7 @@ def make_apply_fn(net: Net):
         for x in xs:
             checks.check_values(x, 'inputs', kwargs.get('mask_constant'))
         _, g, out_tree = finite_graph(net, _shape_tree(xs, tree))
-        out = finite.apply(g, params, xs if many else xs[0], rng=rng, **kwargs)
+        out = finite.apply(g, net.path_params(params), xs if many else xs[0], rng=rng, **kwargs)
         return rebuild(out_tree, out if len(g.outputs) > 1 else [out])
 
     return apply_fn

@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import jax
+import jax.numpy as jnp
+
 from .api import (
     LEAF,
     InputTree,
@@ -102,6 +105,24 @@ class Net:
     def __repr__(self) -> str:
         return self.code('')
 
+    # -- parameters ------------------------------------------------------------------------
+
+    def nested_params(self, flat: dict):
+        """neural_tangents' parameter structure from the path dict the finite network reads:
+        a layer's own parameters (`()` when it has none), a list per `serial`, a tuple per
+        `parallel`, and for `repeat` the child's structure with every array stacked along a new
+        leading axis, one entry per iteration."""
+        return _nest(self, flat, '')
+
+    def path_params(self, params) -> dict:
+        """The path dict from NT's nested structure (`nested_params`); a path dict (keys that
+        are layer paths of this net) is returned as it is."""
+        if isinstance(params, dict) and set(params) <= {n.path for n in self.graph().nodes()}:
+            return params
+        out: dict = {}
+        _flatten(self, params, '', out)
+        return out
+
 
 def layer(op: Op) -> Net:
     return Net('layer', op)
@@ -171,6 +192,44 @@ def _label(net: Net, prefix: str) -> str:
 
 def _count(value) -> int:
     return 1 if isinstance(value, int) else len(value)
+
+
+def _empty(params) -> bool:
+    return params is None or (isinstance(params, (tuple, list)) and len(params) == 0)
+
+
+def _nest(net: Net, flat: dict, prefix: str):
+    path = _label(net, prefix)
+    if net.kind == 'layer':
+        return flat.get(path, ())
+    if net.kind == 'repeat':
+        steps = [_nest(net.children[0], flat, f'{path}[{i}]') for i in range(net.n)]
+        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *steps) if steps else ()
+    parts = [_nest(child, flat, f'{path}[{i}]') for i, child in enumerate(net.children)]
+    return parts if net.kind == 'serial' else tuple(parts)
+
+
+def _flatten(net: Net, params, prefix: str, out: dict) -> None:
+    path = _label(net, prefix)
+    if net.kind == 'layer':
+        if not _empty(params):
+            out[path] = params
+        return
+    if _empty(params):  # a subtree without parameters may be given as ()
+        return
+    if net.kind == 'repeat':
+        for i in range(net.n):
+            step = jax.tree_util.tree_map(lambda a, i=i: a[i], params)
+            _flatten(net.children[0], step, f'{path}[{i}]', out)
+        return
+    if not isinstance(params, (tuple, list)) or len(params) != len(net.children):
+        got = f'{len(params)} entries' if isinstance(params, (tuple, list)) else \
+            type(params).__name__
+        raise ArchitectureError(f'params for {net.kind} of {len(net.children)} layers has {got}',
+                                path=path, hint='pass the params init_fn returned (one entry '
+                                                'per layer, () for a layer without parameters)')
+    for i, (child, p) in enumerate(zip(net.children, params)):
+        _flatten(child, p, f'{path}[{i}]', out)
 
 
 def _emit(net: Net, g: Graph, value, prefix: str):

@@ -9,8 +9,11 @@ also unpacks as ``init_fn, apply_fn, kernel_fn``::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import pydantic
 
 from .covariance.masking import MaskedArray
@@ -21,6 +24,7 @@ from .layers import (
     activations,
     attention,
     conv,
+    custom,
     dense,
     dropout,
     graphs,
@@ -30,6 +34,7 @@ from .layers import (
     structure,
 )
 from .layers.attention import AttentionMechanism, PositionalEmbedding
+from .layers.custom import Bool, Diagonal
 from .layers.graphs import AggregateImplementation
 from .layers.windows import Padding
 from .net import Net, as_net, repeated
@@ -41,22 +46,41 @@ __all__ = [
     'Polynomial', 'Hermite', 'Elementwise', 'ElementwiseNumerical', 'LayerNorm', 'Dropout',
     'Conv', 'ConvTranspose', 'AvgPool', 'SumPool', 'GlobalAvgPool', 'GlobalSumPool', 'Flatten',
     'GlobalSelfAttention', 'repeat', 'layer',
+    # NT's custom layers: the decorators and the requirement values
+    'requires', 'supports_masking', 'unmask_fn', 'Bool', 'Diagonal',
     # NT's public enums (each accepted wherever its member's name is) and apply_fn's masked output
     'Padding', 'PositionalEmbedding', 'AttentionMechanism', 'AggregateImplementation',
     'MaskedArray',
 ]
 
 
-def layer(cls: type[Op], **kwargs) -> Net:
-    """A builder for any registered layer: `cls(**kwargs)` validated into an op model and
-    wrapped as a `Net`, which unpacks as ``init_fn, apply_fn, kernel_fn`` like every builder
-    here.  This is how a layer defined in your own module gets its builder::
+def layer(cls, **kwargs):
+    """Two meanings, told apart by the argument:
 
-        def MyLayer(alpha: float = 1.0) -> Net:
-            return stax.layer(MyLayerOp, alpha=alpha)
+    - an op class: a builder for any registered layer, `cls(**kwargs)` validated into an op
+      model and wrapped as a `Net`.  This is how a layer defined in your own module gets its
+      builder (see docs/adding_a_layer.md)::
 
-    (see docs/adding_a_layer.md).  Validation errors name the layer and the field."""
-    if not (isinstance(cls, type) and issubclass(cls, Op)) or 'op' not in cls.model_fields:
+          def MyLayer(alpha: float = 1.0) -> Net:
+              return stax.layer(MyLayerOp, alpha=alpha)
+
+      Validation errors name the layer and the field.
+    - a function returning neural_tangents' ``(init_fn, apply_fn, kernel_fn)``: NT's decorator.
+      The decorated function returns a `Net` holding one opaque layer (`NTLayer`) that calls
+      the three functions; the kernel function gets NT's `Kernel` fields (see
+      `ntc.layers.custom`), with the layouts `requires` asked for."""
+    if isinstance(cls, type) and issubclass(cls, Op):
+        return _op_layer(cls, **kwargs)
+    if callable(cls) and not isinstance(cls, type) and not kwargs:
+        return _nt_layer(cls)
+    raise ArchitectureError(f'stax.layer expects an op class or a function returning '
+                            f'(init_fn, apply_fn, kernel_fn), got {cls!r}',
+                            hint="subclass ntc.Op with an `op: Literal['Name']` field, or "
+                                 'decorate an NT-style layer function with @stax.layer')
+
+
+def _op_layer(cls: type[Op], **kwargs) -> Net:
+    if 'op' not in cls.model_fields:
         raise ArchitectureError(f'stax.layer expects an op class, got {cls!r}',
                                 hint="subclass ntc.Op with an `op: Literal['Name']` field")
     kind = kind_of(cls)
@@ -73,6 +97,89 @@ def layer(cls: type[Op], **kwargs) -> Net:
         raise ValidationError('; '.join(msgs)) from None
 
 
+class _MaskingLayer(tuple):
+    """What a `supports_masking` layer function returns: the triple, marked as taking `mask=`,
+    with its `mask_fn` (None: masks pass unchanged)."""
+
+    mask_fn: Callable | None = None
+
+
+def _nt_layer(layer_fn: Callable) -> Callable[..., Net]:
+    """NT's `@stax.layer`: `layer_fn(*args, **kwargs)` returns the triple (or a `Net`)."""
+    @functools.wraps(layer_fn)
+    def builder(*args, **kwargs) -> Net:
+        fns = layer_fn(*args, **kwargs)
+        if isinstance(fns, Net):
+            return fns
+        init_fn, apply_fn, kernel_fn = tuple(fns)[:3]
+        net = getattr(kernel_fn, 'net', None)
+        if isinstance(net, Net) and not isinstance(fns, _MaskingLayer):
+            return net  # ntc's own triple: keep the compiled network
+        reqs = custom.requirements_of(kernel_fn)
+        return _op_layer(custom.NTLayer, name=layer_fn.__name__, init_fn=init_fn,
+                         apply_fn=apply_fn, kernel_fn=kernel_fn,
+                         diagonal_batch=custom.accepts_diagonal(reqs.get('diagonal_batch')),
+                         diagonal_spatial=custom.accepts_diagonal(reqs.get('diagonal_spatial')),
+                         batch_axis=reqs.get('batch_axis'),
+                         channel_axis=reqs.get('channel_axis'),
+                         masking=isinstance(fns, _MaskingLayer),
+                         mask_fn=getattr(fns, 'mask_fn', None))
+
+    return builder
+
+
+def requires(**reqs):
+    """NT's decorator of a custom layer's `kernel_fn`: what its input kernel must hold.
+    `diagonal_batch=False`: cov1/cov2 over every pair of examples; `diagonal_spatial=False` (or
+    `Diagonal(input=Bool.NO)`): every pair of positions; `batch_axis`, `channel_axis`: where
+    the input has them.  Other names are accepted and ignored, as in NT."""
+    def decorate(kernel_fn: Callable) -> Callable:
+        @functools.wraps(kernel_fn)
+        def with_requirements(k, **kwargs):
+            return kernel_fn(k, **kwargs)
+
+        setattr(with_requirements, custom.REQUIREMENTS_ATTR, dict(reqs))
+        return with_requirements
+
+    return decorate
+
+
+def supports_masking(remask_kernel: bool):
+    """NT's decorator (under `@stax.layer`) of a layer function whose `apply_fn` takes
+    `mask=` (True at masked entries) and which may return a fourth function,
+    `mask_fn(mask, input_shape)`, that says how the layer moves masks.  ntc zeroes the kernel
+    entries of masked positions after every layer, so `remask_kernel` changes nothing."""
+    def decorate(layer_fn: Callable) -> Callable:
+        @functools.wraps(layer_fn)
+        def with_masking(*args, **kwargs):
+            fns = tuple(layer_fn(*args, **kwargs))
+            if len(fns) not in (3, 4):
+                raise ArchitectureError(f'{layer_fn.__name__} returns {len(fns)} functions',
+                                        hint='return (init_fn, apply_fn, kernel_fn) and '
+                                             'optionally mask_fn')
+            out = _MaskingLayer(fns[:3])
+            out.mask_fn = fns[3] if len(fns) == 4 else None
+            return out
+
+        return with_masking
+
+    return decorate
+
+
+def unmask_fn(fn: Callable) -> Callable:
+    """`fn` (an apply_fn) returning plain arrays: each `MaskedArray` in its output becomes its
+    value with the masked entries set to zero (NT's `unmask_fn`)."""
+    def unmask(x):
+        if isinstance(x, MaskedArray):
+            return jnp.where(x.mask, jnp.zeros((), x.masked_value.dtype), x.masked_value)
+        return x
+
+    @functools.wraps(fn)
+    def unmasked(*args, **kwargs):
+        return jax.tree_util.tree_map(unmask, fn(*args, **kwargs),
+                                      is_leaf=lambda x: isinstance(x, MaskedArray))
+
+    return unmasked
 
 
 def _tuple(x):

@@ -233,5 +233,5 @@ def test_elementwise_finite_network_is_fn_of_the_dense_output():
     init_fn, apply_fn, _ = elementwise_without_nngp_fn()
     _, params = init_fn(jax.random.PRNGKey(0), x.shape)
     dense_apply = stax.serial(stax.Dense(4)).apply_fn
-    dense = {'serial[0].Dense': params['serial[0].Dense']}
+    dense = [params[0]]  # NT's structure: one entry per layer of the serial
     np.testing.assert_allclose(apply_fn(params, x), np.tanh(dense_apply(dense, x)), rtol=1e-12)

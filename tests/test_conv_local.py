@@ -68,7 +68,7 @@ def test_optimised_plan_equals_reference_lowering(x2):
 def test_finite_network_has_unshared_weights():
     init_fn, apply_fn, _ = stax.ConvLocal(**dict(ARGS, padding='VALID'))
     out_shape, params = init_fn(np.array([0, 1], np.uint32), X1.shape)
-    w, b = params['ConvLocal']
+    w, b = params  # NT's structure: a single layer's own (W, b)
     assert out_shape[1:] == (2, 2, 8)
     assert w.shape == (2, 2, 2 * 3 * 2, 8)           # one filter per output position
     assert b.shape == (1, 2, 2, 8)                   # one bias per output position

@@ -52,15 +52,10 @@ def test_finite_repeat_equals_unrolled_with_same_weights():
     init_r, apply_r, _ = head(stax.repeat(BLOCK, 3))
     init_s, apply_s, _ = head(*[BLOCK] * 3)
     params = jax.jit(lambda k: init_r(k, x.shape)[1])(jax.random.PRNGKey(0))
-    unrolled = {}  # the same weights under the unrolled net's paths
-    for path, p in params.items():
-        if path.startswith('serial[1].repeat['):
-            i = int(path.split('[')[2].split(']')[0])
-            unrolled[f'serial[{1 + i}].' + path.split('.', 2)[2]] = p
-        else:
-            idx = int(path.split('[')[1].split(']')[0])
-            unrolled[path.replace(f'serial[{idx}]', f'serial[{idx + 2 if idx > 1 else idx}]')] = p
-    assert len(unrolled) == len(params)
+    # NT's structure: the repeat's entry holds the block's parameters stacked, one per iteration
+    def step(i):
+        return jax.tree_util.tree_map(lambda a: a[i], params[1])
+    unrolled = [params[0], *[step(i) for i in range(3)], *params[2:]]
     np.testing.assert_allclose(jax.jit(apply_r)(params, x), jax.jit(apply_s)(unrolled, x),
                                rtol=1e-12)
     # with the same key, both nets draw the same weights (their paths aside)

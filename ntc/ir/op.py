@@ -10,6 +10,7 @@ its kind:
 - `spatial_need` / `marginal_need`: the covariance layout it needs from its input, given the
   layout its consumers need from its output (the `choose_layouts` pass);
 - `flops_per_entry` / `entry_flops`: the cost of its kernel rule per stored entry (`cost`);
+- `needs_joint_batch`: it needs the joint (batch FULL) layout (`choose_layouts`);
 - `needs_gaussian`, `independent_of_input`, `branch_need`, `no_kernel` (the `check` pass);
 - `input_axes`, `input_specs`, `natural_output`, `readout`, `serializable`, `in_specs`.
 
@@ -129,6 +130,12 @@ class Op(BaseModel):
         """The dimension numbers (lhs, rhs, out), e.g. ('NHWC', 'HWIO', 'NHWC'), this layer
         reads its input with, when it has them (convolutions); None otherwise."""
         return None
+
+    def needs_joint_batch(self) -> bool:
+        """True when the kernel rule needs the covariances between every pair of examples
+        (NT's `diagonal_batch=False`), so the graph is stored in the joint (batch FULL) layout
+        (`choose_layouts`)."""
+        return False
 
     def is_identity(self) -> bool:
         """True when the layer returns its input unchanged (`canonicalize` removes it)."""

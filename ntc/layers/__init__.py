@@ -20,6 +20,7 @@ from . import (
     activations,
     attention,
     conv,
+    custom,
     dense,
     dropout,
     graphs,
@@ -30,8 +31,8 @@ from . import (
 )
 
 FAMILIES = (structure, dense, conv, pooling, activations, normalization, dropout, attention,
-            linear, graphs)
+            linear, graphs, custom)
 
 __all__ = ['FAMILIES', 'Op', 'Kernel', 'TensorType', 'register_op', 'kernel_rule', 'finite_rule',
-           'mask_rule', 'kernel_input', 'activations', 'attention', 'conv', 'dense', 'dropout',
-           'graphs', 'linear', 'normalization', 'pooling', 'structure']
+           'mask_rule', 'kernel_input', 'activations', 'attention', 'conv', 'custom', 'dense',
+           'dropout', 'graphs', 'linear', 'normalization', 'pooling', 'structure']

@@ -323,10 +323,11 @@ def conv_apply(op, params, inputs, ctx):
         fan_in = op.fan_in(w.shape[rhs.index('I')])
         y = y * (op.W_std / jnp.sqrt(fan_in))
     if b is not None:
+        b = jnp.asarray(b, y.dtype)  # NT code may pass a scalar bias, e.g. (w, 0.)
         shape = [1] * y.ndim
-        shape[channel] = b.shape[0]
-        scale = op.b_std if op.parameterization == 'ntk' else 1.0
-        y = y + scale * b.reshape(shape)
+        shape[channel] = b.size
+        scale = (op.b_std or 0.0) if op.parameterization == 'ntk' else 1.0
+        y = y + scale * (b if b.ndim == 0 else b.reshape(shape))
     return y
 
 

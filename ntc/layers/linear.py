@@ -21,6 +21,7 @@ import numpy as np
 from jax import lax
 from pydantic import field_validator
 
+from ..covariance import masking
 from ..covariance.kernel import reduce_spatial
 from ..errors import ShapeError
 from ..ir.op import Op
@@ -277,16 +278,10 @@ class Index(Op):
     def infer(self, ins, path):
         t = ins[0]
         per = self.per_axis(t.ndim, path)
-        if isinstance(per[t.batch], int):
-            raise ShapeError('an integer index on the batch axis removes it; the kernel needs '
-                             'a batch axis', path=path, hint='use a slice, e.g. Slice[3:4]')
-        if isinstance(per[t.channel], int):
-            raise ShapeError('an integer index on the channel axis removes it', path=path,
-                             hint='index spatial axes only')
         shape = []
         for i, (d, s) in enumerate(zip(t.shape, per)):
             if isinstance(s, int):
-                if not -d <= s < d:
+                if d is not None and not -d <= s < d:
                     raise ShapeError(f'index {s} is out of range for axis {i} of size {d}',
                                      path=path)
                 continue
@@ -299,13 +294,29 @@ class Index(Op):
                                  path=path)
             shape.append(n)
         kept = self.kept(t)
-        return TensorType(shape=tuple(shape), batch_axis=kept.index(t.batch),
-                          channel_axis=kept.index(t.channel), is_gaussian=t.is_gaussian,
+        if len(kept) < 2:
+            raise ShapeError(f'index {self.label()} leaves {len(kept)} axis of the input\'s '
+                             f'{t.ndim}', path=path, hint='keep a batch and a channel axis')
+        # an integer on the batch or channel axis (the finite network allows it, the kernel
+        # does not): the first other kept axis plays the batch, the last the channel
+        batch = t.batch if t.batch in kept else next(a for a in kept if a != t.channel)
+        channel = t.channel if t.channel in kept else next(a for a in reversed(kept)
+                                                           if a != batch)
+        return TensorType(shape=tuple(shape), batch_axis=kept.index(batch),
+                          channel_axis=kept.index(channel), is_gaussian=t.is_gaussian,
                           is_fresh=t.is_fresh)
 
     def no_kernel(self, ins):
         t = ins[0]
-        sel = self.per_axis(t.ndim)[t.channel]
+        per = self.per_axis(t.ndim)
+        if isinstance(per[t.batch], int):
+            return ('an integer index on the batch axis removes it; the kernel needs a batch '
+                    'axis', 'use a slice, e.g. Slice[3:4]')
+        sel = per[t.channel]
+        if isinstance(sel, int):
+            return (f'an integer index ({sel}) on the channel axis leaves one channel, which '
+                    'has no infinite-width kernel', "index spatial or batch axes only (':' on "
+                    'the channel axis), or estimate the kernel with ntc.monte_carlo_kernel_fn')
         if range(*sel.indices(t.channels)) == range(t.channels):
             return None
         return (f'indexing the channel axis ({sel}) leaves finitely many channels, which has '
@@ -658,6 +669,23 @@ def _index_mask(op, masks, in_types, out_type):
     (m,), (t,) = masks, in_types
     per = op.per_axis(t.ndim)
     return m[(per[t.batch],) + tuple(per[a] for a in t.spatial_axes)]
+
+
+@mask_rule(DotGeneral)
+def _dot_general_mask(op, masks, in_types, out_type):
+    """An output position is masked when every input entry it sums over is: the same
+    dot_general of the unmasked indicator with the constant's non-zero pattern is zero there."""
+    (m,), (t,) = masks, in_types
+    c = op.constant()
+    if c is None:
+        return m
+    live = masking.to_tensor(~m, t).astype(jnp.float32)  # a channel axis of size 1
+    pattern = (jnp.asarray(c) != 0).astype(jnp.float32)
+    args = (pattern, live) if op.is_lhs else (live, pattern)
+    out = lax.dot_general(*args, op.dimension_numbers) == 0
+    pos = jnp.all(out, axis=out_type.channel)
+    b = out_type.batch if out_type.batch < out_type.channel else out_type.batch - 1
+    return jnp.moveaxis(pos, b, 0)
 
 
 @mask_rule(Flatten)

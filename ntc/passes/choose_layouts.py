@@ -8,6 +8,8 @@ its consumers need of its output (`Op.spatial_need`, `Op.marginal_need`):
 - the marginals cov1/cov2 are kept only where a nonlinearity or normalisation reads them (or the
   caller asked for them);
 - at a fan-out the strongest requirement among the consumers wins.
+A layer that needs the covariances between every pair of examples (`Op.needs_joint_batch`,
+NT's `diagonal_batch=False`) puts the whole graph in the reference plan's joint layout.
 The readout (a final Dense without spatial axes) is marked as the block Σ of Σ ⊗ I_C.
 
 The pass also decides where a covariance is materialised.  XLA fuses elementwise work into its
@@ -62,11 +64,13 @@ def output_spatial(g: Graph, opts: Options, nid: int) -> str:
 def choose_layouts(graph: Graph, opts: Options) -> Graph:
     g = graph.copy()
     need_x, need_m = requirements(g, opts)
+    # a layer needing the covariances between every pair of examples gets the joint layout
+    joint = opts.reference or any(node.op.needs_joint_batch() for node in g.nodes())
     for node in g.nodes():
         t = node.ttype
         has_space = bool(t.spatial_axes)
         order = tuple(range(len(t.spatial_axes)))
-        if opts.reference:
+        if joint:
             spatial = 'FULL' if has_space else 'NONE'
             if node.id in g.outputs:
                 spatial = output_spatial(g, opts, node.id)

@@ -57,6 +57,18 @@ def _vec(*layers: Net) -> Net:
     return stax.serial(stax.Dense(8, 1.2, 0.3), *layers, stax.Dense(4))
 
 
+@stax.layer
+def _nt_double():
+    """An NT-style custom layer (one opaque `NTLayer` node): x -> 2x, so its kernels are 4 K."""
+    def kernel_fn(k, **kwargs):
+        def times4(x):
+            return None if x is None else 4 * x
+        return k.replace(nngp=times4(k.nngp), ntk=times4(k.ntk), cov1=times4(k.cov1),
+                         cov2=times4(k.cov2))
+
+    return (lambda key, shape: (shape, ())), (lambda params, x, **kwargs: 2 * x), kernel_fn
+
+
 CONV_WIDTH = 128   # every image case below has one hidden layer: unbiased at any width
 
 
@@ -183,6 +195,7 @@ CASES: dict[str, list[Case]] = {
                        note='without a pattern (the harness passes no kernel_fn inputs) '
                        'Aggregate is the identity; MC with patterns, DENSE and SPARSE: '
                        'tests/test_graph_layers.py')],
+    'NTLayer': [Case(stax.serial(stax.Relu(), _nt_double()))],
     'GlobalSelfAttention': [Case(stax.GlobalSelfAttention(256, 256, 64, 4, W_key_std=1.2,
                                                           W_value_std=1.1, b_std=0.2,
                                                           pos_emb_type='SUM'), IMAGE1,
