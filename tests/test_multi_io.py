@@ -155,7 +155,7 @@ def test_init_and_apply_with_a_tuple_of_inputs():
     out = apply_fn(params, (XA, XB))
     assert type(out) is tuple and [o.shape for o in out] == [(3, 7), (3, 6)]
     assert type(apply_fn(params, [XA, XB])) is list
-    w, b = params['parallel[0].Dense']
+    w, b = params[0]  # NT's nested structure: one entry per branch
     # NTK parameterisation: W_std / sqrt(fan_in)
     close(out[0], XA @ w * 1.5 / 2 + 0.1 * np.reshape(b, (1, -1)))
 
