@@ -3,9 +3,11 @@
 For each case (the architectures of `../shared/bench/bench_case.py`, timed the same way: float32,
 `jax.jit(kernel_fn, static_argnames='get')`, nngp+ntk, one compile call then the median of
 steady-state calls) it prints compile time, median time, ms per kernel entry, the achieved GFLOP/s
-from the plan's own FLOP count, and the peak memory (the plan's peak-live model and, where XLA
-reports it, the compiled program's temporary buffers).  With `--compare` and the bench kit present,
-it also runs `../shared/bench/compare.sh CASE` and prints NT's time and the ratio ntc/NT.
+from the plan's own FLOP count, the peak memory (the plan's peak-live model and, where XLA
+reports it, the compiled program's temporary buffers) and, for the CNNs with FULL covariances,
+the ratio to the memory floor (`floor_seconds`, as the bench kit's floor.sh).  With `--compare`
+and the bench kit present, it also runs `../shared/bench/compare.sh CASE` and prints NT's time
+and the ratio ntc/NT.
 """
 
 from __future__ import annotations
@@ -52,7 +54,33 @@ CASES = {
     'cnn21_flatten_8x8_n64': (lambda: _cnn(21, stax.Flatten()), (64, 8, 8, 3), 5),
     'cnn21_gap_8x8_n8': (lambda: _cnn(21, stax.GlobalAvgPool()), (8, 8, 8, 3), 3),
     'wrn_gap_8x8_n8': (_wrn, (8, 8, 8, 3), 3),
+    'cnn21_gap_16x16_n4': (lambda: _cnn(21, stax.GlobalAvgPool()), (4, 16, 16, 3), 3),
 }
+
+# case -> (H, N, depth) of its memory floor (`floor_seconds`): the CNNs with FULL covariances
+FLOORS = {'cnn21_gap_8x8_n8': (8, 8, 21), 'cnn21_gap_16x16_n4': (16, 4, 21)}
+
+
+def floor_seconds(h: int, n: int, depth: int, repeats: int = 5) -> float:
+    """Median seconds to stream an nngp and an ntk covariance of shape (n, n, h, h, h, h)
+    float32 once per layer for `depth` layers (one read and one write each, nothing computed):
+    the memory floor of a layer-at-a-time kernel, as the bench kit's floor.sh measures it."""
+    k = jax.numpy.ones((n, n, h, h, h, h), jax.numpy.float32)
+
+    @jax.jit
+    def stream(k, t):
+        def layer(_, kt):
+            k, t = kt
+            return k * 0.999 + 1e-3, t * 0.998 + k * 1e-3
+        return jax.lax.fori_loop(0, depth, layer, (k, t))
+
+    jax.block_until_ready(stream(k, k))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(stream(k, k))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def time_jitted(kernel_fn, x1, x2, repeats: int):
@@ -86,10 +114,12 @@ def time_case(name: str) -> dict:
         temp = int(stats.temp_size_in_bytes + stats.output_size_in_bytes)
     except Exception:  # memory_analysis is not available on every backend
         pass
+    floor = floor_seconds(*FLOORS[name]) if name in FLOORS else None
     return dict(case=name, compile_s=round(compile_s, 3), median_s=round(med, 4),
                 ms_per_entry=med / n ** 2 * 1e3, gflops=flops / med / 1e9,
                 peak_model_mb=peak_model / 2 ** 20,
-                xla_buffers_mb=None if temp is None else temp / 2 ** 20)
+                xla_buffers_mb=None if temp is None else temp / 2 ** 20,
+                floor_ratio=None if floor is None else med / floor)
 
 
 def compare(name: str, rounds: int = 3) -> dict | None:
@@ -121,7 +151,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     names = args.cases or list(CASES)
     print(f'{"case":24} {"compile s":>9} {"median s":>9} {"ms/entry":>9} {"GFLOP/s":>8} '
-          f'{"peak MB":>8} {"NT s":>7} {"ntc/NT":>7}', file=sys.stderr if args.json else sys.stdout)
+          f'{"peak MB":>8} {"ntc/floor":>9} {"NT s":>7} {"ntc/NT":>7}',
+          file=sys.stderr if args.json else sys.stdout)
     for name in names:
         row = time_case(name)
         if args.compare:
@@ -132,8 +163,9 @@ def main(argv=None) -> int:
         nt = '-' if row.get('nt_median_s') is None else f'{row["nt_median_s"]:.4f}'
         ratio = '-' if row.get('ratio') is None else f'{row["ratio"]:.3f}'
         peak = row['xla_buffers_mb'] if row['xla_buffers_mb'] is not None else row['peak_model_mb']
+        floor = '-' if row['floor_ratio'] is None else f'{row["floor_ratio"]:.2f}'
         print(f'{name:24} {row["compile_s"]:9.2f} {row["median_s"]:9.4f} '
-              f'{row["ms_per_entry"]:9.4f} {row["gflops"]:8.2f} {peak:8.1f} '
+              f'{row["ms_per_entry"]:9.4f} {row["gflops"]:8.2f} {peak:8.1f} {floor:>9} '
               f'{nt:>7} {ratio:>7}')
     return 0
 

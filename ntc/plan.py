@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+from pathlib import Path
 
 import jax
 import sympy
@@ -20,10 +21,10 @@ from .fingerprint import graph_fingerprint
 from .ir.graph import Graph
 from .ir.registry import KERNEL_INPUTS
 from .ir.types import CovType, TensorType
-from .lower.lower import first_nonfinite, lower
+from .lower.lower import block_shape, first_nonfinite, lower
 from .lower.symbolic import symbolic_kernels
 from .passes import Options
-from .passes.cost import N1, N2, NodeCost, cost
+from .passes.cost import N1, N2, NodeCost, cost, pair_block, pair_bytes
 from .passes.roll_loops import loops
 
 _RESULT_TYPES: dict[tuple[str, ...], type] = {}
@@ -50,6 +51,9 @@ class KernelPlan:
         self.source = source  # the typed, checked graph before optimisation
         self.dtype_bytes = dtype_bytes
         self.costs: dict[int, NodeCost] = cost(graph, opts, dtype_bytes)
+        single = len(graph.outputs) == 1 and len(graph.input_nodes()) == 1
+        # pair blocks: one input and one output only (see `ntc.lower.lower.lower`)
+        self.pair_block = pair_block(graph, opts, self.costs, cache_bytes()) if single else None
         self._fn = None
         self._live = None
 
@@ -59,7 +63,7 @@ class KernelPlan:
     def fn(self):
         """The lowered, jitted function (x1, x2) -> {name: array}."""
         if self._fn is None:
-            self._fn = lower(self.graph, self.opts)
+            self._fn = lower(self.graph, self.opts, self.pair_block)
         return self._fn
 
     @property
@@ -182,23 +186,32 @@ class KernelPlan:
         return float(max(vals) if field == 'live' else sum(vals))
 
     def peak_bytes(self, n1: int, n2: int) -> float:
-        """Peak live bytes of the covariances for an n1 × n2 kernel (the memory model)."""
+        """Peak live bytes of the covariances for an n1 × n2 kernel (the memory model).  With
+        pair blocks: one block's peak plus the assembled output kernels."""
         if self._live is None:  # compiled once: the memory check runs on every call
             self._live = sympy.lambdify((N1, N2), [c.live for c in self.costs.values()])
-        return float(max(self._live(n1, n2), default=0))
+        whole = float(max(self._live(n1, n2), default=0))
+        if self.pair_block is None:
+            return whole
+        b1, b2 = block_shape(n1, n2, self.pair_block, square=False)
+        out = float(self.costs[self.graph.output].bytes.subs({N1: n1, N2: n2}))
+        return min(whole, float(max(self._live(b1, b2), default=0)) + out)
 
     def explain(self, n1: int | None = None, n2: int | None = None) -> str:
         """An EXPLAIN table: one row per node in execution order, then totals.  With n1/n2 the
         costs are evaluated; otherwise they are shown as expressions in N1 and N2."""
-        rows = [('id', 'op', 'in', 'layout', 'shape', 'FLOPs', 'bytes', 'path')]
+        rows = [('id', 'op', 'in', 'layout', 'shape', 'FLOPs', 'bytes', 'path', 'lowering')]
         for node in self.graph.nodes():
             c = self.costs[node.id]
             ins = ','.join(f'%{i}' for i in self.graph.inputs(node.id)) or '-'
+            srcs = [self.graph.node(i) for i in self.graph.inputs(node.id)]
+            note = node.op.lowering_note([n.ttype for n in srcs],
+                                         srcs[0].cov.spatial if srcs else node.cov.spatial)
             layout = node.cov.describe() + (' [mat]' if node.materialize else '')
             if node.loop is not None:
                 layout += f' [loop{node.loop[0]}.{node.loop[1]}]'
             rows.append((f'%{node.id}', node.op.label(), ins, layout, node.ttype.describe(),
-                         _fmt(c.flops, n1, n2), _fmt(c.bytes, n1, n2), node.path))
+                         _fmt(c.flops, n1, n2), _fmt(c.bytes, n1, n2), node.path, note))
         widths = [min(max(len(r[i]) for r in rows), 44) for i in range(len(rows[0]))]
         lines = []
         for j, r in enumerate(rows):
@@ -216,6 +229,10 @@ class KernelPlan:
                      f'loops {self.loops_text()}')
         lines.append(f'total FLOPs {_fmt(tot_f, n1, n2)}   bytes written {_fmt(tot_b, n1, n2)}   '
                      f'peak live {_fmt(peak, n1, n2)}')
+        if self.pair_block is not None:
+            lines.append(f'pair blocks: ≤ {self.pair_block} pairs of examples per block '
+                         f'(lax.map), {_units(pair_bytes(self.costs))}B live per pair, '
+                         f'{_units(cache_bytes())}B L2 cache')
         return '\n'.join(lines)
 
     def io_text(self) -> str:
@@ -253,6 +270,18 @@ class KernelPlan:
         """The output NNGP and NTK as sympy expressions of k11, k12, k22 and the layers'
         σw, σb (see `ntc.lower.symbolic`)."""
         return symbolic_kernels(self.source, self.opts)
+
+
+def cache_bytes() -> int:
+    """The L2 cache of one core of this machine (Linux sysfs), 1 MiB where it is not known:
+    the budget of one block of example pairs (`ntc.passes.cost.pair_block`)."""
+    path = Path('/sys/devices/system/cpu/cpu0/cache/index2/size')
+    try:
+        text = path.read_text().strip().upper()
+    except OSError:
+        return 2 ** 20
+    scale = {'K': 2 ** 10, 'M': 2 ** 20}.get(text[-1:], 1)
+    return int(text.rstrip('KM')) * scale if text.rstrip('KM').isdigit() else 2 ** 20
 
 
 def kernel_inputs(kwargs: dict, x1, x2) -> dict:

@@ -128,7 +128,7 @@ def test_cost_model_counts_entries_of_each_layout():
 def test_explain_reads_like_a_query_plan():
     text = ntc.compile(NET, (-1, 5)).explain()
     head = text.splitlines()[0].split()
-    assert head == ['id', 'op', 'in', 'layout', 'shape', 'FLOPs', 'bytes', 'path']
+    assert head == ['id', 'op', 'in', 'layout', 'shape', 'FLOPs', 'bytes', 'path', 'lowering']
     assert 'Σ⊗I1' in text and 'total FLOPs' in text and 'peak live' in text
     assert 'N1·N2' in text
     numeric = ntc.compile(NET, (-1, 5)).explain(n1=1000, n2=1000)

@@ -10,6 +10,8 @@ position, so no layout ever needs a transpose for a stencil.
 
 from __future__ import annotations
 
+import itertools
+
 import jax.numpy as jnp
 from jax import lax
 
@@ -57,6 +59,30 @@ def diagonal_window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, cir
     out = tap(0)
     for d in range(1, k):
         out = out + tap(d)
+    return out
+
+
+def diagonal_window_sum_nd(x, pairs, circular: bool):
+    """Σ over every tap (δ_1, ..., δ_m) of x[.., o_1·s_1 + δ_1 - lo_1, o_1'·s_1 + δ_1 - lo_1, ..]
+    for the adjacent axis pairs `pairs` = [(axis, k, stride, lo, hi, interior), ...]: the
+    diagonal window sums of `diagonal_window_sum` over all pairs at once.  One pass over x
+    (Π k taps) instead of one pass per pair: the sum is a single XLA loop fusion that also
+    takes in the consumer's elementwise math (a conv followed by a nonlinearity)."""
+    if circular:
+        for axis, _, _, lo, hi, _ in pairs:
+            x = pad_axes(x, (axis, axis + 1), lo, hi, True)
+    else:  # one pad of every axis (two pads in a row are stored twice by XLA)
+        config = [(0, 0, 0)] * x.ndim
+        for axis, _, _, lo, hi, interior in pairs:
+            config[axis] = config[axis + 1] = (lo, hi, interior)
+        x = lax.pad(x, jnp.zeros((), x.dtype), config)
+    sizes = [(x.shape[axis] - k) // stride + 1 for axis, k, stride, _, _, _ in pairs]
+    out = None
+    for taps in itertools.product(*(range(k) for _, k, _, _, _, _ in pairs)):
+        tap = x
+        for (axis, _, stride, _, _, _), m, d in zip(pairs, sizes, taps):
+            tap = _slice(_slice(tap, axis, d, m, stride), axis + 1, d, m, stride)
+        out = tap if out is None else out + tap
     return out
 
 

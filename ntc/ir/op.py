@@ -98,6 +98,11 @@ class Op(BaseModel):
         """FLOPs of the kernel rule per stored output entry (the `cost` pass)."""
         return self.flops_per_entry
 
+    def lowering_note(self, in_types: list[TensorType], spatial: Spatial) -> str:
+        """How the kernel rule runs for these inputs and the input's spatial layout, when that
+        is a choice worth showing in `KernelPlan.explain()` (e.g. a fused stencil); '' if not."""
+        return ''
+
     def reads_neighbours(self) -> bool:
         """True when each output entry reads several entries of the input covariance (a
         stencil), so a fused producer would be recomputed once per read."""

@@ -26,7 +26,13 @@ import jax.numpy as jnp
 from jax import lax
 from pydantic import field_validator
 
-from ..covariance.stencil import diagonal_window_sum, fold_circular, pad_axes, window_sum
+from ..covariance.stencil import (
+    diagonal_window_sum,
+    diagonal_window_sum_nd,
+    fold_circular,
+    pad_axes,
+    window_sum,
+)
 from ..errors import ShapeError
 from ..ir.op import PosInt
 from ..ir.registry import finite_rule, kernel_rule, mask_rule, register_op
@@ -151,6 +157,13 @@ class _ConvBase(_WindowBase, _AffineBase):
     def entry_flops(self, in_types, out_type):
         return 2.0 * sum(self.filter_shape) + 2.0
 
+    def lowering_note(self, in_types, spatial):
+        if fused_stencil(self, spatial):
+            return f'stencil 1 pass, {math.prod(self.filter_shape)} taps'
+        if spatial == 'FULL':
+            return f'stencil {len(self.filter_shape)} passes'
+        return ''
+
 
 @register_op
 class Conv(_ConvBase):
@@ -216,10 +229,31 @@ def _pads(op, n: int, k: int, s: int) -> tuple[int, int, int]:
     return lo, hi, 0
 
 
+MAX_FUSED_TAPS = 27  # Π k up to a 3×3×3 filter: one pass over all axis pairs
+
+
+def fused_stencil(op, layout_spatial: str) -> bool:
+    """True when the conv window mean of a FULL covariance runs as one pass over every axis
+    pair at once (Π k taps, `diagonal_window_sum_nd`) rather than one pass per pair (Σ k taps
+    per pass, an intermediate array per pair).  Measured on a 3×3 Conv + Relu layer at 16×16:
+    one pass 6–7 ms, two passes 10–27 ms (the intermediate costs a memory round trip and
+    blocks fusing the nonlinearity into the stencil)."""
+    wrap = op.padding == 'CIRCULAR' and op.kind == 'ConvTranspose'
+    return (layout_spatial == 'FULL' and not wrap and len(op.filter_shape) > 1
+            and math.prod(op.filter_shape) <= MAX_FUSED_TAPS)
+
+
 def window_mean(op, x, layout_spatial: str, order, lead: int, in_type):
     """A(x): the conv window mean of covariance `x` over every filter axis."""
     circular = op.padding == 'CIRCULAR' and op.kind == 'Conv'
     wrap = op.padding == 'CIRCULAR' and op.kind == 'ConvTranspose'
+    if fused_stencil(op, layout_spatial):
+        pairs = []
+        for i, _, k, s in op.axis_map(in_type):
+            lo, hi, interior = _pads(op, in_type.spatial_shape[i], k, s)
+            stride = 1 if op.kind == 'ConvTranspose' else s
+            pairs.append((lead + 2 * order.index(i), k, stride, lo, hi, interior))
+        return diagonal_window_sum_nd(x, pairs, circular) / math.prod(op.filter_shape)
     # process the outermost stored axis first (measured faster on CPU)
     dims = sorted(op.axis_map(in_type), key=lambda m: order.index(m[0]))
     for i, _, k, s in dims:
@@ -255,13 +289,12 @@ def conv_kernel(ctx, node, k):
     def mean(x, spatial, lead):
         return window_mean(op, x, spatial, order, lead, t)
 
+    nngp, ntk = a * mean(k.nngp, k.layout.spatial, lead) + b, None
     if ctx.want_ntk:
-        # one stencil pass over K and c·Θ + d·K stacked (A is linear)
+        # A is linear: A(c·Θ + d·K) in one pass; separate arrays, not a stack of both, so that
+        # no concatenated copy is stored and each stencil fuses with its consumer
         z = d * k.nngp if k.ntk is None else c * k.ntk + d * k.nngp
-        both = mean(jnp.stack([k.nngp, z]), k.layout.spatial, lead + 1)
-        nngp, ntk = a * both[0] + b, both[1] + e
-    else:
-        nngp, ntk = a * mean(k.nngp, k.layout.spatial, lead) + b, None
+        ntk = mean(z, k.layout.spatial, lead) + e
 
     def marginal(cov):
         return None if cov is None else a * mean(cov, k.layout.marginal, 1) + b

@@ -8,11 +8,13 @@ on a reference plan (joint Gram matrix, FULL layouts) is the reference lowering.
 
 from __future__ import annotations
 
+import math
 import string
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..checks import all_finite
 from ..covariance import masking
@@ -255,12 +257,88 @@ def to_user(k: Kernel, opts: Options) -> dict:
     return res
 
 
-def lower(graph: Graph, opts: Options):
+# ----------------------------------------------------------------------------- pair blocks
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    """The largest divisor of n that is at most `limit` (at least 1)."""
+    return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(limit, 1))
+
+
+def block_shape(n1: int, n2: int, pairs: int, square: bool) -> tuple[int, int]:
+    """(b1, b2): examples of x1 and x2 per block, b1·b2 ≤ `pairs`, dividing n1 and n2
+    (b1 = b2 when `square`: the diagonal blocks of x2 = None)."""
+    if square:
+        b = _divisor_at_most(n1, math.isqrt(pairs))
+        return b, b
+    b2 = _divisor_at_most(n2, pairs)
+    return _divisor_at_most(n1, pairs // b2), b2
+
+
+def _split(x, batch: int, b: int):
+    """(N, ...) with the batch axis at `batch` -> (N/b, ...) blocks of b examples each."""
+    x = jnp.moveaxis(x, batch, 0)
+    return x.reshape((x.shape[0] // b, b) + x.shape[1:])
+
+
+def _join(blocks, nb1: int, nb2: int):
+    """(nb1·nb2, b1, b2, ...) block results, row-major over (I, J) -> (N1, N2, ...)."""
+    b1, b2, rest = blocks.shape[1], blocks.shape[2], blocks.shape[3:]
+    x = blocks.reshape((nb1, nb2, b1, b2) + rest)
+    x = jnp.moveaxis(x, 2, 1)
+    return x.reshape((nb1 * b1, nb2 * b2) + rest)
+
+
+def evaluate_blocked(graph: Graph, opts: Options, x1, x2, pairs: int) -> dict | None:
+    """The user's kernels computed one block of ≤ `pairs` example pairs at a time (a `lax.map`
+    over blocks), so that a block's covariances stay in cache across all layers; None when the
+    inputs make one block.  Each block recomputes its examples' marginals.  With x2 None the
+    diagonal blocks run as x1-with-itself blocks (x2 None), the others with x2 = x1's block."""
+    batch = graph.node(graph.order()[0]).ttype.batch
+    n1, n2 = x1.shape[batch], (x1 if x2 is None else x2).shape[batch]
+    b1, b2 = block_shape(n1, n2, pairs, square=x2 is None)
+    nb1, nb2 = n1 // b1, n2 // b2
+    if nb1 * nb2 == 1:
+        return None
+    xs1 = _split(x1, batch, b1)
+    xs2 = xs1 if x2 is None else _split(x2, batch, b2)
+
+    def run(i, j, diagonal: bool):
+        a = jnp.moveaxis(xs1[i], 0, batch)
+        b = None if diagonal else jnp.moveaxis(xs2[j], 0, batch)
+        return to_user(evaluate(graph, opts, a, b)[0], opts)
+
+    rows, cols = (a.ravel() for a in np.meshgrid(np.arange(nb1), np.arange(nb2),
+                                                  indexing='ij'))
+    if x2 is not None:
+        out = jax.lax.map(lambda ij: run(*ij, diagonal=False), (rows, cols))
+        return {name: _join(v, nb1, nb2) for name, v in out.items()}
+    off = rows != cols
+    diag = jax.lax.map(lambda i: run(i, i, diagonal=True), np.arange(nb1))
+    rest = jax.lax.map(lambda ij: run(*ij, diagonal=False), (rows[off], cols[off]))
+    joined = {}
+    for name in diag:
+        grid = jnp.zeros((nb1, nb2) + diag[name].shape[1:], diag[name].dtype)
+        grid = grid.at[jnp.arange(nb1), jnp.arange(nb1)].set(diag[name])
+        grid = grid.at[rows[off], cols[off]].set(rest[name])
+        joined[name] = _join(grid.reshape((nb1 * nb2,) + grid.shape[2:]), nb1, nb2)
+    return joined
+
+
+def lower(graph: Graph, opts: Options, pair_block: int | None = None):
     """One jitted function (x1, x2, inputs=None) -> {name: array} for the names in `opts.get`
     (a list of such dicts, one per output, for a graph with several outputs); x1 and x2 are
     tuples of arrays for a graph with several inputs; `inputs` is a dict (a pytree) of extra
-    kernel_fn inputs (see `ntc.plan.kernel_inputs`)."""
+    kernel_fn inputs (see `ntc.plan.kernel_inputs`).  With `pair_block` (the plan's choice, see
+    `ntc.passes.cost.pair_block`), one input and one output, array inputs and no extra inputs,
+    the kernels are computed in blocks of at most that many pairs of examples."""
+    single = len(graph.outputs) == 1 and len(graph.input_nodes()) == 1
+
     def fn(x1, x2, inputs=None):
+        if pair_block is not None and single and not inputs and not isinstance(x1, Kernel):
+            out = evaluate_blocked(graph, opts, x1, x2, pair_block)
+            if out is not None:
+                return out
         outs = [to_user(k, opts) for k in evaluate(graph, opts, x1, x2, inputs)]
         return outs[0] if len(graph.outputs) == 1 else outs
     return jax.jit(fn)

@@ -73,6 +73,32 @@ def cost(graph: Graph, opts: Options, itemsize: int = 4) -> dict[int, NodeCost]:
     return table
 
 
+#: the smallest pair footprint worth a loop over blocks of pairs: below it (DIAG or NONE spatial
+#: layouts) one block's fusions are too small to amortise their launches
+MIN_PAIR_BYTES = 64 * 1024
+
+
+def pair_bytes(costs: dict[int, NodeCost]) -> int:
+    """Bytes per pair of examples at the plan's peak: the largest N1·N2 coefficient of a node's
+    live bytes (what one more pair adds to the working set)."""
+    return max((int(sympy.Poly(c.live, N1, N2).coeff_monomial(N1 * N2))
+                for c in costs.values()), default=0)
+
+
+def pair_block(graph: Graph, opts: Options, costs: dict[int, NodeCost],
+               cache_bytes: int) -> int | None:
+    """Pairs of examples per block such that a block's covariances fit in `cache_bytes`, so
+    that all its layers run in cache (`ntc.lower.lower.evaluate_blocked`); None where blocking
+    does not apply: joint (reference) layouts, plans that return marginals (a block does not
+    own its examples' marginals), or pairs smaller than `MIN_PAIR_BYTES`."""
+    if opts.want_marginals or any(n.cov.batch == 'FULL' for n in graph.nodes()):
+        return None
+    per_pair = pair_bytes(costs)
+    if per_pair < MIN_PAIR_BYTES:
+        return None
+    return max(1, cache_bytes // per_pair)
+
+
 def covtype_bytes(t: TensorType, cov: CovType, n1: int, n2: int, itemsize: int = 4) -> int:
     """Concrete bytes of one stored kernel (nngp or ntk) of this type, for an n1×n2 tile."""
     return itemsize * n1 * n2 * spatial_entries(t, cov.spatial)

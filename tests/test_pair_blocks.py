@@ -1,0 +1,56 @@
+"""Pair blocks: the plan's choice of computing the kernel one block of example pairs at a time
+(all layers of a block in cache), and its equality with the whole-batch computation."""
+
+import numpy as np
+import pytest
+
+import ntc
+from ntc import stax
+from ntc.lower.lower import block_shape, lower
+
+
+def conv_gap(extra=()):
+    return stax.serial(stax.Conv(4, (3, 3), padding='SAME'), stax.Relu(), *extra,
+                       stax.Conv(4, (3, 3), (2, 1), padding='CIRCULAR'), stax.Erf(),
+                       stax.AvgPool((2, 2)), stax.Conv(4, (2, 2)), stax.Relu(),
+                       stax.GlobalAvgPool(), stax.Dense(1))
+
+
+def test_block_shape_divides_the_batch_and_fits_the_budget():
+    assert block_shape(6, 4, 8, square=False) == (2, 4)
+    assert block_shape(5, 5, 3, square=False) == (1, 1)
+    assert block_shape(6, 6, 9, square=True) == (3, 3)
+    b1, b2 = block_shape(12, 8, 20, square=False)
+    assert 12 % b1 == 0 and 8 % b2 == 0 and b1 * b2 <= 20
+
+
+@pytest.mark.parametrize('extra', [(), (stax.Dropout(0.7),)], ids=['plain', 'dropout'])
+@pytest.mark.parametrize('same', [False, True], ids=['x1_x2', 'x2_none'])
+@pytest.mark.parametrize('pairs', [1, 4])
+def test_blocked_equals_whole_batch(extra, same, pairs):
+    rng = np.random.RandomState(0)
+    x1, x2 = rng.randn(4, 6, 5, 3), rng.randn(2, 6, 5, 3)
+    x2 = None if same else x2
+    plan = ntc.compile(conv_gap(extra), (-1, 6, 5, 3), get=('nngp', 'ntk'))
+    whole = lower(plan.graph, plan.opts)(x1, x2)
+    blocked = lower(plan.graph, plan.opts, pair_block=pairs)(x1, x2)
+    for name in ('nngp', 'ntk'):
+        np.testing.assert_allclose(blocked[name], whole[name], rtol=1e-12, atol=1e-14)
+
+
+def test_the_plan_blocks_large_spatial_pairs_only():
+    full = ntc.compile(conv_gap(), (-1, 16, 16, 3))
+    assert full.pair_block is not None and full.pair_block >= 1
+    assert 'pair blocks:' in full.explain()
+    # one block's peak plus the output, instead of every pair's covariances at once
+    assert full.peak_bytes(64, 64) < 0.1 * full.total('live', 64, 64)
+    flat = ntc.compile(stax.serial(stax.Conv(4, (3, 3)), stax.Relu(), stax.Flatten()),
+                       (-1, 16, 16, 3))
+    assert flat.pair_block is None  # DIAG covariances: a few bytes per pair
+    with_marginals = ntc.compile(conv_gap(), (-1, 16, 16, 3), get=('nngp', 'cov1'))
+    assert with_marginals.pair_block is None
+
+
+def test_conv_stencils_are_one_pass_in_the_plan():
+    text = ntc.compile(conv_gap(), (-1, 8, 8, 3)).explain()
+    assert 'stencil 1 pass, 9 taps' in text and 'stencil 1 pass, 4 taps' in text
