@@ -141,3 +141,31 @@ def test_equinox_cnn_channels_first_with_residual_block():
         stax.FanInSum(), stax.Sin(), stax.GlobalAvgPool(channel_axis=1),
         stax.Dense(2, w, digits(1 / math.sqrt(24)), **STD))
     assert_same_net(net, written, x1, x2)
+
+
+# ----------------------------------------------------------------------------- flax.nnx
+
+
+def test_flax_nnx_mlp_with_explicit_variances():
+    """flax.nnx modules keep no initialisers (nnx.Linear stores only its arrays), so there is
+    no `from_nnx`: `ntc.trace` of the merged module takes the variances explicitly."""
+    nnx = pytest.importorskip('flax.nnx')
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.hidden = nnx.Linear(5, 16, rngs=rngs)
+            self.out = nnx.Linear(16, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(nnx.relu(self.hidden(x)))
+
+    graphdef, state = nnx.split(MLP(nnx.Rngs(0)))
+    assert not hasattr(nnx.merge(graphdef, state).hidden, 'kernel_init')
+
+    def apply(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    net = ntc.trace(apply, state, X_VEC1, W_std=1.0, b_std=0.0)  # nnx's defaults: lecun, zeros
+    written = stax.serial(stax.Dense(16, 1.0, 0.0, **STD), stax.Relu(),
+                          stax.Dense(2, 1.0, 0.0, **STD))
+    assert_same_net(net, written, X_VEC1, X_VEC2)
