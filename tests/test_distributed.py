@@ -268,11 +268,13 @@ def test_job_estimate_follows_the_plan_cost_model():
     net = stax.serial(stax.Conv(1, (3, 3), padding='SAME'), stax.Relu(), stax.AvgPool((2, 2)),
                       stax.Flatten(), stax.Dense(10))
     plan = ntc.compile(net, (-1, 8, 8, 3), ('nngp', 'ntk'))
-    e = estimate(plan, 1000, 4, device_memory=1e9)
-    assert plan.peak_bytes(e.tile, e.tile) * 3 <= 1e9 < plan.peak_bytes(e.tile + 1, e.tile + 1) * 3
+    # a budget the memory model binds at (pair blocks keep the peak to one block plus the output)
+    e = estimate(plan, 1000, 4, device_memory=1e6)
+    assert e.tile < 1000
+    assert plan.peak_bytes(e.tile, e.tile) * 3 <= 1e6 < plan.peak_bytes(e.tile + 1, e.tile + 1) * 3
     t = -(-1000 // e.tile)
     assert e.tiles == t * (t + 1) // 2 and e.store_bytes == e.tiles * e.tile ** 2 * 2 * 4
     assert e.tile_flops == plan.total('flops', e.tile, e.tile)
     assert e.device_hours * 3600 == pytest.approx(e.tiles * e.tile_seconds)
     assert e.wall_hours == pytest.approx(-(-e.tiles // 4) * e.tile_seconds / 3600)
-    assert estimate(plan, 1000, 8, device_memory=1e9).wall_hours < e.wall_hours
+    assert estimate(plan, 1000, 8, device_memory=1e6).wall_hours < e.wall_hours
