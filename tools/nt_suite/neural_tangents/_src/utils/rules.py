@@ -1,0 +1,1 @@
+"""NT-private module: not provided by ntc (tests of it are out of scope)."""
