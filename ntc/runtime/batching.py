@@ -420,42 +420,27 @@ class BatchedKernelFn:
                              hint='pass the Kernel alone: batch(kernel_fn)(kernel)')
         n1, n2 = k.nngp.shape[:2]
         tile = self.batch_size or max(n1, n2)
-        outs = {}
+        name = get if isinstance(get, str) else None
+        rows = []
         for i in range(0, n1, tile):
+            row = []
             for j in range(0, n2, tile):
                 r, c = slice(i, min(i + tile, n1)), slice(j, min(j + tile, n2))
                 sub = _sub_kernel(k, r, c, same=k.x1_is_x2 and i == j)
-                outs[i, j] = (self.kernel_fn(sub, None, get, *args, **kwargs) if self._own()
-                              else self.kernel_fn(sub, None, *args, **kwargs))
-        first = outs[0, 0]
-        if isinstance(first, Kernel):
-            names = tuple(n for n in KERNEL_NAMES if getattr(first, n) is not None)
-        elif hasattr(first, '_fields'):
-            names = tuple(first._fields)
-        else:
-            names = normalize_get(get, shapes=True)[0] if get is not None else ('nngp',)
-        parts = {ij: _as_dict(out, names) for ij, out in outs.items()}
-        rows, cols = range(0, n1, tile), range(0, n2, tile)
-        result = {}
-        for name in names:
-            if name in ('shape1', 'shape2'):
-                n = n1 if name == 'shape1' else n2
-                result[name] = _with_batch(parts[0, 0][name], n, k.batch_axis)
-            elif name == 'cov1':
-                result[name] = jnp.concatenate([parts[i, 0]['cov1'] for i in rows])
-            elif name == 'cov2':
-                result[name] = jnp.concatenate([parts[0, j]['cov2'] for j in cols])
-            else:
-                result[name] = jnp.concatenate([jnp.concatenate(
-                    [parts[i, j][name] for j in cols], axis=1) for i in rows])
-        if isinstance(first, Kernel):
-            return first.replace(**dict(result, cov2=None if k.x1_is_x2 else result['cov2']),
-                                 x1_is_x2=k.x1_is_x2,
-                                 shape1=_with_batch(first.shape1, n1, first.batch_axis),
-                                 shape2=_with_batch(first.shape2, n2, first.batch_axis))
-        if hasattr(first, '_fields'):
-            return type(first)(*(result[n] for n in names))
-        return result[names[0]]
+                out = (self.kernel_fn(sub, None, get, *args, **kwargs) if self._own()
+                       else self.kernel_fn(sub, None, *args, **kwargs))
+                row.append(out[name or 'nngp'] if isinstance(out, dict) else out)
+            rows.append(row)
+        joined = _join_tree(rows, name)
+        if isinstance(joined, Kernel):
+            return joined.replace(cov2=None if k.x1_is_x2 else joined.cov2, x1_is_x2=k.x1_is_x2,
+                                  shape1=_with_batch(joined.shape1, n1, joined.batch_axis),
+                                  shape2=_with_batch(joined.shape2, n2, joined.batch_axis))
+        sizes = {'shape1': n1, 'shape2': n2}
+        if hasattr(joined, '_fields'):
+            return joined._replace(**{s: _with_batch(getattr(joined, s), n, k.batch_axis)
+                                      for s, n in sizes.items() if s in joined._fields})
+        return _with_batch(joined, sizes[name], k.batch_axis) if name in sizes else joined
 
     def choose_tile(self, plan, n1, n2, symmetric: bool = False, store=None) -> int:
         """The tile size: `batch_size`, the one recorded in a store being resumed (`store`, else
@@ -712,6 +697,7 @@ def _join_tree(rows, name: str | None):
     if name in ('shape1', 'shape2'):
         return first
     return jnp.concatenate([jnp.concatenate(row, axis=1) for row in rows], axis=0)
+
 
 def _sub_kernel(k: Kernel, rows: slice, cols: slice, same: bool) -> Kernel:
     """The Kernel of examples `rows` of x1 against examples `cols` of x2 (`same`: the rows
