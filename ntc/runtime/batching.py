@@ -51,6 +51,7 @@ from ..fingerprint import Unfingerprintable, value_fingerprint
 from ..passes import KERNEL_NAMES
 from ..plan import KernelPlan, result_type
 from .empirical import per_example_pairs, slice_pairs
+from .ntk_vp_tiles import batch_ntk_vp
 from .store import Job, TileStore, array_hash, write_error
 
 AXIS = 'tiles'
@@ -820,5 +821,7 @@ def batch(kernel_fn, batch_size: int | None = None, devices=None, store_on_devic
                              hint='-1: all local devices, 0: one device, n: the first n; or '
                                   'pass a list of jax devices as devices=')
         devices = device_count
+    if hasattr(kernel_fn, 'ntk_vp_inputs'):  # from empirical_ntk_vp_fn: Θ·v in tiles
+        return batch_ntk_vp(kernel_fn, batch_size, _devices(devices), store, resume, fingerprint)
     return BatchedKernelFn(kernel_fn, batch_size, devices, store_on_device, progress, store,
                            resume, fingerprint)

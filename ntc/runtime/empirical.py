@@ -658,4 +658,5 @@ def empirical_ntk_vp_fn(f, x1, x2, params, **apply_fn_kwargs):
         (tangents,) = vjp(cotangents)
         return jax.jvp(lambda p: f(p, x1, **kw1), (params,), (tangents,))[1]
 
+    ntk_vp.ntk_vp_inputs = dict(f=f, x1=x1, x2=x2, params=params, kwargs=apply_fn_kwargs)
     return ntk_vp

@@ -1,0 +1,199 @@
+"""Θ(x1, x2)·v for large N: `empirical_ntk_vp_fn`'s NTK-vector product computed over tiles of
+examples, sharded across devices, with memory bounded by one tile per device.
+
+With J_i the Jacobian of ``f(params, x_i)`` with respect to the parameters,
+``Θ v = J1 (J2ᵀ v) = J1 t`` where ``t = Σ_j J2[j]ᵀ v[j]`` sums over tiles j of x2 (Novak et al.
+2022, "Fast finite width neural tangent kernel", sec. L, for the product; the sum over tiles is
+the chain rule applied to examples that do not interact).  Two passes:
+
+1. **VJP over x2.** Every device scans its share of x2 tile by tile and adds each tile's
+   ``J2[j]ᵀ v[j]`` (one parameter-shaped array per leaf) to a running sum; the devices' sums
+   are then added (``psum``), so every device holds ``t``.
+2. **JVP over x1.** Every device scans its share of x1 tile by tile: ``(Θ v)[i] = J1[i] t``.
+
+Each product costs one VJP over x2 and one JVP over x1 whatever the tile size, the same work as
+the un-tiled product; Θ (``N1·O × N2·O``) is never formed, not even in blocks.  Peak memory per
+device is a few parameter-sized arrays (params, ``t``, one tile's gradient) plus the residuals
+of one tile's forward pass.  The product is one jitted JAX function of ``v``, so it can be used
+inside ``jax.jit``, ``jax.scipy.sparse.linalg.cg`` and other iterative solvers.
+
+Examples must not interact in ``f``: every leaf of x1 and x2, and of ``f``'s outputs, has the
+examples on axis 0 (what ``ntc.batch`` also assumes).  Ragged tiles are padded by repeating the
+last example; the padded rows of ``v`` are zeros, so they add nothing to ``t``, and the padded
+rows of the result are cut off.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+
+from ..errors import InputError
+from .empirical import per_example_pairs
+
+__all__ = ['TiledNtkVp', 'tiled_ntk_vp_fn', 'batch_ntk_vp']
+
+AXIS = 'tiles'
+_tree = jax.tree_util
+
+
+def _examples(x, what: str) -> int:
+    """The number of examples (axis 0, shared by every leaf) of an input pytree."""
+    sizes = {jnp.shape(a)[0] if jnp.ndim(a) else None for a in _tree.tree_leaves(x)}
+    if len(sizes) != 1 or None in sizes:
+        raise InputError(f'every leaf of {what} must have the examples on axis 0, got shapes '
+                         f'{[jnp.shape(a) for a in _tree.tree_leaves(x)]}', path=what,
+                         hint='the tiled NTK-vector product cuts inputs along axis 0')
+    return sizes.pop()
+
+
+def _pad(x, n: int):
+    """`x` (a pytree, examples on axis 0) padded to `n` examples by repeating the last one."""
+    def one(a):
+        a = jnp.asarray(a)
+        if a.shape[0] == n:
+            return a
+        return jnp.concatenate([a, jnp.repeat(a[-1:], n - a.shape[0], axis=0)])
+    return _tree.tree_map(one, x)
+
+
+def _split(kwargs: dict, n1: int, n2: int):
+    """(shared keyword arguments of the x1 side, of the x2 side, per-example ones of x1, of x2),
+    as `empirical_ntk_vp_fn` reads them: a pair ``(v1, v2)`` goes to the two sides, and is cut
+    into tiles when it holds one row per example (NT's ``pattern=(p1, p2)``)."""
+    if kwargs.get('rng') is not None:
+        raise InputError('rng= is not supported by the tiled NTK-vector product: each tile '
+                         'would draw its own random numbers', path='rng',
+                         hint='use the un-tiled empirical_ntk_vp_fn, or pass a deterministic f')
+    pairs = per_example_pairs(kwargs, n1, n2)
+    shared1, shared2 = {}, {}
+    for k, v in kwargs.items():
+        if k in pairs:
+            continue
+        paired = isinstance(v, tuple) and len(v) == 2
+        shared1[k], shared2[k] = v if paired else (v, v)
+    rows1 = {k: v1 for k, (v1, _) in pairs.items()}
+    rows2 = {k: v1 if v2 is None else v2 for k, (v1, v2) in pairs.items()}
+    return shared1, shared2, rows1, rows2
+
+
+class TiledNtkVp:
+    """``v -> Θ(x1, x2)·v`` for ``v`` shaped like ``f(params, x2)``, computed in tiles of
+    `batch_size` examples per device over `devices` (see the module's docstring).  Call it
+    like the function `empirical_ntk_vp_fn` returns; the result is shaped like
+    ``f(params, x1)``."""
+
+    def __init__(self, f, x1, x2, params, batch_size: int | None = None, devices=None,
+                 **apply_fn_kwargs):
+        self.devices = list(jax.local_devices() if devices is None else devices)
+        x2 = x1 if x2 is None else x2
+        n1, n2 = _examples(x1, 'x1'), _examples(x2, 'x2')
+        if batch_size is not None and (not isinstance(batch_size, (int, np.integer))
+                                       or isinstance(batch_size, bool) or batch_size < 1):
+            raise InputError(f'batch_size must be a positive integer, got {batch_size!r}',
+                             path='batch_size',
+                             hint='examples per tile and device; None: one tile per device')
+        d = len(self.devices)
+        shared1, shared2, rows1, rows2 = _split(apply_fn_kwargs, n1, n2)
+        self.out_shape = jax.eval_shape(lambda p: f(p, x1, **shared1, **rows1), params)
+        self.in_shape = jax.eval_shape(lambda p: f(p, x2, **shared2, **rows2), params)
+        for what, shape, n in (('f(params, x1)', self.out_shape, n1),
+                               ('f(params, x2)', self.in_shape, n2)):
+            if any(not o.shape or o.shape[0] != n for o in _tree.tree_leaves(shape)):
+                raise InputError(f'every output of {what} must have the {n} examples on axis '
+                                 f'0, got shapes '
+                                 f'{[o.shape for o in _tree.tree_leaves(shape)]}',
+                                 path=what, hint='f must map each example to its own output')
+        self.n1, self.n2 = n1, n2
+        self.tile = {1: batch_size or math.ceil(n1 / d), 2: batch_size or math.ceil(n2 / d)}
+        self.steps = {1: math.ceil(n1 / (d * self.tile[1])), 2: math.ceil(n2 / (d * self.tile[2]))}
+        pad1 = d * self.steps[1] * self.tile[1]
+        pad2 = d * self.steps[2] * self.tile[2]
+        self._pad2 = pad2
+        self._args = (_pad((x1, rows1), pad1), _pad((x2, rows2), pad2), params)
+        self._fn = jax.jit(self._sharded(f, shared1, shared2))
+
+    def _sharded(self, f, shared1, shared2):
+        """The jitted product ``(x1 tiles, x2 tiles, params, v) -> Θ v``, one shard per device."""
+        t1, t2, s1, s2 = self.tile[1], self.tile[2], self.steps[1], self.steps[2]
+
+        def stack(x, steps, tile):      # a device's rows as (steps, tile, ...)
+            return _tree.tree_map(lambda a: a.reshape((steps, tile) + a.shape[1:]), x)
+
+        def local(xs1, xs2, params, v):
+            (x1, k1), (x2, k2) = stack(xs1, s1, t1), stack(xs2, s2, t2)
+
+            def pull(t, tile):          # t += J2[j]^T v[j]
+                x, k, vj = tile
+                _, vjp = jax.vjp(lambda p: f(p, x, **shared2, **k), params)
+                return _tree.tree_map(jnp.add, t, vjp(vj)[0]), None
+
+            zero = _tree.tree_map(jnp.zeros_like, params)
+            t, _ = jax.lax.scan(pull, zero, (x2, k2, stack(v, s2, t2)))
+            t = jax.lax.psum(t, AXIS)
+
+            def push(_, tile):          # (Θ v)[i] = J1[i] t
+                x, k = tile
+                return None, jax.jvp(lambda p: f(p, x, **shared1, **k), (params,), (t,))[1]
+
+            _, out = jax.lax.scan(push, None, (x1, k1))
+            return _tree.tree_map(lambda a: a.reshape((s1 * t1,) + a.shape[2:]), out)
+
+        rows = PartitionSpec(AXIS)
+        return jax.shard_map(local, mesh=Mesh(np.array(self.devices), (AXIS,)),
+                             in_specs=(rows, rows, PartitionSpec(), rows), out_specs=rows,
+                             check_vma=False)
+
+    def _cotangents(self, v):
+        """`v` checked against f(params, x2), cast to its dtypes and padded with zero rows."""
+        leaves, tdef = _tree.tree_flatten(v)
+        want, want_def = _tree.tree_flatten(self.in_shape)
+        shapes = [jnp.shape(a) for a in leaves]
+        if tdef != want_def or shapes != [o.shape for o in want]:
+            raise InputError(f'v must be shaped like f(params, x2), {[o.shape for o in want]}, '
+                             f'got {shapes}', path='v',
+                             hint='v has one entry per output of f on x2; the product is '
+                                  'shaped like f(params, x1)')
+        pad = self._pad2 - self.n2
+        return tdef.unflatten([jnp.pad(jnp.asarray(a, o.dtype),
+                                       [(0, pad)] + [(0, 0)] * (jnp.ndim(a) - 1))
+                               for a, o in zip(leaves, want)])
+
+    def memory_analysis(self):
+        """XLA's memory analysis of the compiled product (per device: arguments, outputs and
+        temporaries in bytes), without running it."""
+        spec = _tree.tree_map(lambda o: jax.ShapeDtypeStruct((self._pad2,) + o.shape[1:],
+                                                             o.dtype), self.in_shape)
+        return self._fn.lower(*self._args, spec).compile().memory_analysis()
+
+    def __call__(self, v):
+        """Θ(x1, x2)·v, shaped like f(params, x1)."""
+        out = self._fn(*self._args, self._cotangents(v))
+        return _tree.tree_map(lambda a: a[:self.n1], out)
+
+
+def tiled_ntk_vp_fn(f, x1, x2, params, batch_size: int | None = None, devices=None,
+                    **apply_fn_kwargs) -> TiledNtkVp:
+    """`empirical_ntk_vp_fn(f, x1, x2, params, **apply_fn_kwargs)` computed in tiles of
+    `batch_size` examples (None: one tile per device) on `devices` (None: all local devices)."""
+    return TiledNtkVp(f, x1, x2, params, batch_size, devices, **apply_fn_kwargs)
+
+
+def batch_ntk_vp(ntk_vp, batch_size, devices: list, store=None, resume: bool = False,
+                 fingerprint=None) -> TiledNtkVp | object:
+    """What ``ntc.batch`` returns for a function made by `empirical_ntk_vp_fn`: its product in
+    tiles of `batch_size` (0: the function itself, un-tiled) on `devices`.  A product is cheap
+    to redo and its result depends on v, so there is no store to resume from."""
+    if store is not None or resume or fingerprint is not None:
+        raise InputError('ntc.batch of an NTK-vector product keeps no tile store', path='store',
+                         hint='drop store=, resume= and fingerprint=; the product is recomputed '
+                              'on each call')
+    if batch_size == 0:
+        return ntk_vp
+    inputs = ntk_vp.ntk_vp_inputs
+    return TiledNtkVp(inputs['f'], inputs['x1'], inputs['x2'], inputs['params'], batch_size,
+                      devices, **inputs['kwargs'])
