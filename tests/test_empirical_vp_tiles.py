@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 
 import ntc
 from ntc import stax
-from ntc.errors import InputError, NtcError
+from ntc.errors import InputError, NtcError, NumericalError
 from ntc.runtime.ntk_vp_tiles import TiledNtkVp, tiled_ntk_vp_fn
 
 
@@ -101,17 +101,47 @@ def test_conjugate_gradients_through_tiles_equal_the_solve_through_the_formed_nt
                      device_count=-1)
 
     @jax.jit
-    def fit_predict(y):
+    def fit_predict(train, test, y):   # the products are arguments: their arrays are too
         alpha, _ = jax.scipy.sparse.linalg.cg(lambda a: train(a) + lam * a, y, tol=1e-14,
                                               maxiter=1000)
         return alpha, test(alpha)
 
-    alpha, pred = fit_predict(y)
+    alpha, pred = fit_predict(train, test, y)
     theta = np.asarray(explicit_ntk(f, params, x, x)).reshape(72, 72)
     theta_test = np.asarray(explicit_ntk(f, params, x_test, x)).reshape(30, 72)
     want = np.linalg.solve(theta + lam * np.eye(72), y.reshape(72))
     np.testing.assert_allclose(alpha.reshape(72), want, rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(pred.reshape(30), theta_test @ want, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(train.solve(y, lam, tol=1e-13).reshape(72), want, rtol=1e-9,
+                               atol=1e-11)
+
+
+def test_solve_refuses_a_rectangular_ntk_and_reports_no_convergence():
+    f, params, x, rs = mlp(12, seed=5)
+    y = rs.randn(12, 3)
+    rect = tiled_ntk_vp_fn(f, x, rs.randn(12, 5), params, batch_size=4)
+    with pytest.raises(InputError, match=r'square .*x1, x1') as e:
+        rect.solve(y, 0.1)
+    assert e.value.path == 'x2' and e.value.hint
+    square = tiled_ntk_vp_fn(f, x, None, params, batch_size=4)
+    with pytest.raises(NumericalError, match='did not solve') as e:
+        square.solve(y, 1e-6, tol=1e-12, maxiter=2)
+    assert e.value.hint
+    with pytest.raises(InputError, match='v must be shaped'):
+        square.solve(y[:, :2], 0.1)
+
+
+def test_passing_the_product_to_jit_keeps_the_inputs_out_of_the_program():
+    """As a jit argument the product is a pytree of its arrays: the lowered program does not
+    grow with N (closed over, its inputs would be embedded as constants)."""
+    f, params, _, rs = mlp(1)
+    sizes = {}
+    for n in (8, 4000):
+        vp = tiled_ntk_vp_fn(f, rs.randn(n, 5), None, params, batch_size=8,
+                             devices=jax.local_devices()[:1])
+        text = jax.jit(lambda vp, v: vp(v)).lower(vp, np.ones((n, 3))).as_text()
+        sizes[n] = len(text)
+    assert sizes[4000] < sizes[8] + 2000
 
 
 def test_memory_is_bounded_by_the_tile_not_by_n():

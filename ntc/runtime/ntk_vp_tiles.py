@@ -25,6 +25,7 @@ rows of the result are cut off.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from ..errors import InputError
+from ..errors import InputError, NumericalError
 from .empirical import per_example_pairs
 
 __all__ = ['TiledNtkVp', 'tiled_ntk_vp_fn', 'batch_ntk_vp']
@@ -81,15 +82,60 @@ def _split(kwargs: dict, n1: int, n2: int):
     return shared1, shared2, rows1, rows2
 
 
+def _sharded(f, shared1, shared2, devices, tile, steps):
+    """The product ``(x1 tiles, x2 tiles, params, v) -> Θ v`` as one `shard_map` over
+    `devices`: each device scans its `steps` tiles of `tile` examples on each side."""
+    t1, t2, s1, s2 = tile[1], tile[2], steps[1], steps[2]
+
+    def stack(x, steps, tile):      # a device's rows as (steps, tile, ...)
+        return _tree.tree_map(lambda a: a.reshape((steps, tile) + a.shape[1:]), x)
+
+    def local(xs1, xs2, params, v):
+        (x1, k1), (x2, k2) = stack(xs1, s1, t1), stack(xs2, s2, t2)
+
+        def pull(t, tile):          # t += J2[j]^T v[j]
+            x, k, vj = tile
+            _, vjp = jax.vjp(lambda p: f(p, x, **shared2, **k), params)
+            return _tree.tree_map(jnp.add, t, vjp(vj)[0]), None
+
+        zero = _tree.tree_map(jnp.zeros_like, params)
+        t, _ = jax.lax.scan(pull, zero, (x2, k2, stack(v, s2, t2)))
+        t = jax.lax.psum(t, AXIS)
+
+        def push(_, tile):          # (Θ v)[i] = J1[i] t
+            x, k = tile
+            return None, jax.jvp(lambda p: f(p, x, **shared1, **k), (params,), (t,))[1]
+
+        _, out = jax.lax.scan(push, None, (x1, k1))
+        return _tree.tree_map(lambda a: a.reshape((s1 * t1,) + a.shape[2:]), out)
+
+    rows = PartitionSpec(AXIS)
+    return jax.shard_map(local, mesh=Mesh(np.array(devices), (AXIS,)),
+                         in_specs=(rows, rows, PartitionSpec(), rows), out_specs=rows,
+                         check_vma=False)
+
+
+class _Program:
+    """The static part of a `TiledNtkVp` (the jitted product, sizes, shapes, devices): the
+    auxiliary data of its pytree, compared by identity so that jit's cache keeps one entry."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+@jax.tree_util.register_pytree_node_class
 class TiledNtkVp:
     """``v -> Θ(x1, x2)·v`` for ``v`` shaped like ``f(params, x2)``, computed in tiles of
     `batch_size` examples per device over `devices` (see the module's docstring).  Call it
     like the function `empirical_ntk_vp_fn` returns; the result is shaped like
-    ``f(params, x1)``."""
+    ``f(params, x1)``.  It is a pytree whose leaves are the inputs and parameters: pass it to
+    a jitted function as an argument (``jax.jit(lambda vp, y: ...)(vp, y)``) so that the
+    program reads them as arguments instead of embedding them as constants."""
 
     def __init__(self, f, x1, x2, params, batch_size: int | None = None, devices=None,
                  **apply_fn_kwargs):
-        self.devices = list(jax.local_devices() if devices is None else devices)
+        devices = list(jax.local_devices() if devices is None else devices)
+        symmetric = x2 is None or x2 is x1
         x2 = x1 if x2 is None else x2
         n1, n2 = _examples(x1, 'x1'), _examples(x2, 'x2')
         if batch_size is not None and (not isinstance(batch_size, (int, np.integer))
@@ -97,56 +143,48 @@ class TiledNtkVp:
             raise InputError(f'batch_size must be a positive integer, got {batch_size!r}',
                              path='batch_size',
                              hint='examples per tile and device; None: one tile per device')
-        d = len(self.devices)
+        d = len(devices)
         shared1, shared2, rows1, rows2 = _split(apply_fn_kwargs, n1, n2)
-        self.out_shape = jax.eval_shape(lambda p: f(p, x1, **shared1, **rows1), params)
-        self.in_shape = jax.eval_shape(lambda p: f(p, x2, **shared2, **rows2), params)
-        for what, shape, n in (('f(params, x1)', self.out_shape, n1),
-                               ('f(params, x2)', self.in_shape, n2)):
+        out_shape = jax.eval_shape(lambda p: f(p, x1, **shared1, **rows1), params)
+        in_shape = jax.eval_shape(lambda p: f(p, x2, **shared2, **rows2), params)
+        for what, shape, n in (('f(params, x1)', out_shape, n1), ('f(params, x2)', in_shape, n2)):
             if any(not o.shape or o.shape[0] != n for o in _tree.tree_leaves(shape)):
                 raise InputError(f'every output of {what} must have the {n} examples on axis '
                                  f'0, got shapes '
                                  f'{[o.shape for o in _tree.tree_leaves(shape)]}',
                                  path=what, hint='f must map each example to its own output')
-        self.n1, self.n2 = n1, n2
-        self.tile = {1: batch_size or math.ceil(n1 / d), 2: batch_size or math.ceil(n2 / d)}
-        self.steps = {1: math.ceil(n1 / (d * self.tile[1])), 2: math.ceil(n2 / (d * self.tile[2]))}
-        pad1 = d * self.steps[1] * self.tile[1]
-        pad2 = d * self.steps[2] * self.tile[2]
-        self._pad2 = pad2
+        tile = {1: batch_size or math.ceil(n1 / d), 2: batch_size or math.ceil(n2 / d)}
+        steps = {1: math.ceil(n1 / (d * tile[1])), 2: math.ceil(n2 / (d * tile[2]))}
+        pad1, pad2 = d * steps[1] * tile[1], d * steps[2] * tile[2]
+        fn = jax.jit(_sharded(f, shared1, shared2, devices, tile, steps))
+        self._program = _Program(fn=fn, devices=devices, n1=n1, n2=n2, pad2=pad2, tile=tile,
+                                 steps=steps, in_shape=in_shape, out_shape=out_shape,
+                                 symmetric=symmetric)
         self._args = (_pad((x1, rows1), pad1), _pad((x2, rows2), pad2), params)
-        self._fn = jax.jit(self._sharded(f, shared1, shared2))
 
-    def _sharded(self, f, shared1, shared2):
-        """The jitted product ``(x1 tiles, x2 tiles, params, v) -> Θ v``, one shard per device."""
-        t1, t2, s1, s2 = self.tile[1], self.tile[2], self.steps[1], self.steps[2]
+    def tree_flatten(self):
+        return self._args, self._program
 
-        def stack(x, steps, tile):      # a device's rows as (steps, tile, ...)
-            return _tree.tree_map(lambda a: a.reshape((steps, tile) + a.shape[1:]), x)
+    @classmethod
+    def tree_unflatten(cls, program, args):
+        vp = object.__new__(cls)
+        vp._program, vp._args = program, tuple(args)
+        return vp
 
-        def local(xs1, xs2, params, v):
-            (x1, k1), (x2, k2) = stack(xs1, s1, t1), stack(xs2, s2, t2)
+    @property
+    def devices(self) -> list:
+        """The devices the tiles are spread over."""
+        return self._program.devices
 
-            def pull(t, tile):          # t += J2[j]^T v[j]
-                x, k, vj = tile
-                _, vjp = jax.vjp(lambda p: f(p, x, **shared2, **k), params)
-                return _tree.tree_map(jnp.add, t, vjp(vj)[0]), None
+    @property
+    def in_shape(self):
+        """Shapes and dtypes of ``f(params, x2)``, which ``v`` must have."""
+        return self._program.in_shape
 
-            zero = _tree.tree_map(jnp.zeros_like, params)
-            t, _ = jax.lax.scan(pull, zero, (x2, k2, stack(v, s2, t2)))
-            t = jax.lax.psum(t, AXIS)
-
-            def push(_, tile):          # (Θ v)[i] = J1[i] t
-                x, k = tile
-                return None, jax.jvp(lambda p: f(p, x, **shared1, **k), (params,), (t,))[1]
-
-            _, out = jax.lax.scan(push, None, (x1, k1))
-            return _tree.tree_map(lambda a: a.reshape((s1 * t1,) + a.shape[2:]), out)
-
-        rows = PartitionSpec(AXIS)
-        return jax.shard_map(local, mesh=Mesh(np.array(self.devices), (AXIS,)),
-                             in_specs=(rows, rows, PartitionSpec(), rows), out_specs=rows,
-                             check_vma=False)
+    @property
+    def out_shape(self):
+        """Shapes and dtypes of ``f(params, x1)``, which the product has."""
+        return self._program.out_shape
 
     def _cotangents(self, v):
         """`v` checked against f(params, x2), cast to its dtypes and padded with zero rows."""
@@ -158,7 +196,7 @@ class TiledNtkVp:
                              f'got {shapes}', path='v',
                              hint='v has one entry per output of f on x2; the product is '
                                   'shaped like f(params, x1)')
-        pad = self._pad2 - self.n2
+        pad = self._program.pad2 - self._program.n2
         return tdef.unflatten([jnp.pad(jnp.asarray(a, o.dtype),
                                        [(0, pad)] + [(0, 0)] * (jnp.ndim(a) - 1))
                                for a, o in zip(leaves, want)])
@@ -166,14 +204,46 @@ class TiledNtkVp:
     def memory_analysis(self):
         """XLA's memory analysis of the compiled product (per device: arguments, outputs and
         temporaries in bytes), without running it."""
-        spec = _tree.tree_map(lambda o: jax.ShapeDtypeStruct((self._pad2,) + o.shape[1:],
+        spec = _tree.tree_map(lambda o: jax.ShapeDtypeStruct((self._program.pad2,) + o.shape[1:],
                                                              o.dtype), self.in_shape)
-        return self._fn.lower(*self._args, spec).compile().memory_analysis()
+        return self._program.fn.lower(*self._args, spec).compile().memory_analysis()
+
+    def solve(self, y, diag_reg: float, tol: float = 1e-6, maxiter: int | None = None):
+        """Kernel regression's weights ``α = (Θ + diag_reg·I)⁻¹ y`` by conjugate gradients
+        (``jax.scipy.sparse.linalg.cg``; Hestenes & Stiefel 1952) through the tiled product,
+        Θ = Θ(x1, x1) over every output entry and ``y`` shaped like ``f(params, x1)``; the
+        predictions on x_test are ``Θ(x_test, x1)·α``.  Raises `NumericalError` when the
+        relative residual ``‖(Θ + diag_reg·I) α - y‖ / ‖y‖`` ends above ``10·tol``."""
+        if not self._program.symmetric:
+            raise InputError('solve needs the square Θ(x1, x1), but this product was made '
+                             'with an x2 of its own', path='x2',
+                             hint='make the product with x2=None to solve, and a second one '
+                                  'with x1=x_test, x2=x_train to predict')
+        self._cotangents(y)   # the shape check, before any work
+        alpha, residual = _cg(self, y, diag_reg, tol, maxiter)
+        if not float(residual) <= 10 * tol:
+            raise NumericalError(f'conjugate gradients did not solve (Θ + {diag_reg:g} I) α = y:'
+                                 f' relative residual {float(residual):.3g} (target {tol:g})',
+                                 path='solve', hint='raise diag_reg or maxiter, or loosen tol')
+        return alpha
 
     def __call__(self, v):
         """Θ(x1, x2)·v, shaped like f(params, x1)."""
-        out = self._fn(*self._args, self._cotangents(v))
-        return _tree.tree_map(lambda a: a[:self.n1], out)
+        out = self._program.fn(*self._args, self._cotangents(v))
+        return _tree.tree_map(lambda a: a[:self._program.n1], out)
+
+
+@functools.partial(jax.jit, static_argnames=('maxiter',))
+def _cg(vp, y, diag_reg, tol, maxiter):
+    """(α, relative residual) of ``(Θ + diag_reg·I) α = y`` by CG; `vp` is an argument, so its
+    inputs are arguments of the program, not constants in it."""
+    def system(a):
+        return _tree.tree_map(lambda p, q: p + diag_reg * q, vp(a), a)
+
+    alpha, _ = jax.scipy.sparse.linalg.cg(system, y, tol=tol, maxiter=maxiter)
+    r = _tree.tree_leaves(_tree.tree_map(jnp.subtract, system(alpha), y))
+    norm = jnp.sqrt(sum(jnp.sum(a ** 2) for a in _tree.tree_leaves(y)))
+    return alpha, jnp.sqrt(sum(jnp.sum(a ** 2) for a in r)) / jnp.where(norm > 0, norm, 1.0)
 
 
 def tiled_ntk_vp_fn(f, x1, x2, params, batch_size: int | None = None, devices=None,
