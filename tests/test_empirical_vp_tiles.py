@@ -189,3 +189,23 @@ def test_what_tiles_cannot_do_is_refused():
     with pytest.raises(InputError, match='keeps no tile store') as e:
         ntc.batch(ntc.empirical_ntk_vp_fn(f, x, None, params), 2, store='/tmp/unused')
     assert e.value.hint
+
+
+def test_batch_size_none_picks_the_largest_tile_that_fits(monkeypatch):
+    """None: with plenty of memory, one tile per device; with little, a smaller tile whose
+    compiled temporaries (XLA's memory analysis) fit in the budget, a third of free memory."""
+    init_fn, f, _ = stax.serial(stax.Dense(512), stax.Relu(), stax.Dense(512), stax.Relu(),
+                                stax.Dense(2))
+    _, params = init_fn(jax.random.PRNGKey(0), (1, 16))
+    x = np.random.RandomState(0).randn(600, 16)
+    one = jax.local_devices()[:1]
+    monkeypatch.setattr(ntc.checks, 'free_memory', lambda device: 1e12)
+    assert tiled_ntk_vp_fn(f, x, None, params, devices=one).tile == {1: 600, 2: 600}
+    free = 3 * 6e6 * len([d for d in jax.devices() if d.platform == 'cpu'])  # 6 MB budget
+    monkeypatch.setattr(ntc.checks, 'free_memory', lambda device: free)
+    vp = tiled_ntk_vp_fn(f, x, None, params, devices=one)
+    assert 8 < vp.tile[1] < 600
+    assert vp.memory_analysis().temp_size_in_bytes <= 1.1 * 6e6
+    v = np.random.RandomState(1).randn(600, 2)
+    plain = ntc.empirical_ntk_vp_fn(f, x, None, params)(v)
+    np.testing.assert_allclose(vp(v), plain, rtol=1e-10, atol=1e-12)

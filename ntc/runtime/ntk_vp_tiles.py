@@ -33,12 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
+from .. import checks
 from ..errors import InputError, NumericalError
 from .empirical import per_example_pairs
 
 __all__ = ['TiledNtkVp', 'tiled_ntk_vp_fn', 'batch_ntk_vp']
 
 AXIS = 'tiles'
+MEMORY_SAFETY = 3.0  # headroom: other arrays share the device, the allocator fragments
 _tree = jax.tree_util
 
 
@@ -115,6 +117,32 @@ def _sharded(f, shared1, shared2, devices, tile, steps):
                          check_vma=False)
 
 
+def _memory(program, args):
+    """XLA's memory analysis of `program`'s product on `args`, compiled and not run."""
+    spec = _tree.tree_map(lambda o: jax.ShapeDtypeStruct((program.pad2,) + o.shape[1:], o.dtype),
+                          program.in_shape)
+    return program.fn.lower(*args, spec).compile().memory_analysis()
+
+
+def _fitting_tile(build, most: int, device) -> int:
+    """The largest tile (≤ `most`) whose temporaries fit in a third of `device`'s free memory
+    (shared among the host's CPU devices, whose tiles run at the same time).  The temporaries
+    are linear in the tile (one tile's residuals plus parameter-sized sums): XLA's memory
+    analysis at two small tiles gives the line."""
+    free = checks.free_memory(device)
+    free = 4e9 if math.isinf(free) else free
+    if device.platform == 'cpu':
+        free /= max(1, sum(x.platform == 'cpu' for x in jax.devices()))
+    budget = free / MEMORY_SAFETY
+    a = min(8, most)
+    b = min(2 * a, most)
+    temp_a = _memory(*build(a)).temp_size_in_bytes
+    if b == a:
+        return a
+    per_example = max((_memory(*build(b)).temp_size_in_bytes - temp_a) / (b - a), 1.0)
+    return max(1, min(most, a + int((budget - temp_a) // per_example)))
+
+
 class _Program:
     """The static part of a `TiledNtkVp` (the jitted product, sizes, shapes, devices): the
     auxiliary data of its pytree, compared by identity so that jit's cache keeps one entry."""
@@ -142,7 +170,7 @@ class TiledNtkVp:
                                        or isinstance(batch_size, bool) or batch_size < 1):
             raise InputError(f'batch_size must be a positive integer, got {batch_size!r}',
                              path='batch_size',
-                             hint='examples per tile and device; None: one tile per device')
+                             hint='examples per tile and device; None: the largest that fits')
         d = len(devices)
         shared1, shared2, rows1, rows2 = _split(apply_fn_kwargs, n1, n2)
         out_shape = jax.eval_shape(lambda p: f(p, x1, **shared1, **rows1), params)
@@ -153,14 +181,21 @@ class TiledNtkVp:
                                  f'0, got shapes '
                                  f'{[o.shape for o in _tree.tree_leaves(shape)]}',
                                  path=what, hint='f must map each example to its own output')
-        tile = {1: batch_size or math.ceil(n1 / d), 2: batch_size or math.ceil(n2 / d)}
-        steps = {1: math.ceil(n1 / (d * tile[1])), 2: math.ceil(n2 / (d * tile[2]))}
-        pad1, pad2 = d * steps[1] * tile[1], d * steps[2] * tile[2]
-        fn = jax.jit(_sharded(f, shared1, shared2, devices, tile, steps))
-        self._program = _Program(fn=fn, devices=devices, n1=n1, n2=n2, pad2=pad2, tile=tile,
-                                 steps=steps, in_shape=in_shape, out_shape=out_shape,
-                                 symmetric=symmetric)
-        self._args = (_pad((x1, rows1), pad1), _pad((x2, rows2), pad2), params)
+        most = {1: math.ceil(n1 / d), 2: math.ceil(n2 / d)}   # one tile per device
+
+        def build(batch: int):
+            tile = {s: min(batch, most[s]) for s in (1, 2)}
+            steps = {1: math.ceil(n1 / (d * tile[1])), 2: math.ceil(n2 / (d * tile[2]))}
+            pad1, pad2 = d * steps[1] * tile[1], d * steps[2] * tile[2]
+            fn = jax.jit(_sharded(f, shared1, shared2, devices, tile, steps))
+            program = _Program(fn=fn, devices=devices, n1=n1, n2=n2, pad2=pad2, tile=tile,
+                               steps=steps, in_shape=in_shape, out_shape=out_shape,
+                               symmetric=symmetric)
+            return program, (_pad((x1, rows1), pad1), _pad((x2, rows2), pad2), params)
+
+        if batch_size is None:
+            batch_size = _fitting_tile(build, max(most.values()), devices[0])
+        self._program, self._args = build(batch_size)
 
     def tree_flatten(self):
         return self._args, self._program
@@ -201,12 +236,15 @@ class TiledNtkVp:
                                        [(0, pad)] + [(0, 0)] * (jnp.ndim(a) - 1))
                                for a, o in zip(leaves, want)])
 
+    @property
+    def tile(self) -> dict:
+        """Examples per tile on the x1 side (key 1) and the x2 side (key 2)."""
+        return self._program.tile
+
     def memory_analysis(self):
         """XLA's memory analysis of the compiled product (per device: arguments, outputs and
         temporaries in bytes), without running it."""
-        spec = _tree.tree_map(lambda o: jax.ShapeDtypeStruct((self._program.pad2,) + o.shape[1:],
-                                                             o.dtype), self.in_shape)
-        return self._program.fn.lower(*self._args, spec).compile().memory_analysis()
+        return _memory(self._program, self._args)
 
     def solve(self, y, diag_reg: float, tol: float = 1e-6, maxiter: int | None = None):
         """Kernel regression's weights ``α = (Θ + diag_reg·I)⁻¹ y`` by conjugate gradients
@@ -249,7 +287,8 @@ def _cg(vp, y, diag_reg, tol, maxiter):
 def tiled_ntk_vp_fn(f, x1, x2, params, batch_size: int | None = None, devices=None,
                     **apply_fn_kwargs) -> TiledNtkVp:
     """`empirical_ntk_vp_fn(f, x1, x2, params, **apply_fn_kwargs)` computed in tiles of
-    `batch_size` examples (None: one tile per device) on `devices` (None: all local devices)."""
+    `batch_size` examples (None: the largest tile whose temporaries fit in memory, see
+    `_fitting_tile`) on `devices` (None: all local devices)."""
     return TiledNtkVp(f, x1, x2, params, batch_size, devices, **apply_fn_kwargs)
 
 
