@@ -15,7 +15,9 @@ Each product costs one VJP over x2 and one JVP over x1 whatever the tile size, t
 the un-tiled product; Θ (``N1·O × N2·O``) is never formed, not even in blocks.  Peak memory per
 device is a few parameter-sized arrays (params, ``t``, one tile's gradient) plus the residuals
 of one tile's forward pass.  The product is one jitted JAX function of ``v``, so it can be used
-inside ``jax.jit``, ``jax.scipy.sparse.linalg.cg`` and other iterative solvers.
+inside ``jax.jit``, ``jax.scipy.sparse.linalg.cg`` and other iterative solvers; it is a pytree
+of its inputs and parameters, to be passed to jitted code as an argument (`TiledNtkVp.solve`
+does so).
 
 Examples must not interact in ``f``: every leaf of x1 and x2, and of ``f``'s outputs, has the
 examples on axis 0 (what ``ntc.batch`` also assumes).  Ragged tiles are padded by repeating the
@@ -191,7 +193,9 @@ class TiledNtkVp:
             program = _Program(fn=fn, devices=devices, n1=n1, n2=n2, pad2=pad2, tile=tile,
                                steps=steps, in_shape=in_shape, out_shape=out_shape,
                                symmetric=symmetric)
-            return program, (_pad((x1, rows1), pad1), _pad((x2, rows2), pad2), params)
+            xs1 = _pad((x1, rows1), pad1)
+            same = symmetric and pad2 == pad1 and all(rows2[k] is rows1[k] for k in rows1)
+            return program, (xs1, xs1 if same else _pad((x2, rows2), pad2), params)
 
         if batch_size is None:
             batch_size = _fitting_tile(build, max(most.values()), devices[0])
@@ -293,10 +297,11 @@ def tiled_ntk_vp_fn(f, x1, x2, params, batch_size: int | None = None, devices=No
 
 
 def batch_ntk_vp(ntk_vp, batch_size, devices: list, store=None, resume: bool = False,
-                 fingerprint=None) -> TiledNtkVp | object:
+                 fingerprint=None):
     """What ``ntc.batch`` returns for a function made by `empirical_ntk_vp_fn`: its product in
     tiles of `batch_size` (0: the function itself, un-tiled) on `devices`.  A product is cheap
-    to redo and its result depends on v, so there is no store to resume from."""
+    to redo and its result depends on v, so there is no store to resume from; the result is an
+    array on the devices (``store_on_device`` and ``progress`` do not apply)."""
     if store is not None or resume or fingerprint is not None:
         raise InputError('ntc.batch of an NTK-vector product keeps no tile store', path='store',
                          hint='drop store=, resume= and fingerprint=; the product is recomputed '
