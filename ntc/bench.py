@@ -41,6 +41,14 @@ def _wrn_block(ch, strides=(1, 1), mismatch=False):
     return stax.serial(stax.FanOut(2), stax.parallel(main, shortcut), stax.FanInSum())
 
 
+def _myrtle(depth_per_stage=3):
+    """A Myrtle-style net: three stages of `depth_per_stage` × (Conv 3×3 SAME, Relu), 2×2
+    average pooling between the stages, then global average pooling and a Dense readout."""
+    stage = [stax.Conv(1, (3, 3), (1, 1), 'SAME'), stax.Relu()] * depth_per_stage
+    pool = stax.AvgPool((2, 2), (2, 2))
+    return stax.serial(*stage, pool, *stage, pool, *stage, stax.GlobalAvgPool(), stax.Dense(10))
+
+
 def _wrn():
     return stax.serial(
         stax.Conv(16, (3, 3), padding='SAME'), _wrn_block(16, mismatch=True), _wrn_block(16),
@@ -55,16 +63,33 @@ CASES = {
     'cnn21_gap_8x8_n8': (lambda: _cnn(21, stax.GlobalAvgPool()), (8, 8, 8, 3), 3),
     'wrn_gap_8x8_n8': (_wrn, (8, 8, 8, 3), 3),
     'cnn21_gap_16x16_n4': (lambda: _cnn(21, stax.GlobalAvgPool()), (4, 16, 16, 3), 3),
+    # ntc's own cases at CIFAR size (not in the bench kit: no NT comparison)
+    'cnn21_gap_32x32_n2': (lambda: _cnn(21, stax.GlobalAvgPool()), (2, 32, 32, 3), 3),
+    'myrtle_gap_32x32_n2': (_myrtle, (2, 32, 32, 3), 3),
 }
 
-# case -> (H, N, depth) of its memory floor (`floor_seconds`): the CNNs with FULL covariances
-FLOORS = {'cnn21_gap_8x8_n8': (8, 8, 21), 'cnn21_gap_16x16_n4': (16, 4, 21)}
+#: the cases `../shared/bench/compare.sh` knows (the others have no NT comparison)
+KIT_CASES = ('fc10_n2000', 'cnn21_flatten_8x8_n64', 'cnn21_gap_8x8_n8', 'wrn_gap_8x8_n8',
+             'cnn21_gap_16x16_n4')
+
+# case -> (N, ((H, layers at H), ...)) of its memory floor (`floor_seconds`): the CNNs with FULL
+# covariances; a (Conv, Relu) pair is one layer, the Myrtle net has three stages of three
+FLOORS = {'cnn21_gap_8x8_n8': (8, ((8, 21),)), 'cnn21_gap_16x16_n4': (4, ((16, 21),)),
+          'cnn21_gap_32x32_n2': (2, ((32, 21),)),
+          'myrtle_gap_32x32_n2': (2, ((32, 3), (16, 3), (8, 3)))}
+
+
+def stages_floor_seconds(n: int, stages, repeats: int = 5) -> float:
+    """The memory floor of a net whose layers run at several image sizes: the sum over
+    `stages` = ((H, layers), ...) of `floor_seconds(H, n, layers)`."""
+    return sum(floor_seconds(h, n, depth, repeats) for h, depth in stages)
 
 
 def floor_seconds(h: int, n: int, depth: int, repeats: int = 5) -> float:
     """Median seconds to stream an nngp and an ntk covariance of shape (n, n, h, h, h, h)
     float32 once per layer for `depth` layers (one read and one write each, nothing computed):
-    the memory floor of a layer-at-a-time kernel, as the bench kit's floor.sh measures it."""
+    the memory floor of a layer-at-a-time kernel, as the bench kit's floor.sh measures it
+    (its `floor_case.py H N DEPTH`)."""
     k = jax.numpy.ones((n, n, h, h, h, h), jax.numpy.float32)
 
     @jax.jit
@@ -114,7 +139,7 @@ def time_case(name: str) -> dict:
         temp = int(stats.temp_size_in_bytes + stats.output_size_in_bytes)
     except Exception:  # memory_analysis is not available on every backend
         pass
-    floor = floor_seconds(*FLOORS[name]) if name in FLOORS else None
+    floor = stages_floor_seconds(*FLOORS[name]) if name in FLOORS else None
     return dict(case=name, compile_s=round(compile_s, 3), median_s=round(med, 4),
                 ms_per_entry=med / n ** 2 * 1e3, gflops=flops / med / 1e9,
                 peak_model_mb=peak_model / 2 ** 20,
@@ -155,7 +180,7 @@ def main(argv=None) -> int:
           file=sys.stderr if args.json else sys.stdout)
     for name in names:
         row = time_case(name)
-        if args.compare:
+        if args.compare and name in KIT_CASES:
             row.update(compare(name) or {})
         if args.json:
             print(json.dumps(row))

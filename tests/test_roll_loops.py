@@ -25,12 +25,25 @@ def wrn_block(ch):
     return stax.serial(stax.FanOut(2), stax.parallel(main, stax.Identity()), stax.FanInSum())
 
 
+def mismatch_block(ch):
+    """A WideResNet block with a Conv shortcut: its main branch is
+    two (Relu, Conv) pairs (strides spelt (1, 1) in one and left out in the other)."""
+    main = stax.serial(stax.Relu(), stax.Conv(ch, (3, 3), (1, 1), padding='SAME'), stax.Relu(),
+                       stax.Conv(ch, (3, 3), padding='SAME'))
+    shortcut = stax.Conv(ch, (3, 3), padding='SAME')
+    return stax.serial(stax.FanOut(2), stax.parallel(main, shortcut), stax.FanInSum())
+
+
 NETS = {
     'fc': (stax.serial(*[stax.Dense(16, 1.5, 0.2), stax.Erf()] * 5, stax.Dense(1)), (3, 5)),
     'conv_flatten': (conv_stack(5, stax.Flatten()), (3, 5, 4, 2)),
     'conv_pool': (conv_stack(4, stax.GlobalAvgPool()), (2, 4, 3, 2)),
     'residual': (stax.serial(stax.Conv(3, (3, 3), padding='SAME'), *[wrn_block(3)] * 3,
                              stax.GlobalAvgPool(), stax.Dense(2)), (2, 4, 4, 2)),
+    'branch': (stax.serial(stax.Conv(3, (3, 3), padding='SAME'), mismatch_block(3),
+                           mismatch_block(4), mismatch_block(4), stax.Relu(),
+                           stax.GlobalAvgPool(), stax.Dense(2)),
+               (2, 4, 4, 2)),
     'layernorm': (stax.serial(stax.Dense(8), *[stax.serial(stax.Dense(8), stax.LayerNorm(),
                                                            stax.Gelu())] * 4, stax.Dense(1)),
                   (3, 6)),
@@ -79,6 +92,22 @@ def test_residual_blocks_roll_as_one_body():
     (lp,) = loops(plan.graph)
     kinds = [plan.graph.node(i).op.kind for i in lp.body]
     assert lp.n == 2 and kinds.count('Conv') == 2 and kinds[-1] == 'FanInSum'
+
+
+def test_a_residual_branch_rolls_its_relu_conv_pairs():
+    """Blocks that differ (in width) are not a loop, but where a block keeps its width, the
+    chain of two (Relu, Conv) pairs in its main branch is: one scan per such branch, whose
+    entry is the block's input (read by the shortcut too) and whose exit feeds the FanInSum."""
+    net, shape = NETS['branch']
+    plan = ntc.compile(net, shape)
+    lps = loops(plan.graph)
+    assert len(lps) == 2
+    for lp in lps:
+        assert [plan.graph.node(i).op.kind for i in lp.body] == ['Relu', 'Conv'] and lp.n == 2
+        assert len(plan.graph.consumers(lp.entry)) == 2
+        assert [plan.graph.node(c).op.kind for c, _ in plan.graph.consumers(lp.exit)] == [
+            'FanInSum']
+    assert 'loops 2 (2 × 2 nodes, 2 × 2 nodes)' in plan.explain()
 
 
 def test_layers_that_differ_are_not_rolled():

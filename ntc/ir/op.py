@@ -152,6 +152,12 @@ class Op(BaseModel):
         of them); None otherwise."""
         return None
 
+    def kernel_key(self):
+        """What two layers must share to compute the same kernel map (`roll_loops` rolls
+        layers whose keys are equal): the layer itself, unless its arguments can be spelt in
+        several ways (a window's strides None and all ones)."""
+        return self
+
     def serializable(self) -> bool:
         """True when this layer can be written to a spec: no argument is a Python function."""
         return not any(callable(v) for v in self.args().values())

@@ -68,6 +68,9 @@ class _WindowBase(Op):
     def stride_tuple(self) -> tuple[int, ...]:
         return self.strides if self.strides is not None else (1,) * len(self.window())
 
+    def kernel_key(self):
+        return self.model_copy(update=dict(strides=self.stride_tuple()))
+
     def check_window(self, sizes: tuple[int, ...], path: str, what: str):
         win, strides = self.window(), self.stride_tuple()
         if len(strides) != len(win):

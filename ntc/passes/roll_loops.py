@@ -14,7 +14,11 @@ block of p consecutive segments is an iteration; a run is n ≥ 2 consecutive eq
 where equal means the same ops, tensor types, layouts and wiring (relative to the iteration's
 entry), and the value entering the run has the type and layout of every iteration's exit, so
 the loop carry keeps one layout.  Scanning from the input, the run covering the most nodes
-starting at each segment is taken (ties: the shortest period).
+starting at each segment is taken (ties: the shortest period).  Inside a segment no run
+covers (a residual block unlike its neighbours), the chains of one-input nodes (a branch's
+(Relu, Conv) pairs) are searched the same way, each node a segment of its own: a WideResNet's
+blocks differ, but their branches repeat, and XLA then compiles each branch's pair once.
+Layers are compared by `Op.kernel_key` (strides None and all ones are the same Conv).
 
 Nothing moves in the graph: each node of a run gets `loop = (loop id, iteration)`, so
 `explain()` still lists every layer with its own layout and cost, and lowering runs iteration
@@ -72,7 +76,8 @@ def _signature(g: Graph, entry: int, nodes) -> tuple | None:
         ins = g.inputs(nid)
         if any(i not in local for i in ins) or n.op.arity == 0:
             return None
-        sig.append((n.op, n.ttype, n.cov, n.materialize, tuple(local[i] for i in ins)))
+        sig.append((n.op.kernel_key(), n.ttype, n.cov, n.materialize,
+                    tuple(local[i] for i in ins)))
     return tuple(sig)
 
 
@@ -141,7 +146,43 @@ def _candidates(g: Graph, segs, ends: list[int]) -> dict[int, dict[int, int]]:
 
 
 def find_runs(g: Graph) -> list[tuple[int, list[int], int, int]]:
-    """(entry, nodes of the run, period in nodes, iterations) of every run to roll.
+    """(entry, nodes of the run, period in nodes, iterations) of every run to roll, in
+    execution order: the runs of segments (`_runs`), then, inside every segment no run covers,
+    the runs of its chains (`_chains`: a residual block's branch of (Relu, Conv) pairs)."""
+    segs = _segments(g)
+    runs = _runs(g, segs)
+    covered = {nid for _, nodes, _, _ in runs for nid in nodes}
+    for _, nodes in segs:
+        if len(nodes) > 2 and not covered.intersection(nodes):
+            for chain in _chains(g, nodes[:-1]):
+                runs += _runs(g, chain)
+    pos = {nid: i for i, nid in enumerate(g.order())}
+    return sorted(runs, key=lambda run: pos[run[1][0]])
+
+
+def _chains(g: Graph, nodes: list[int]) -> list[list[tuple[int, list[int]]]]:
+    """The chains among `nodes` (the inside of a segment), each as single-node segments
+    (entry, [node]): maximal paths of one-input nodes where each feeds only the next.  A
+    chain's first node may read a value that others read too; it is the chain's entry."""
+    inside, seen, out = set(nodes), set(), []
+    for nid in nodes:
+        if nid in seen or len(g.inputs(nid)) != 1:
+            continue
+        chain = [nid]
+        while True:
+            nxt = g.consumers(chain[-1])
+            if len(nxt) != 1 or nxt[0][0] not in inside or len(g.inputs(nxt[0][0])) != 1:
+                break
+            chain.append(nxt[0][0])
+        seen.update(chain)
+        if len(chain) >= 2:
+            entries = [g.inputs(chain[0])[0]] + chain[:-1]
+            out.append([(e, [n]) for e, n in zip(entries, chain)])
+    return out
+
+
+def _runs(g: Graph, segs) -> list[tuple[int, list[int], int, int]]:
+    """The runs to roll in a sequence of single-entry single-exit segments.
 
     Scanning from the input, the period covering the most nodes from the current segment is
     taken (ties: the shorter period).  Of its rotations (starts within two periods), the one
@@ -149,7 +190,6 @@ def find_runs(g: Graph) -> list[tuple[int, list[int], int, int]]:
     iteration: the loop carry is always stored, so the expensive value is computed once and read
     by the next iteration's stencils, instead of being fused into them and recomputed per
     read."""
-    segs = _segments(g)
     ends = _prefix_sizes(segs)
     cands = _candidates(g, segs, ends)
     runs, i = [], 0
