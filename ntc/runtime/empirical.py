@@ -499,7 +499,9 @@ def _structured(f, trace_axes, diagonal_axes, vmap_axes):
                                             params, apply_fn_kwargs)
         kernels = []
         for terms, size in out:
-            parts = [jnp.einsum(spec, *ops, optimize='optimal') for _, spec, ops in terms]
+            parts = [structured.contract(spec, ops, structured.choose_order(
+                         spec, [o.shape for o in ops])[1]) if len(ops) == 4
+                     else jnp.einsum(spec, *ops) for _, spec, ops in terms]
             kernels.append(sum(parts[1:], parts[0]) / size)
         return tdef.unflatten(kernels)
 

@@ -40,7 +40,8 @@ from jax import lax
 from jax.extend import core as jcore
 
 __all__ = ['Program', 'Point', 'StructuredPlan', 'flatten', 'analyse', 'side_factors',
-           'gram_labels', 'gram_spec', 'contraction_cost', 'explain']
+           'gram_labels', 'gram_spec', 'contraction_cost', 'choose_order', 'contract', 'ORDERS',
+           'explain']
 
 _CALLS = ('jit', 'pjit', 'closed_call', 'core_call')
 _ISOMETRIES = ('neg', 'reshape', 'transpose', 'squeeze', 'expand_dims', 'convert_element_type',
@@ -439,10 +440,98 @@ def gram_spec(u_lab, y_lab, s1, s2, so, batch1, batch2, free_letters):
     return f'{u1},{g1},{u2},{g2}->{so}'
 
 
-def contraction_cost(spec: str, *shapes):
-    """(FLOPs, largest intermediate in elements, path) of the cheapest order (opt_einsum)."""
-    _, info = opt_einsum.contract_path(spec, *shapes, shapes=True, optimize='optimal')
+def contraction_cost(spec: str, *shapes, optimize='optimal'):
+    """(FLOPs, largest intermediate in elements, path) of the cheapest order (opt_einsum), or
+    of the order `optimize` when it is a path."""
+    _, info = opt_einsum.contract_path(spec, *shapes, shapes=True, optimize=optimize)
     return float(info.opt_cost), float(info.largest_intermediate), info.path
+
+
+# the two orders of a four-operand term 'u1,g1,u2,g2' (opt_einsum paths: contract the listed
+# operands, append the result): the Gram of the inputs times the Gram of the cotangents, or the
+# per-layer Jacobians J = Σ_F u g of each side, then J1·J2
+ORDERS = {'Gram(u)*Gram(g)': ((0, 2), (0, 1), (0, 1)),
+          'J_layer.J_layer': ((0, 1), (0, 1), (0, 1))}
+
+
+def choose_order(spec: str, shapes):
+    """(name, path, FLOPs) of the cheapest of `ORDERS` and opt_einsum's optimal order for a
+    four-operand term (FLOPs as opt_einsum counts them)."""
+    cands = [(name, path) for name, path in ORDERS.items()]
+    cands.append(('optimal', contraction_cost(spec, *shapes)[2]))
+    best = None
+    for name, path in cands:
+        flops = contraction_cost(spec, *shapes, optimize=list(path))[0]
+        if best is None or flops < best[2]:
+            best = (name, tuple(tuple(p) for p in path), flops)
+    name, path, flops = best
+    if name == 'optimal':       # name opt_einsum's order by its first step when it is one of ours
+        name = next((n for n, p in ORDERS.items() if p[0] == path[0]), 'optimal')
+    return name, path, flops
+
+
+def contract(spec: str, ops, path):
+    """``einsum(spec, *ops)`` along `path`, one two-operand ``einsum`` (one XLA dot_general) per
+    step.  Each intermediate keeps dot_general's own axis order (batch axes, then the free axes
+    of the left and of the right operand), with the operands swapped when that puts the axes
+    that reach the output before those contracted later: the per-layer Jacobian comes out as
+    (example, output, weight axes), and J1·J2 is then a plain matrix product, with no transposes
+    between steps."""
+    ins, out = spec.split('->')
+    subs, ops = ins.split(','), list(ops)
+    for step, pair in enumerate(path):
+        i, j = sorted(pair)
+        rest = ''.join(s for k, s in enumerate(subs) if k not in (i, j))
+        if step == len(path) - 1:
+            so = out
+        else:
+            so = _natural(subs[i], subs[j], rest, out)
+            swapped = _natural(subs[j], subs[i], rest, out)
+            if _late_first(so, out) and not _late_first(swapped, out):
+                so = swapped
+                i, j = j, i
+        r = _dot(subs[i], subs[j], so, ops[i], ops[j])
+        for k in sorted((i, j), reverse=True):
+            del ops[k], subs[k]
+        ops.append(r)
+        subs.append(so)
+    return ops[0]
+
+
+def _dot(sa: str, sb: str, so: str, a, b):
+    """``einsum(f'{sa},{sb}->{so}', a, b)`` as one ``lax.dot_general`` with the contracted axes
+    in `sa`'s order on both sides (jnp.einsum may reorder them, which makes XLA transpose the
+    operands), then a transpose to `so` when its order differs."""
+    if len(set(sa)) < len(sa) or len(set(sb)) < len(sb):
+        return jnp.einsum(f'{sa},{sb}->{so}', a, b)
+    only_a = [k for k, c in enumerate(sa) if c not in sb and c not in so]
+    only_b = [k for k, c in enumerate(sb) if c not in sa and c not in so]
+    if only_a:
+        a, sa = jnp.sum(a, axis=tuple(only_a)), ''.join(c for c in sa if c in sb or c in so)
+    if only_b:
+        b, sb = jnp.sum(b, axis=tuple(only_b)), ''.join(c for c in sb if c in sa or c in so)
+    batch = [c for c in sa if c in sb and c in so]
+    summed = [c for c in sa if c in sb and c not in so]
+    dims = (([sa.index(c) for c in summed], [sb.index(c) for c in summed]),
+            ([sa.index(c) for c in batch], [sb.index(c) for c in batch]))
+    r = lax.dot_general(a, b, dims)
+    got = ''.join(batch) + ''.join(c for c in sa if c not in sb) \
+        + ''.join(c for c in sb if c not in sa)
+    return r if got == so else jnp.transpose(r, [got.index(c) for c in so])
+
+
+def _natural(sa: str, sb: str, rest: str, out: str) -> str:
+    """dot_general's output subscripts for sa·sb keeping the letters in `rest` or `out`."""
+    keep = [c for c in dict.fromkeys(sa + sb) if c in rest or c in out]
+    batch = [c for c in keep if c in sa and c in sb]
+    return ''.join(batch + [c for c in dict.fromkeys(sa) if c in keep and c not in batch]
+                   + [c for c in dict.fromkeys(sb) if c in keep and c not in batch])
+
+
+def _late_first(sub: str, out: str) -> bool:
+    """Whether a letter contracted later comes before one of the output's."""
+    late = [c not in out for c in sub]
+    return any(a and not b for a, b in zip(late, late[1:]))
 
 
 def explain(prog: Program, plan: StructuredPlan, leaf_names, terms, operands) -> str:
@@ -456,7 +545,10 @@ def explain(prog: Program, plan: StructuredPlan, leaf_names, terms, operands) ->
         n_fb = 0
         for (point, spec), ops in zip(out_terms, out_ops):
             shapes = [o.shape for o in ops]
-            flops, _, path = contraction_cost(spec, *shapes)
+            if len(ops) == 4:
+                order, _, flops = choose_order(spec, shapes)
+            else:
+                flops = contraction_cost(spec, *shapes)[0]
             nbytes = float(sum(np.prod(o.shape) * o.dtype.itemsize for o in ops))
             total_flops += flops
             total_bytes += nbytes
@@ -468,7 +560,6 @@ def explain(prog: Program, plan: StructuredPlan, leaf_names, terms, operands) ->
             else:
                 e = prog.eqns[point.index]
                 if len(ops) == 4:
-                    order = 'Gram(u)*Gram(g)' if _is_gram_order(path) else 'J_layer.J_layer'
                     rule = f'structured {e.name}'
                 else:
                     order, rule = 'per-layer Jacobian', f'structured {e.name} (VJP)'
@@ -479,12 +570,6 @@ def explain(prog: Program, plan: StructuredPlan, leaf_names, terms, operands) ->
         rows.append((leaf_names[k], '-', 'unused', 'no contribution', '0', '0'))
     rows.append(('total', '', '', '', f'{total_flops:.3g}', f'{total_bytes:.3g}'))
     return _format(rows)
-
-
-def _is_gram_order(path):
-    """Whether the cheapest order first contracts u1 with u2 or g1 with g2 (operands 0, 2 or
-    1, 3 of 'u1,g1,u2,g2')."""
-    return tuple(sorted(path[0])) in ((0, 2), (1, 3))
 
 
 def _format(rows) -> str:
