@@ -441,8 +441,7 @@ def _structured_side(f, params, x, kw, triple, fx):
 
     facs = jax.vmap(single, in_axes=(in_axes,) + tuple(kw_axes.get(k) for k in names))(
         x, *(kw[k] for k in names))
-    moved = [[(fa[0], jnp.moveaxis(fa[1], 0, ax)) if len(fa) == 2
-              else (jnp.moveaxis(fa[0], 0, ax),) for fa in per_out]
+    moved = [[fa[:-1] + (jnp.moveaxis(fa[-1], 0, ax),) for fa in per_out]
              for per_out, ax in zip(facs, out_ax)]
     return moved, held['prog'], held['plan']
 
@@ -479,13 +478,13 @@ def _structured_terms(f, trace_axes, diagonal_axes, vmap_axes, x1, x2, params, k
         s1, s2, so = _spec(o1.ndim, tr, dg)
         terms = []
         for point, fa, fb in zip(kinds, f1[i], f2[i]):
-            if len(fa) == 2:
+            if len(fa) in (2, 3):
                 u_lab, y_lab = structured.gram_labels(prog.eqns[point.index], point.slot)
                 b1 = '' if out_ax is None else s1[out_ax[i]]
                 b2 = '' if out_ax is None else s2[out_ax[i]]
-                spec = structured.gram_spec(u_lab, y_lab, s1, s2, so, b1, b2,
-                                            iter(_LETTERS[2 * o1.ndim:]))
-                terms.append((point, spec, (fa[0], fa[1], fb[0], fb[1])))
+                rule = structured.gram_spec if len(fa) == 2 else structured.factored_spec
+                spec = rule(u_lab, y_lab, s1, s2, so, b1, b2, iter(_LETTERS[2 * o1.ndim:]))
+                terms.append((point, spec, tuple(fa) + tuple(fb)))
             else:
                 a1, a2, ao = _spec(o1.ndim, tr, dg, fa[0].ndim - o1.ndim)
                 terms.append((point, f'{a1},{a2}->{ao}', (fa[0], fb[0])))
@@ -500,7 +499,7 @@ def _structured(f, trace_axes, diagonal_axes, vmap_axes):
         kernels = []
         for terms, size in out:
             parts = [structured.contract(spec, ops, structured.choose_order(
-                         spec, [o.shape for o in ops])[1]) if len(ops) == 4
+                         spec, [o.shape for o in ops])[1]) if len(ops) in (4, 6)
                      else jnp.einsum(spec, *ops) for _, spec, ops in terms]
             kernels.append(sum(parts[1:], parts[0]) / size)
         return tdef.unflatten(kernels)
