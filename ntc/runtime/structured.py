@@ -663,11 +663,20 @@ def _dot(sa: str, sb: str, so: str, a, b):
         b, sb = jnp.sum(b, axis=tuple(only_b)), ''.join(c for c in sb if c in sa or c in so)
     batch = [c for c in sa if c in sb and c in so]
     summed = [c for c in sa if c in sb and c not in so]
-    dims = (([sa.index(c) for c in summed], [sb.index(c) for c in summed]),
-            ([sa.index(c) for c in batch], [sb.index(c) for c in batch]))
-    r = lax.dot_general(a, b, dims)
-    got = ''.join(batch) + ''.join(c for c in sa if c not in sb) \
-        + ''.join(c for c in sb if c not in sa)
+    free_a = [c for c in sa if c not in sb]
+    free_b = [c for c in sb if c not in sa]
+    size = dict(zip(sa, a.shape)) | dict(zip(sb, b.shape))
+
+    def block(x, sx, order):        # transpose to `order` (a no-op when already there), 3-D
+        x = jnp.transpose(x, [sx.index(c) for c in sum(order, [])])
+        return x.reshape([math.prod(size[c] for c in group) for group in order])
+
+    # as one batched matrix product (B, Fa, K)·(B, K, Fb): XLA's CPU dot runs ~2x faster on
+    # 2-D operands than with several contracted or free axes
+    r = lax.dot_general(block(a, sa, [batch, free_a, summed]),
+                        block(b, sb, [batch, summed, free_b]), (((2,), (1,)), ((0,), (0,))))
+    got = ''.join(batch + free_a + free_b)
+    r = r.reshape([size[c] for c in got])
     return r if got == so else jnp.transpose(r, [got.index(c) for c in so])
 
 
