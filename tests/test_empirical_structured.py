@@ -239,3 +239,17 @@ def test_global_pool_readout_factors_the_last_layers_cotangents(trace_axes, diag
         rows = fn.explain(x1, x2, params).splitlines()[1:]
         marked = [r.split()[0] for r in rows if 'channel-factored' in r]
         assert marked == (['[2][0]'] if factored else []), '\n'.join(rows)
+
+
+def test_dense_layer_before_the_readout_keeps_the_cheaper_gram_order():
+    """A bias-free dense layer under ReLU and a Dense readout qualifies for channel factoring,
+    but its Gram order costs fewer FLOPs, so that is what runs."""
+    init_fn, apply_fn, _ = stax.serial(stax.Dense(64), stax.Relu(), stax.Dense(64), stax.Relu(),
+                                       stax.Dense(3))
+    x1, x2 = np.random.RandomState(1).randn(4, 5), np.random.RandomState(2).randn(3, 5)
+    _, params = init_fn(jax.random.PRNGKey(0), x1.shape)
+    fn = empirical_ntk_fn(apply_fn, (), (), 0, SD)
+    want = empirical_ntk_fn(apply_fn, (), (), 0, JC)(x1, x2, params)
+    np.testing.assert_allclose(jax.jit(fn)(x1, x2, params), want, rtol=1e-10)
+    rows = fn.explain(x1, x2, params).splitlines()[1:-1]
+    assert all('Gram(u)*Gram(g)' in r for r in rows), '\n'.join(rows)

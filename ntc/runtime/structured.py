@@ -459,8 +459,9 @@ def _chain_fn(prog, point, seen):
 
 def side_factors(prog: Program, plan: StructuredPlan, leaves, data):
     """The factors of one side: per output leaf, a list with, for each point of the plan,
-    (u, g) for a 'gram' point (u already multiplied by the chain's scale) or (J_W,), then
-    (J,) for each fallback leaf.  Output axes lead g and J."""
+    (u, g) for a 'gram' point (u already multiplied by the chain's scale), (u, g, h, r) for a
+    channel-factored one (`_find_factored`; the caller keeps the cheaper form) or (J_W,), then
+    (J,) for each fallback leaf.  Output axes lead g, r and J."""
     def zero(i):
         aval = prog.avals[prog.eqns[i].outs[0]]
         return jnp.zeros(aval.shape, aval.dtype)
@@ -490,7 +491,7 @@ def side_factors(prog: Program, plan: StructuredPlan, leaves, data):
                 if p.index in plan.factored:
                     ct_x = jd[-1]                   # (outputs, *x.shape): the readout's R
                     r = ct_x.reshape(ct_x.shape[:n_out] + (-1,))
-                    per_point.append((u, h[j], r))
+                    per_point.append((u, g, h[j], r))
                 else:
                     per_point.append((u, g))
             else:
