@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ntc import stax
+from ntc.runtime import structured
 from ntc.runtime.empirical import NtkImplementation, empirical_kernel_fn, empirical_ntk_fn
 from ntc.testing.cases import CASES, harness_net
 
@@ -179,3 +180,76 @@ def test_fcn_structured_program_needs_less_memory_than_the_jacobian():
     jacobians_bytes = 2 * n * out * largest * 4            # x1's and x2's, float32
     assert temp[SD] + jacobians_bytes < temp[JC], (temp, jacobians_bytes)
     assert temp[SD] * 100 < temp[JC]
+
+
+# ---------------------------------------------------------------------------------------------
+# contraction orders and channel-factored cotangents
+
+
+def test_contract_follows_any_path_like_einsum():
+    """`structured.contract` (one dot_general per step, operands swapped to keep output axes
+    first) equals einsum on batch, traced, diagonal and summed-only letters, for every path."""
+    rs = np.random.RandomState(0)
+    spec = 'aefgh,acefgi,bjklh,bdjkli->abcd'
+    ops = [rs.randn(2, 1, 3, 3, 5), rs.randn(2, 4, 1, 3, 3, 6), rs.randn(3, 1, 3, 3, 5),
+           rs.randn(3, 4, 1, 3, 3, 6)]
+    want = np.einsum(spec, *ops)
+    for path in list(structured.ORDERS.values()) + [((1, 3), (0, 1), (0, 1))]:
+        np.testing.assert_allclose(structured.contract(spec, ops, path), want, rtol=1e-12)
+    spec = 'aeh,aceg,afh,acfg->a'                # a diagonal, c traced (shared, summed)
+    ops = [rs.randn(2, 3, 4), rs.randn(2, 5, 3, 6), rs.randn(2, 7, 4), rs.randn(2, 5, 7, 6)]
+    for path in structured.ORDERS.values():
+        np.testing.assert_allclose(structured.contract(spec, ops, path), np.einsum(spec, *ops),
+                                   rtol=1e-12)
+
+
+def test_choose_order_by_flops():
+    """Few positions (a dense layer per example): Gram(u)*Gram(g); many positions and few
+    outputs (a convolution): the per-layer Jacobians."""
+    dense = ('aef,aceg,bhf,bdhg->abcd', [(8, 1, 512), (8, 10, 1, 512), (8, 1, 512),
+                                         (8, 10, 1, 512)])
+    conv = ('aefgh,acefgi,bjklh,bdjkli->abcd', [(8, 1, 16, 16, 576), (8, 10, 1, 16, 16, 64),
+                                                 (8, 1, 16, 16, 576), (8, 10, 1, 16, 16, 64)])
+    assert structured.choose_order(*dense)[0] == 'Gram(u)*Gram(g)'
+    assert structured.choose_order(*conv)[0] == 'J_layer.J_layer'
+
+
+def _gap_cnn(head):
+    return stax.serial(stax.Conv(4, (3, 3), padding='SAME', b_std=0.1), stax.Erf(),
+                       stax.Conv(5, (2, 2), strides=(2, 1), padding='VALID'), stax.Relu(),
+                       *head)
+
+
+@pytest.mark.parametrize('trace_axes, diagonal_axes', [((), ()), ((-1,), ()), ((), (0,))])
+def test_global_pool_readout_factors_the_last_layers_cotangents(trace_axes, diagonal_axes):
+    """With GlobalAvgPool and a Dense readout after the last convolution, that layer's
+    cotangents are h ⊙ W_out[c, o] (per-channel maps only): the plan says channel-factored for
+    it alone, and the kernel equals Jacobian contraction's.  A Flatten head mixes positions and
+    channels: no factoring there."""
+    x1, x2 = np.random.RandomState(1).randn(3, 6, 5, 2), np.random.RandomState(2).randn(3, 6, 5, 2)
+    for head, factored in (([stax.GlobalAvgPool(), stax.Dense(3, b_std=0.2)], True),
+                           ([stax.Flatten(), stax.Dense(3)], False)):
+        init_fn, apply_fn, _ = _gap_cnn(head)
+        _, params = init_fn(jax.random.PRNGKey(0), x1.shape)
+        args = (trace_axes, diagonal_axes, 0)
+        want = empirical_ntk_fn(apply_fn, *args, implementation=JC)(x1, x2, params)
+        fn = empirical_ntk_fn(apply_fn, *args, implementation=SD)
+        np.testing.assert_allclose(jax.jit(fn)(x1, x2, params), want, rtol=1e-10,
+                                   atol=1e-12 * np.abs(want).max())
+        rows = fn.explain(x1, x2, params).splitlines()[1:]
+        marked = [r.split()[0] for r in rows if 'channel-factored' in r]
+        assert marked == (['[2][0]'] if factored else []), '\n'.join(rows)
+
+
+def test_dense_layer_before_the_readout_keeps_the_cheaper_gram_order():
+    """A bias-free dense layer under ReLU and a Dense readout qualifies for channel factoring,
+    but its Gram order costs fewer FLOPs, so that is what runs."""
+    init_fn, apply_fn, _ = stax.serial(stax.Dense(64), stax.Relu(), stax.Dense(64), stax.Relu(),
+                                       stax.Dense(3))
+    x1, x2 = np.random.RandomState(1).randn(4, 5), np.random.RandomState(2).randn(3, 5)
+    _, params = init_fn(jax.random.PRNGKey(0), x1.shape)
+    fn = empirical_ntk_fn(apply_fn, (), (), 0, SD)
+    want = empirical_ntk_fn(apply_fn, (), (), 0, JC)(x1, x2, params)
+    np.testing.assert_allclose(jax.jit(fn)(x1, x2, params), want, rtol=1e-10)
+    rows = fn.explain(x1, x2, params).splitlines()[1:-1]
+    assert all('Gram(u)*Gram(g)' in r for r in rows), '\n'.join(rows)

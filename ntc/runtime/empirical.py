@@ -441,8 +441,9 @@ def _structured_side(f, params, x, kw, triple, fx):
 
     facs = jax.vmap(single, in_axes=(in_axes,) + tuple(kw_axes.get(k) for k in names))(
         x, *(kw[k] for k in names))
-    moved = [[(fa[0], jnp.moveaxis(fa[1], 0, ax)) if len(fa) == 2
-              else (jnp.moveaxis(fa[0], 0, ax),) for fa in per_out]
+    lead = {1: (0,), 2: (1,), 4: (1, 3)}      # the factors with output axes (g, r, J)
+    moved = [[tuple(jnp.moveaxis(a, 0, ax) if k in lead[len(fa)] else a
+                    for k, a in enumerate(fa)) for fa in per_out]
              for per_out, ax in zip(facs, out_ax)]
     return moved, held['prog'], held['plan']
 
@@ -479,13 +480,22 @@ def _structured_terms(f, trace_axes, diagonal_axes, vmap_axes, x1, x2, params, k
         s1, s2, so = _spec(o1.ndim, tr, dg)
         terms = []
         for point, fa, fb in zip(kinds, f1[i], f2[i]):
-            if len(fa) == 2:
+            if len(fa) in (2, 4):
                 u_lab, y_lab = structured.gram_labels(prog.eqns[point.index], point.slot)
                 b1 = '' if out_ax is None else s1[out_ax[i]]
                 b2 = '' if out_ax is None else s2[out_ax[i]]
-                spec = structured.gram_spec(u_lab, y_lab, s1, s2, so, b1, b2,
-                                            iter(_LETTERS[2 * o1.ndim:]))
-                terms.append((point, spec, (fa[0], fa[1], fb[0], fb[1])))
+                letters = _LETTERS[2 * o1.ndim:]
+                spec = structured.gram_spec(u_lab, y_lab, s1, s2, so, b1, b2, iter(letters))
+                ops = (fa[0], fa[1], fb[0], fb[1])
+                if len(fa) == 4:        # channel-factored: keep it when it costs fewer FLOPs
+                    spec6 = structured.factored_spec(u_lab, y_lab, s1, s2, so, b1, b2,
+                                                     iter(letters))
+                    ops6 = (fa[0], fa[2], fa[3], fb[0], fb[2], fb[3])
+                    cost = [structured.choose_order(sp, [o.shape for o in op])[2]
+                            for sp, op in ((spec, ops), (spec6, ops6))]
+                    if cost[1] < cost[0]:
+                        spec, ops = spec6, ops6
+                terms.append((point, spec, ops))
             else:
                 a1, a2, ao = _spec(o1.ndim, tr, dg, fa[0].ndim - o1.ndim)
                 terms.append((point, f'{a1},{a2}->{ao}', (fa[0], fb[0])))
@@ -499,7 +509,9 @@ def _structured(f, trace_axes, diagonal_axes, vmap_axes):
                                             params, apply_fn_kwargs)
         kernels = []
         for terms, size in out:
-            parts = [jnp.einsum(spec, *ops, optimize='optimal') for _, spec, ops in terms]
+            parts = [structured.contract(spec, ops, structured.choose_order(
+                         spec, [o.shape for o in ops])[1]) if len(ops) in (4, 6)
+                     else jnp.einsum(spec, *ops) for _, spec, ops in terms]
             kernels.append(sum(parts[1:], parts[0]) / size)
         return tdef.unflatten(kernels)
 

@@ -30,6 +30,7 @@ which also gives the Jacobians of the fallback parameters.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import jax
@@ -40,7 +41,8 @@ from jax import lax
 from jax.extend import core as jcore
 
 __all__ = ['Program', 'Point', 'StructuredPlan', 'flatten', 'analyse', 'side_factors',
-           'gram_labels', 'gram_spec', 'contraction_cost', 'explain']
+           'gram_labels', 'gram_spec', 'factored_spec', 'contraction_cost', 'choose_order',
+           'contract', 'ORDERS', 'explain']
 
 _CALLS = ('jit', 'pjit', 'closed_call', 'core_call')
 _ISOMETRIES = ('neg', 'reshape', 'transpose', 'squeeze', 'expand_dims', 'convert_element_type',
@@ -149,9 +151,12 @@ class StructuredPlan:
     points: list
     fallback: dict = field(default_factory=dict)
     unused: list = field(default_factory=list)
+    readout: tuple | None = None        # (equation index of the readout's input x, its axis)
+    factored: dict = field(default_factory=dict)    # point index -> y's channel axis
 
     def key(self):
-        return (tuple(self.points), tuple(sorted(self.fallback)))
+        return (tuple(self.points), tuple(sorted(self.fallback)), self.readout,
+                tuple(sorted(self.factored.items())))
 
 
 @dataclass(frozen=True)
@@ -228,7 +233,100 @@ def analyse(prog: Program, n_leaves: int) -> StructuredPlan:
     kept = [p for k, p in sorted(points.items()) if k not in fallback]
     done = {p.leaf for p in kept} | set(fallback)
     unused = [k for k in range(n_leaves) if k not in done]
-    return StructuredPlan(kept, fallback, unused)
+    plan = StructuredPlan(kept, fallback, unused)
+    _find_factored(prog, plan, n_leaves, uses)
+    return plan
+
+
+# elementwise primitives: with every other operand a data- and parameter-free scalar, channel c
+# of the output depends on channel c of the input only
+_ELEMENTWISE = ('max', 'min', 'mul', 'div', 'add', 'sub', 'neg', 'tanh', 'exp', 'log',
+                'logistic', 'integer_pow', 'pow', 'abs', 'sqrt', 'rsqrt', 'erf', 'sin', 'cos',
+                'square', 'convert_element_type', 'copy', 'copy_p')
+_OUTPUT_CHAIN = ('squeeze', 'reshape', 'convert_element_type', 'copy', 'copy_p', 'mul', 'div',
+                 'neg', 'add', 'sub')
+
+
+def _find_factored(prog: Program, plan: StructuredPlan, n_leaves: int, uses: dict):
+    """Channel-factored cotangents (a linear readout after per-channel maps).
+
+    When the one output is ``f = c·(x · R) (+ b)`` with x reaching the readout's weight R along
+    one axis (all other axes of x of size 1: one example), and x comes from a structured
+    equation's output y through maps that keep channels apart (elementwise maps with scalar
+    constants, sums over the other axes: ReLU, GlobalAvgPool), then the cotangent of output
+    entry o at y factors: ``g_o = h ⊙ ct_x[o]`` broadcast along y's channel axis, with
+    ``h = (∂x/∂y)ᵀ 1`` one reverse pass, independent of o.  Records the readout and, per such
+    point, y's channel axis in `plan`."""
+    if len(prog.outvars) != 1 or isinstance(prog.outvars[0], _Lit):
+        return
+    producer = {o: (i, e) for i, e in enumerate(prog.eqns) for o in e.outs}
+    anydep, datadep = set(prog.invars), set(prog.invars[n_leaves:])
+    for e in prog.eqns:
+        ins = [a for a in e.ins if not isinstance(a, _Lit)]
+        if any(a in anydep for a in ins):
+            anydep.update(e.outs)
+        if any(a in datadep for a in ins):
+            datadep.update(e.outs)
+
+    def free_scalar(a):
+        return isinstance(a, _Lit) and np.ndim(a.value) == 0 or \
+            not isinstance(a, _Lit) and a not in anydep and prog.avals[a].shape == ()
+
+    at = {p.index: p for p in plan.points}
+    v = prog.outvars[0]
+    while v in producer:                                    # output side: to the readout dot
+        i, e = producer[v]
+        dep = [a for a in e.ins if not isinstance(a, _Lit) and a in datadep]
+        if len(dep) != 1:
+            return
+        others = [a for a in e.ins if a is not dep[0]]
+        if e.name == 'dot_general':
+            break
+        if e.name not in _OUTPUT_CHAIN or uses.get(dep[0], 0) != 1:
+            return
+        if e.name in ('mul', 'div') and not all(free_scalar(a) for a in others):
+            return
+        if e.name in ('add', 'sub') and any(not isinstance(a, _Lit) and a in datadep
+                                            for a in others):
+            return
+        v = dep[0]
+    else:
+        return
+    x = dep[0]
+    slot = e.ins.index(x)
+    (lc, rc), (lb, rb) = e.eqn.params['dimension_numbers']
+    contracted = lc if slot == 0 else rc
+    shape = prog.avals[x].shape
+    if lb or len(contracted) != 1 or \
+            math.prod(n for d, n in enumerate(shape) if d != contracted[0]) != 1:
+        return
+    if x not in producer or uses.get(x, 0) != 1 or producer[x][0] in at:
+        return
+    readout = (producer[x][0], contracted[0])
+    v, axis = x, contracted[0]
+    while v in producer and uses.get(v, 0) == 1:            # input side: to a structured y
+        i, e = producer[v]
+        if i in at:
+            p = at[i]
+            if p.rule == 'gram':
+                _, y_lab = gram_labels(e, p.slot)
+                if [d for d, lb in enumerate(y_lab) if lb[0] == 'M'] == [axis]:
+                    plan.readout = readout
+                    plan.factored[i] = axis
+            return
+        dep = [a for a in e.ins if not isinstance(a, _Lit) and a in anydep]
+        if len(dep) != 1:
+            return
+        others = [a for a in e.ins if a is not dep[0]]
+        if e.name in _ELEMENTWISE and all(free_scalar(a) for a in others):
+            v = dep[0]
+        elif e.name == 'reduce_sum':              # output axis `axis` is the input's
+            kept = [d for d in range(len(prog.avals[dep[0]].shape))
+                    if d not in e.eqn.params['axes']]
+            axis = kept[axis]
+            v = dep[0]
+        else:
+            return
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +402,7 @@ def _patches(eqn: Eqn, u):
     return jnp.transpose(t, perm)
 
 
-def _run(prog: Program, plan: StructuredPlan, leaves, data, deltas, fb):
+def _run(prog: Program, plan: StructuredPlan, leaves, data, deltas, fb, want=()):
     """Evaluate the program with `deltas` added to the outputs of the structured equations
     and fallback leaves replaced by `fb`; also returns the operand values of the structured
     equations and of their chains."""
@@ -314,6 +412,8 @@ def _run(prog: Program, plan: StructuredPlan, leaves, data, deltas, fb):
         vals[k] = v
     env.update(zip(prog.invars, vals))
     at = {p.index: j for j, p in enumerate(plan.points)}
+    if plan.readout is not None:
+        at[plan.readout[0]] = len(plan.points)
     keep = {i for p in plan.points for i, _ in p.chain} | set(at)
     seen = {}
 
@@ -328,6 +428,8 @@ def _run(prog: Program, plan: StructuredPlan, leaves, data, deltas, fb):
         if i in at:
             outs = [outs[0] + deltas[at[i]]]
         env.update(zip(e.outs, outs))
+    if want:
+        return [read(a) for a in prog.outvars], seen, [env[w] for w in want]
     return [read(a) for a in prog.outvars], seen
 
 
@@ -357,11 +459,16 @@ def _chain_fn(prog, point, seen):
 
 def side_factors(prog: Program, plan: StructuredPlan, leaves, data):
     """The factors of one side: per output leaf, a list with, for each point of the plan,
-    (u, g) for a 'gram' point (u already multiplied by the chain's scale) or (J_W,), then
-    (J,) for each fallback leaf.  Output axes lead g and J."""
-    deltas = tuple(jnp.zeros(prog.avals[prog.eqns[p.index].outs[0]].shape,
-                             prog.avals[prog.eqns[p.index].outs[0]].dtype)
-                   for p in plan.points)
+    (u, g) for a 'gram' point (u already multiplied by the chain's scale), (u, g, h, r) for a
+    channel-factored one (`_find_factored`; the caller keeps the cheaper form) or (J_W,), then
+    (J,) for each fallback leaf.  Output axes lead g, r and J."""
+    def zero(i):
+        aval = prog.avals[prog.eqns[i].outs[0]]
+        return jnp.zeros(aval.shape, aval.dtype)
+
+    deltas = tuple(zero(p.index) for p in plan.points)
+    if plan.readout is not None:
+        deltas += (zero(plan.readout[0]),)
     fb = tuple(leaves[k] for k in sorted(plan.fallback))
 
     def run(d, f):
@@ -369,21 +476,51 @@ def side_factors(prog: Program, plan: StructuredPlan, leaves, data):
         return outs, seen
 
     jac, seen = jax.jacrev(run, argnums=(0, 1), has_aux=True)(deltas, fb)
+    h = _factored_h(prog, plan, leaves, data, deltas, fb)
     result = []
     for o, (jd, jf) in zip(prog.outvars, jac):
         n_out = len(prog.avals[o].shape) if not isinstance(o, _Lit) else np.ndim(o.value)
         per_point = []
-        for p, g in zip(plan.points, jd):
+        for j, (p, g) in enumerate(zip(plan.points, jd)):
             e = prog.eqns[p.index]
             if p.rule == 'gram':
                 u = seen[p.index][1 - p.slot]
                 if e.name == 'conv_general_dilated':
                     u = _patches(e, u)
-                per_point.append((u * _chain_scale(prog, p, seen), g))
+                u = u * _chain_scale(prog, p, seen)
+                if p.index in plan.factored:
+                    ct_x = jd[-1]                   # (outputs, *x.shape): the readout's R
+                    r = ct_x.reshape(ct_x.shape[:n_out] + (-1,))
+                    per_point.append((u, g, h[j], r))
+                else:
+                    per_point.append((u, g))
             else:
                 per_point.append((_explicit(prog, p, seen, g, n_out),))
         result.append(per_point + [(j,) for j in jf])
     return result
+
+
+def _factored_h(prog, plan, leaves, data, deltas, fb):
+    """Per point, ``h = (∂x/∂y)ᵀ 1`` for the channel-factored points (None for the others):
+    one reverse pass from the readout's input x (`_find_factored`)."""
+    if not plan.factored:
+        return [None] * len(plan.points)
+    idx = [j for j, p in enumerate(plan.points) if p.index in plan.factored]
+    x_id = prog.eqns[plan.readout[0]].outs[0]
+
+    def x_of(sub):
+        d = list(deltas)
+        for j, v in zip(idx, sub):
+            d[j] = v
+        env = _run(prog, plan, leaves, data, tuple(d), fb, want=(x_id,))[2]
+        return env[0]
+
+    x, vjp = jax.vjp(x_of, tuple(deltas[j] for j in idx))
+    (hs,) = vjp(jnp.ones_like(x))
+    out = [None] * len(plan.points)
+    for j, hj in zip(idx, hs):
+        out[j] = hj
+    return out
 
 
 def _explicit(prog, p, seen, g, n_out):
@@ -439,10 +576,123 @@ def gram_spec(u_lab, y_lab, s1, s2, so, batch1, batch2, free_letters):
     return f'{u1},{g1},{u2},{g2}->{so}'
 
 
-def contraction_cost(spec: str, *shapes):
-    """(FLOPs, largest intermediate in elements, path) of the cheapest order (opt_einsum)."""
-    _, info = opt_einsum.contract_path(spec, *shapes, shapes=True, optimize='optimal')
+def factored_spec(u_lab, y_lab, s1, s2, so, batch1, batch2, free_letters):
+    """einsum subscripts 'u1,h1,r1,u2,h2,r2->out' of a channel-factored point (cotangent
+    ``g[o] = h ⊙ r[o, c]``, `_find_factored`): as `gram_spec`, with h labelled like y without
+    the output axes and r carrying the output axes and y's channel axis."""
+    u1, g1, u2, g2 = gram_spec(u_lab, y_lab, s1, s2, so, batch1, batch2,
+                               free_letters).split('->')[0].split(',')
+    m = [k for k, lb in enumerate(y_lab) if lb[0] == 'M']
+    c = g1[len(s1) + m[0]]
+    h1, h2 = batch1 + g1[len(s1):], batch2 + g2[len(s2):]
+    return f'{u1},{h1},{s1}{c},{u2},{h2},{s2}{c}->{so}'
+
+
+def contraction_cost(spec: str, *shapes, optimize='optimal'):
+    """(FLOPs, largest intermediate in elements, path) of the cheapest order (opt_einsum), or
+    of the order `optimize` when it is a path."""
+    _, info = opt_einsum.contract_path(spec, *shapes, shapes=True, optimize=optimize)
     return float(info.opt_cost), float(info.largest_intermediate), info.path
+
+
+# the two orders of a four-operand term 'u1,g1,u2,g2' (opt_einsum paths: contract the listed
+# operands, append the result): the Gram of the inputs times the Gram of the cotangents, or the
+# per-layer Jacobians J = Σ_F u g of each side, then J1·J2
+ORDERS = {'Gram(u)*Gram(g)': ((0, 2), (0, 1), (0, 1)),
+          'J_layer.J_layer': ((0, 1), (0, 1), (0, 1))}
+
+
+def choose_order(spec: str, shapes):
+    """(name, path, FLOPs) of the cheapest of `ORDERS` and opt_einsum's optimal order for a
+    four-operand term, opt_einsum's optimal order for a channel-factored one (six operands;
+    FLOPs as opt_einsum counts them)."""
+    if len(shapes) == 6:
+        flops, _, path = contraction_cost(spec, *shapes)
+        return 'channel-factored', tuple(tuple(p) for p in path), flops
+    cands = [(name, path) for name, path in ORDERS.items()]
+    cands.append(('optimal', contraction_cost(spec, *shapes)[2]))
+    best = None
+    for name, path in cands:
+        flops = contraction_cost(spec, *shapes, optimize=list(path))[0]
+        if best is None or flops < best[2]:
+            best = (name, tuple(tuple(p) for p in path), flops)
+    name, path, flops = best
+    if name == 'optimal':       # name opt_einsum's order by its first step when it is one of ours
+        name = next((n for n, p in ORDERS.items() if p[0] == path[0]), 'optimal')
+    return name, path, flops
+
+
+def contract(spec: str, ops, path):
+    """``einsum(spec, *ops)`` along `path`, one two-operand ``einsum`` (one XLA dot_general) per
+    step.  Each intermediate keeps dot_general's own axis order (batch axes, then the free axes
+    of the left and of the right operand), with the operands swapped when that puts the axes
+    that reach the output before those contracted later: the per-layer Jacobian comes out as
+    (example, output, weight axes), and J1·J2 is then a plain matrix product, with no transposes
+    between steps."""
+    ins, out = spec.split('->')
+    subs, ops = ins.split(','), list(ops)
+    for step, pair in enumerate(path):
+        i, j = sorted(pair)
+        rest = ''.join(s for k, s in enumerate(subs) if k not in (i, j))
+        if step == len(path) - 1:
+            so = out
+        else:
+            so = _natural(subs[i], subs[j], rest, out)
+            swapped = _natural(subs[j], subs[i], rest, out)
+            if _late_first(so, out) and not _late_first(swapped, out):
+                so = swapped
+                i, j = j, i
+        r = _dot(subs[i], subs[j], so, ops[i], ops[j])
+        for k in sorted((i, j), reverse=True):
+            del ops[k], subs[k]
+        ops.append(r)
+        subs.append(so)
+    return ops[0]
+
+
+def _dot(sa: str, sb: str, so: str, a, b):
+    """``einsum(f'{sa},{sb}->{so}', a, b)`` as one ``lax.dot_general`` with the contracted axes
+    in `sa`'s order on both sides (jnp.einsum may reorder them, which makes XLA transpose the
+    operands), then a transpose to `so` when its order differs."""
+    if len(set(sa)) < len(sa) or len(set(sb)) < len(sb):
+        return jnp.einsum(f'{sa},{sb}->{so}', a, b)
+    only_a = [k for k, c in enumerate(sa) if c not in sb and c not in so]
+    only_b = [k for k, c in enumerate(sb) if c not in sa and c not in so]
+    if only_a:
+        a, sa = jnp.sum(a, axis=tuple(only_a)), ''.join(c for c in sa if c in sb or c in so)
+    if only_b:
+        b, sb = jnp.sum(b, axis=tuple(only_b)), ''.join(c for c in sb if c in sa or c in so)
+    batch = [c for c in sa if c in sb and c in so]
+    summed = [c for c in sa if c in sb and c not in so]
+    free_a = [c for c in sa if c not in sb]
+    free_b = [c for c in sb if c not in sa]
+    size = dict(zip(sa, a.shape)) | dict(zip(sb, b.shape))
+
+    def block(x, sx, order):        # transpose to `order` (a no-op when already there), 3-D
+        x = jnp.transpose(x, [sx.index(c) for c in sum(order, [])])
+        return x.reshape([math.prod(size[c] for c in group) for group in order])
+
+    # as one batched matrix product (B, Fa, K)·(B, K, Fb): XLA's CPU dot runs ~2x faster on
+    # 2-D operands than with several contracted or free axes
+    r = lax.dot_general(block(a, sa, [batch, free_a, summed]),
+                        block(b, sb, [batch, summed, free_b]), (((2,), (1,)), ((0,), (0,))))
+    got = ''.join(batch + free_a + free_b)
+    r = r.reshape([size[c] for c in got])
+    return r if got == so else jnp.transpose(r, [got.index(c) for c in so])
+
+
+def _natural(sa: str, sb: str, rest: str, out: str) -> str:
+    """dot_general's output subscripts for sa·sb keeping the letters in `rest` or `out`."""
+    keep = [c for c in dict.fromkeys(sa + sb) if c in rest or c in out]
+    batch = [c for c in keep if c in sa and c in sb]
+    return ''.join(batch + [c for c in dict.fromkeys(sa) if c in keep and c not in batch]
+                   + [c for c in dict.fromkeys(sb) if c in keep and c not in batch])
+
+
+def _late_first(sub: str, out: str) -> bool:
+    """Whether a letter contracted later comes before one of the output's."""
+    late = [c not in out for c in sub]
+    return any(a and not b for a, b in zip(late, late[1:]))
 
 
 def explain(prog: Program, plan: StructuredPlan, leaf_names, terms, operands) -> str:
@@ -456,7 +706,10 @@ def explain(prog: Program, plan: StructuredPlan, leaf_names, terms, operands) ->
         n_fb = 0
         for (point, spec), ops in zip(out_terms, out_ops):
             shapes = [o.shape for o in ops]
-            flops, _, path = contraction_cost(spec, *shapes)
+            if len(ops) in (4, 6):
+                order, _, flops = choose_order(spec, shapes)
+            else:
+                flops = contraction_cost(spec, *shapes)[0]
             nbytes = float(sum(np.prod(o.shape) * o.dtype.itemsize for o in ops))
             total_flops += flops
             total_bytes += nbytes
@@ -467,8 +720,7 @@ def explain(prog: Program, plan: StructuredPlan, leaf_names, terms, operands) ->
                        f'{spec} [Jacobian contraction]')
             else:
                 e = prog.eqns[point.index]
-                if len(ops) == 4:
-                    order = 'Gram(u)*Gram(g)' if _is_gram_order(path) else 'J_layer.J_layer'
+                if len(ops) in (4, 6):
                     rule = f'structured {e.name}'
                 else:
                     order, rule = 'per-layer Jacobian', f'structured {e.name} (VJP)'
@@ -479,12 +731,6 @@ def explain(prog: Program, plan: StructuredPlan, leaf_names, terms, operands) ->
         rows.append((leaf_names[k], '-', 'unused', 'no contribution', '0', '0'))
     rows.append(('total', '', '', '', f'{total_flops:.3g}', f'{total_bytes:.3g}'))
     return _format(rows)
-
-
-def _is_gram_order(path):
-    """Whether the cheapest order first contracts u1 with u2 or g1 with g2 (operands 0, 2 or
-    1, 3 of 'u1,g1,u2,g2')."""
-    return tuple(sorted(path[0])) in ((0, 2), (1, 3))
 
 
 def _format(rows) -> str:
