@@ -311,13 +311,19 @@ def _filter_shape(op, in_channels):
                  for c in rhs)
 
 
+def _bias_shape(op) -> tuple[int, ...]:
+    """NT's bias shape: the output's rank, 1 everywhere but the channel axis."""
+    out = op.specs()[2]
+    return tuple(op.width(op.out_chan) if c == 'C' else 1 for c in out)
+
+
 def _conv_init(key, op, in_types):
     (t,) = in_types
     k1, k2 = jax.random.split(key)
     w = jax.random.normal(k1, _filter_shape(op, t.channels))
     if op.parameterization == 'standard':
         w = w * op.W_std / jnp.sqrt(op.fan_in(t.channels))
-    b = None if op.b_std is None else jax.random.normal(k2, (op.width(op.out_chan),))
+    b = None if op.b_std is None else jax.random.normal(k2, _bias_shape(op))
     if b is not None and op.parameterization == 'standard':
         b = b * op.b_std
     return (w, b)

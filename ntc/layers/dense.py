@@ -145,7 +145,9 @@ def _dense_init(key, op, in_types):
     w = jax.random.normal(k1, (t.channels, width))
     if op.parameterization == 'standard':
         w = w * op.W_std / jnp.sqrt(t.channels)
-    b = None if op.b_std is None else jax.random.normal(k2, (width,))
+    b_shape = [1] * t.ndim  # NT's shape: the input's rank, 1 everywhere but the channel axis
+    b_shape[op.channel_axis % t.ndim] = width
+    b = None if op.b_std is None else jax.random.normal(k2, tuple(b_shape))
     if b is not None and op.parameterization == 'standard':
         b = b * op.b_std
     return (w, b)
@@ -167,6 +169,10 @@ def dense_apply(op, params, inputs, ctx):
 
 
 def _along(v, axis, ndim):
+    """The bias `v` (NT's shape, a vector, or a scalar) shaped to add along `axis`."""
+    v = jnp.asarray(v)
+    if v.ndim == 0:
+        return v
     shape = [1] * ndim
-    shape[axis] = v.shape[0]
+    shape[axis] = v.size
     return v.reshape(shape)
