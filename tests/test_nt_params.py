@@ -79,3 +79,33 @@ def test_attention_pos_emb_follows_the_tensor_axes():
 ])
 def test_functions_are_named_after_the_layer(net, name):
     assert [f.__name__ for f in net] == [name] * 3
+
+
+def empirical_ntk(net, x1, x2, key):
+    """Θ(x1, x2) of the finite network at its initial parameters, averaged over the output's
+    channel axis: Σ_θ ∂f(x1)/∂θ ∂f(x2)/∂θ by explicit Jacobians."""
+    _, params = net.init_fn(key, x1.shape)
+    j1, j2 = (jax.jacobian(net.apply_fn)(params, x) for x in (x1, x2))
+    prods = jax.tree_util.tree_map(
+        lambda a, b: jnp.einsum('ik...,jk...->ij', a.reshape(a.shape[:2] + (-1,)),
+                                b.reshape(b.shape[:2] + (-1,))), j1, j2)
+    out_channels = net.apply_fn(params, x1).shape[-1]
+    return sum(jax.tree_util.tree_leaves(prods)) / out_channels
+
+
+@pytest.mark.parametrize('s', [(1, 1), (4, 2), (3, 5)])
+@pytest.mark.parametrize('conv', [False, True])
+def test_standard_parameterization_gradients_give_the_analytic_ntk(s, conv):
+    """A layer linear in its parameters has an empirical NTK equal to the analytic one at any
+    initialisation: under the standard parameterization with `s` the weights' gradients carry
+    1/sqrt(s[0]), as in NT, so the NTK's weight term is the base width fan_in / s[0]."""
+    kw = dict(W_std=1.7, b_std=0.4, parameterization='standard', s=s)
+    if conv:
+        net = stax.serial(stax.Conv(3, (2, 2), padding='SAME', **kw), stax.Flatten())
+        x1, x2 = (jax.random.normal(jax.random.PRNGKey(i), (n, 3, 4, 2)) for i, n in [(1, 2),
+                                                                                     (2, 3)])
+    else:
+        net = stax.Dense(3, **kw)
+        x1, x2 = (jax.random.normal(jax.random.PRNGKey(i), (n, 6)) for i, n in [(1, 2), (2, 3)])
+    np.testing.assert_allclose(empirical_ntk(net, x1, x2, KEY), net.kernel_fn(x1, x2, 'ntk'),
+                               rtol=1e-10)
