@@ -260,13 +260,17 @@ def returned_fields(plan: KernelPlan, n1: int, n2: int, diagonal_spatial: bool =
                     index: int = 0) -> dict:
     """NT's `Kernel` fields of the kernels `plan` returns (its output `index`) for n1 × n2
     examples: the finite output's shapes on x1 and x2 (`shape1`, `shape2`), its batch and
-    channel axes, whether it is Gaussian, and whether only the spatial diagonal was asked for."""
+    channel axes, whether it is Gaussian, and whether it holds only the spatial diagonal."""
     out = plan.source.node(plan.source.outputs[index]).ttype
 
     def shape(n):
         return tuple(n if i == out.batch else int(d) for i, d in enumerate(out.shape))
 
-    return dict(is_gaussian=out.is_gaussian, diagonal_spatial=bool(diagonal_spatial),
+    # NT: a layer that removes the spatial axes (Flatten, global pooling) clears the flag
+    first = plan.source.node(plan.source.input_nodes()[0]).ttype
+    removed = bool(first.spatial_axes) and not out.spatial_axes
+    return dict(is_gaussian=out.is_gaussian,
+                diagonal_spatial=bool(diagonal_spatial) and not removed,
                 shape1=shape(n1), shape2=shape(n2), batch_axis=out.batch,
                 channel_axis=out.channel)
 
