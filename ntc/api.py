@@ -260,13 +260,17 @@ def returned_fields(plan: KernelPlan, n1: int, n2: int, diagonal_spatial: bool =
                     index: int = 0) -> dict:
     """NT's `Kernel` fields of the kernels `plan` returns (its output `index`) for n1 × n2
     examples: the finite output's shapes on x1 and x2 (`shape1`, `shape2`), its batch and
-    channel axes, whether it is Gaussian, and whether only the spatial diagonal was asked for."""
+    channel axes, whether it is Gaussian, and whether it holds only the spatial diagonal."""
     out = plan.source.node(plan.source.outputs[index]).ttype
 
     def shape(n):
         return tuple(n if i == out.batch else int(d) for i, d in enumerate(out.shape))
 
-    return dict(is_gaussian=out.is_gaussian, diagonal_spatial=bool(diagonal_spatial),
+    # NT: a layer that removes the spatial axes (Flatten, global pooling) clears the flag
+    first = plan.source.node(plan.source.input_nodes()[0]).ttype
+    removed = bool(first.spatial_axes) and not out.spatial_axes
+    return dict(is_gaussian=out.is_gaussian,
+                diagonal_spatial=bool(diagonal_spatial) and not removed,
                 shape1=shape(n1), shape2=shape(n2), batch_axis=out.batch,
                 channel_axis=out.channel)
 
@@ -488,16 +492,24 @@ def make_kernel_fn(net: Net):
             cache[key] = compile_for_types(net.graph(), [t], opts, dtype=k.nngp.dtype)
         plan = cache[key]
         check_kernel_layout(plan, k)
-        out = dict(plan.fn(k, None))
-        fields = returned_fields(plan, k.nngp.shape[0], k.nngp.shape[1], diagonal_spatial)
-        out.update(shape1=fields['shape1'], shape2=fields['shape2'])
-        if form == 'kernel':
-            return Kernel(nngp=out['nngp'], ntk=out['ntk'], cov1=out['cov1'],
-                          cov2=None if k.x1_is_x2 else out['cov2'], layout=plan.output_layout,
-                          x1_is_x2=k.x1_is_x2, **fields)
-        if form == 'tuple':
-            return result_type(names)(*(out[n] for n in names))
-        return out[names[0]]
+        outs = plan.fn(k, None)
+        outs = outs if len(plan.graph.outputs) > 1 else [outs]
+        results = []
+        for i, o in enumerate(outs):  # one result per output, nested as NT nests them
+            out = dict(o)
+            fields = returned_fields(plan, k.nngp.shape[0], k.nngp.shape[1], diagonal_spatial,
+                                     index=i)
+            out.update(shape1=fields['shape1'], shape2=fields['shape2'])
+            if form == 'kernel':
+                results.append(Kernel(nngp=out['nngp'], ntk=out['ntk'], cov1=out['cov1'],
+                                      cov2=None if k.x1_is_x2 else out['cov2'],
+                                      layout=plan.output_layouts[i],
+                                      x1_is_x2=k.x1_is_x2, **fields))
+            elif form == 'tuple':
+                results.append(result_type(names)(*(out[n] for n in names)))
+            else:
+                results.append(out[names[0]])
+        return rebuild(net.graph_and_outputs()[1], results)
 
     kernel_fn.net = net
     return kernel_fn

@@ -30,6 +30,7 @@ from .api import (
 from .errors import ArchitectureError, ValidationError
 from .ir.graph import Graph, RepeatRecord
 from .ir.op import Op
+from .layers.custom import NTLayer
 from .layers.structure import FanOut, Input
 
 Kind = Literal['layer', 'serial', 'parallel', 'repeat']
@@ -50,7 +51,17 @@ class Net:
     # -- the neural_tangents triple ---------------------------------------------------------
 
     def __iter__(self):
-        return iter((make_init_fn(self), make_apply_fn(self), make_kernel_fn(self)))
+        fns = (make_init_fn(self), make_apply_fn(self), make_kernel_fn(self))
+        for fn in fns:  # named after the layer, as NT names its triples ('Erf', 'serial', ...)
+            fn.__name__ = self._name()
+        return iter(fns)
+
+    def _name(self) -> str:
+        """NT's name for the triple: the layer's kind (a custom layer's function name), or
+        'serial' / 'parallel' / 'repeat'."""
+        if self.kind != 'layer':
+            return self.kind
+        return self.op.name if isinstance(self.op, NTLayer) else self.op.kind
 
     def __getitem__(self, i: int):
         return tuple(self)[i]

@@ -58,6 +58,11 @@ def test_without_spatial_axes_the_requests_change_nothing_but_the_batch():
     np.testing.assert_allclose(a, net.kernel_fn(X1, X2, 'nngp'), rtol=1e-12)
     c = net.kernel_fn(X1, X2, 'cov1', diagonal_batch=False)
     np.testing.assert_allclose(c, net.kernel_fn(X1, None, 'nngp'), rtol=1e-12)
+    # NT's flag: cleared by a layer that removes the spatial axes, kept without any
+    assert net.kernel_fn(X1, X2, diagonal_spatial=True).diagonal_spatial is False
+    assert NET.kernel_fn(X1, X2, diagonal_spatial=True).diagonal_spatial is True
+    flat = X1.reshape(X1.shape[0], -1)
+    assert stax.Dense(2).kernel_fn(flat, None, diagonal_spatial=True).diagonal_spatial is True
 
 
 def test_the_reference_plan_agrees():

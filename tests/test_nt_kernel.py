@@ -162,6 +162,25 @@ def test_composed_kernel_is_the_whole_networks(name, body, readout, shape, same)
     assert pair.shape1 == want.shape1
 
 
+@pytest.mark.parametrize('same', [False, True])
+def test_composition_into_a_readout_with_several_outputs(same):
+    """A readout ending in a parallel gives one result per branch, as the whole network does
+    (NT nests them in a list after FanOut)."""
+    x1, x2 = _inputs((4, 3), (3, 3))
+    x2 = None if same else x2
+    body = stax.serial(stax.Dense(8, 1.2, 0.1), stax.Relu())
+    readout = stax.serial(stax.FanOut(2), stax.parallel(
+        stax.Dense(1), stax.serial(stax.Dense(4), stax.Erf(), stax.Dense(2, 1.5, 0.2))))
+    want = stax.serial(body, readout)[2](x1, x2)
+    got = jax.jit(readout[2])(body[2](x1, x2))
+    assert isinstance(got, list) and len(got) == 2
+    for g, w in zip(got, want):
+        assert_kernels_close(g, w)
+    ntks = readout[2](body[2](x1, x2), get='ntk')
+    for g, w in zip(ntks, want):
+        np.testing.assert_allclose(g, w.ntk, rtol=1e-10)
+
+
 def test_composition_under_jit_and_twice():
     x1, x2 = _inputs((5, 3), (2, 3))
     block = stax.serial(stax.Dense(32), stax.Relu())

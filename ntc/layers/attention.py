@@ -35,6 +35,7 @@ from ..covariance.masking import NEG_INF, side_masks, to_storage
 from ..errors import ShapeError
 from ..ir.op import NonNegFloat, Op, PosInt, upper_name
 from ..ir.registry import finite_rule, kernel_rule, register_op
+from ..ir.types import TensorType
 
 AttentionMechanismName = Literal['SOFTMAX', 'IDENTITY', 'ABS', 'RELU']
 
@@ -314,7 +315,7 @@ def _attention_init(key, op, in_types):
     pos_emb = None
     if op.pos_emb_type != 'NONE':
         p = op.pos_emb_channels(t.channels)
-        pos_emb = jax.random.normal(kp, t.spatial_shape + (p,))
+        pos_emb = jax.random.normal(kp, _along_tensor(t, p))
         if op.pos_emb_type == 'CONCAT':
             c_keys += p
             c_vals += p if op.val_pos_emb else 0
@@ -323,8 +324,17 @@ def _attention_init(key, op, in_types):
         kq, (op.n_heads, c_keys, op.n_chan_key))
     values = jax.random.normal(kv, (op.n_heads, c_vals, op.n_chan_val))
     w_out = jax.random.normal(ko, (op.n_heads * op.n_chan_val, op.n_chan_out))
-    b = None if op.b_std is None else jax.random.normal(kb, (op.n_chan_out,))
-    return dict(queries=queries, keys=keys, values=values, out=w_out, b=b, pos_emb=pos_emb)
+    b_shape = tuple(op.n_chan_out if i == t.channel else 1 for i in range(t.ndim))
+    b = None if op.b_std is None else jax.random.normal(kb, b_shape)
+    return (queries, keys, values, w_out, b, pos_emb)
+
+
+def _along_tensor(t: TensorType, channels: int) -> tuple[int, ...]:
+    """NT's shape of the positional embeddings of input `t`: batch axis 1, channel axis
+    `channels`, the spatial axes as they are."""
+    shape = list(t.shape)
+    shape[t.batch], shape[t.channel] = 1, channels
+    return tuple(shape)
 
 
 @finite_rule(GlobalSelfAttention, init=_attention_init)
@@ -332,14 +342,15 @@ def attention_apply(op, params, inputs, ctx):
     """f(x) = concat_h[mech(σ_QK·Q_h K_hᵀ / (C·d_k^α)) V_h] W_out·σ_OV/sqrt(H·d_v·C) + σ_b·b,
     α = 1 (tied Q = K) with linear scaling, 1/2 otherwise; NTK parameterisation throughout."""
     (x,) = inputs
+    w_queries, w_keys, w_values, w_out, b, pos_emb = params  # NT's order
     b_ax, c_ax = op.batch_axis % x.ndim, op.channel_axis % x.ndim
     x = jnp.moveaxis(x, (b_ax, c_ax), (0, -1))
     n, spatial = x.shape[0], x.shape[1:-1]
     mask = ctx.mask  # canonical (N, *spatial) position mask, or None
     h = x.reshape(n, -1, x.shape[-1])
     values_in = h
-    if params['pos_emb'] is not None:
-        pe = params['pos_emb']
+    if pos_emb is not None:
+        pe = jnp.moveaxis(pos_emb, (b_ax, c_ax), (0, -1))[0]
         if op.pos_emb_decay_fn is not None:
             R = pos_emb_covariance(op, spatial, pe.dtype)
             L = jnp.linalg.cholesky(R + 1e-12 * jnp.eye(R.shape[0], dtype=R.dtype))
@@ -355,10 +366,10 @@ def attention_apply(op, params, inputs, ctx):
         if op.val_pos_emb:
             values_in = h
     c_in = h.shape[-1]
-    keys = jnp.einsum('nsc,hck->hnsk', h, params['keys'], precision=_HI)
-    queries = keys if op.linear_scaling else jnp.einsum('nsc,hck->hnsk', h, params['queries'],
+    keys = jnp.einsum('nsc,hck->hnsk', h, w_keys, precision=_HI)
+    queries = keys if op.linear_scaling else jnp.einsum('nsc,hck->hnsk', h, w_queries,
                                                        precision=_HI)
-    values = jnp.einsum('nsc,hcv->hnsv', values_in, params['values'], precision=_HI)
+    values = jnp.einsum('nsc,hcv->hnsv', values_in, w_values, precision=_HI)
     scale = c_in * op.n_chan_key ** (1.0 if op.linear_scaling else 0.5)
     logits = (op.W_query_std * op.W_key_std / scale) * jnp.einsum(
         'hnsk,hntk->hnst', queries, keys, precision=_HI)
@@ -366,9 +377,9 @@ def attention_apply(op, params, inputs, ctx):
     G = _mechanism(op, logits, key_mask)
     heads = jnp.einsum('hnst,hntv->nshv', G, values, precision=_HI)
     heads = heads.reshape(n, heads.shape[1], -1)
-    out = heads @ params['out'] * (op.W_out_std * op.W_value_std
+    out = heads @ w_out * (op.W_out_std * op.W_value_std
                                    / math.sqrt(op.n_chan_val * op.n_heads * values_in.shape[-1]))
-    if params['b'] is not None:
-        out = out + op.b_std * params['b'].reshape(1, 1, -1)
+    if b is not None:
+        out = out + op.b_std * b.reshape(1, 1, -1)
     out = out.reshape((n,) + spatial + (op.n_chan_out,))
     return jnp.moveaxis(out, (0, -1), (b_ax, c_ax))

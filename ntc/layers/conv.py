@@ -311,13 +311,19 @@ def _filter_shape(op, in_channels):
                  for c in rhs)
 
 
+def _bias_shape(op) -> tuple[int, ...]:
+    """NT's bias shape: the output's rank, 1 everywhere but the channel axis."""
+    out = op.specs()[2]
+    return tuple(op.width(op.out_chan) if c == 'C' else 1 for c in out)
+
+
 def _conv_init(key, op, in_types):
     (t,) = in_types
     k1, k2 = jax.random.split(key)
     w = jax.random.normal(k1, _filter_shape(op, t.channels))
     if op.parameterization == 'standard':
-        w = w * op.W_std / jnp.sqrt(op.fan_in(t.channels))
-    b = None if op.b_std is None else jax.random.normal(k2, (op.width(op.out_chan),))
+        w = w * op.standard_init_std(op.fan_in(t.channels))
+    b = None if op.b_std is None else jax.random.normal(k2, _bias_shape(op))
     if b is not None and op.parameterization == 'standard':
         b = b * op.b_std
     return (w, b)
@@ -355,6 +361,8 @@ def conv_apply(op, params, inputs, ctx):
     if op.parameterization == 'ntk':
         fan_in = op.fan_in(w.shape[rhs.index('I')])
         y = y * (op.W_std / jnp.sqrt(fan_in))
+    else:
+        y = y * op.standard_apply_scale()
     if b is not None:
         b = jnp.asarray(b, y.dtype)  # NT code may pass a scalar bias, e.g. (w, 0.)
         shape = [1] * y.ndim
@@ -431,7 +439,7 @@ def _init(key, op, in_types):
     k1, k2 = jax.random.split(key)
     w = jax.random.normal(k1, w_shape)
     if op.parameterization == 'standard':
-        w = w * op.W_std / jnp.sqrt(op.fan_in(t.channels))
+        w = w * op.standard_init_std(op.fan_in(t.channels))
     b = None if op.b_std is None else jax.random.normal(k2, b_shape)
     if b is not None and op.parameterization == 'standard':
         b = b * op.b_std
@@ -450,6 +458,8 @@ def conv_local_apply(op, params, inputs, ctx):
                                        precision=lax.Precision.HIGHEST)
     if op.parameterization == 'ntk':
         y = y * (op.W_std / jnp.sqrt(op.fan_in(x.shape[lhs.index('C')])))
+    else:
+        y = y * op.standard_apply_scale()
     if b is not None:
         y = y + (op.b_std if op.parameterization == 'ntk' else 1.0) * b
     return y

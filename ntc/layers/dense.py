@@ -33,6 +33,16 @@ class _AffineBase(Op):
     def independent_of_input(self) -> bool:
         return self.W_std > 0 or bool(self.b_std)  # W = b = 0 outputs zeros: inherit
 
+    def standard_init_std(self, fan_in: int) -> float:
+        """Std of the weights under the standard parameterization: W_std / sqrt(fan_in / s[0]),
+        the base width's (NT's convention; `apply` then divides by sqrt(s[0]), so the forward
+        pass has variance W_std² / fan_in and the gradients give the NTK's `weight_term`)."""
+        return self.W_std * (self.s[0] / fan_in) ** 0.5
+
+    def standard_apply_scale(self) -> float:
+        """The factor 1/sqrt(s[0]) on the weights' term under the standard parameterization."""
+        return self.s[0] ** -0.5
+
     def weight_term(self, fan_in: int) -> float:
         """The NTK's weight-gradient factor d in Θ' = c Θ + d K + e under the standard
         parameterization: the base width fan_in / s[0] (Sohl-Dickstein et al. 2020)."""
@@ -144,8 +154,10 @@ def _dense_init(key, op, in_types):
     width = op.width(op.out_dim)
     w = jax.random.normal(k1, (t.channels, width))
     if op.parameterization == 'standard':
-        w = w * op.W_std / jnp.sqrt(t.channels)
-    b = None if op.b_std is None else jax.random.normal(k2, (width,))
+        w = w * op.standard_init_std(t.channels)
+    b_shape = [1] * t.ndim  # NT's shape: the input's rank, 1 everywhere but the channel axis
+    b_shape[op.channel_axis % t.ndim] = width
+    b = None if op.b_std is None else jax.random.normal(k2, tuple(b_shape))
     if b is not None and op.parameterization == 'standard':
         b = b * op.b_std
     return (w, b)
@@ -161,12 +173,18 @@ def dense_apply(op, params, inputs, ctx):
         y = y * (op.W_std / jnp.sqrt(w.shape[0]))
         if b is not None:
             y = y + op.b_std * _along(b, axis, y.ndim)
-    elif b is not None:
-        y = y + _along(b, axis, y.ndim)
+    else:
+        y = y * op.standard_apply_scale()
+        if b is not None:
+            y = y + _along(b, axis, y.ndim)
     return y
 
 
 def _along(v, axis, ndim):
+    """The bias `v` (NT's shape, a vector, or a scalar) shaped to add along `axis`."""
+    v = jnp.asarray(v)
+    if v.ndim == 0:
+        return v
     shape = [1] * ndim
-    shape[axis] = v.shape[0]
+    shape[axis] = v.size
     return v.reshape(shape)

@@ -111,6 +111,8 @@ def pattern_input(value, x1, x2):
         p1 = p2 = value
     if x2 is None:
         p2 = p1
+    if p1 is None and p2 is None:
+        return None  # NT's (None, None): no aggregation, as without `pattern`
     if p1 is None or p2 is None:
         raise InputError('pattern has one None entry; give both adjacencies (None for both '
                          'means no aggregation)', hint='pass pattern=(pattern1, pattern2)')
@@ -119,7 +121,8 @@ def pattern_input(value, x1, x2):
 
 def _is_array(v) -> bool:
     """A list/tuple holding numbers (an array written as nested lists), not a pair of arrays."""
-    return isinstance(v, (tuple, list)) and len(v) > 0 and np.ndim(v[0]) == 0
+    return (isinstance(v, (tuple, list)) and len(v) > 0 and v[0] is not None
+            and np.ndim(v[0]) == 0)
 
 
 def _arr(p):

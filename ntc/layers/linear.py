@@ -37,6 +37,13 @@ class Flatten(Op):
     batch_axis: int = 0
     batch_axis_out: int = 0
 
+    def input_axes(self, ndim: int) -> tuple[int, int]:
+        """(batch, channel) of the input: its own batch axis, and the last other axis (Flatten
+        reads no channel axis, but it ends the search for one: the layers after it see
+        another tensor)."""
+        b = self.batch_axis % ndim
+        return b, ndim - 1 if b != ndim - 1 else ndim - 2
+
     def infer(self, ins, path):
         t = ins[0]
         size = math.prod(d for i, d in enumerate(t.shape) if i != t.batch)

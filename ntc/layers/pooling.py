@@ -80,18 +80,16 @@ class _GlobalPoolBase(Op):
         return self.batch_axis % ndim, self.channel_axis % ndim
 
     def infer(self, ins, path):
+        """(N, C); an input without spatial axes passes through, as in NT (a mean over none)."""
         t = ins[0]
-        if not t.spatial_axes:
-            raise ShapeError(f'{self.kind} needs spatial axes to pool over, got {t.describe()}',
-                             path=path)
         return TensorType(shape=(None, t.channels), batch_axis=0, channel_axis=1,
                           is_gaussian=t.is_gaussian, is_fresh=t.is_fresh)
 
     def spatial_need(self, out, in_type):
-        return 'FULL'
+        return 'FULL' if in_type.spatial_axes else 'NONE'
 
     def marginal_need(self, out, in_type):
-        return None if out is None else 'FULL'
+        return None if out is None else self.spatial_need(out, in_type)
 
 
 @register_op
