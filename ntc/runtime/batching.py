@@ -332,8 +332,8 @@ class BatchedKernelFn:
             return self._call_tree(x1, x2, args, kwargs)
         if self._own():      # ntc's: `get` is taken apart, the rest passed on
             get, args = (args[0], args[1:]) if args else (kwargs.pop('get', None), ())
-        else:
-            get = args[0] if args else kwargs.get('get')
+        else:   # a foreign function's first argument is `get` only if it reads as one
+            get = args[0] if args and _is_get(args[0]) else kwargs.get('get')
         if isinstance(x1, Kernel):
             return self._call_on_kernel(x1, x2, get, args, kwargs)
         if args:
@@ -377,7 +377,7 @@ class BatchedKernelFn:
         n1 = xs1[0].shape[axes[0]]
         n2 = n1 if xs2 is None else xs2[0].shape[axes[0]]
         tile = max(n1, n2) if not self.batch_size else self.batch_size
-        get = args[0] if args else kwargs.get('get')
+        get = args[0] if args and _is_get(args[0]) else kwargs.get('get')
 
         def block(xs, start):
             return rebuild(tree, [jax.lax.slice_in_dim(x, start, start + tile, axis=ax)
@@ -719,6 +719,13 @@ def _with_batch(shape, n: int, batch_axis: int):
         return None
     b = batch_axis % len(shape)
     return tuple(n if i == b else d for i, d in enumerate(shape))
+
+
+def _is_get(value) -> bool:
+    """Whether `value` reads as NT's `get`: a kernel name or a tuple or list of names (an
+    empirical kernel function's `params` in that place do not)."""
+    return isinstance(value, str) or (isinstance(value, (tuple, list)) and bool(value)
+                                      and all(isinstance(v, str) for v in value))
 
 
 def _keywords(kwargs: dict) -> dict:
