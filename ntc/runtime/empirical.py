@@ -67,14 +67,14 @@ _LETTERS = string.ascii_letters
 
 
 def _canon(axes, ndim: int, what: str) -> tuple[int, ...]:
+    """`axes` as sorted non-negative axes of a rank-`ndim` output; an axis named twice (e.g.
+    `(0, -3)` of a rank-3 output) counts once, as in NT."""
     axes = (axes,) if isinstance(axes, int) else tuple(axes)
-    out = []
+    out = set()
     for a in axes:
         if not isinstance(a, (int, np.integer)) or not -ndim <= a < ndim:
             raise InputError(f'{what}={axes} is out of range for outputs with {ndim} axes')
-        out.append(int(a) % ndim)
-    if len(set(out)) != len(out):
-        raise InputError(f'{what}={axes} repeats an axis')
+        out.add(int(a) % ndim)
     return tuple(sorted(out))
 
 
