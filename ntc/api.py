@@ -391,6 +391,9 @@ def make_kernel_fn(net: Net):
         names, form = normalize_get(get, shapes=True)
         if isinstance(x1, Kernel):
             return compose(x1, x2, names, form, diagonal_spatial, kwargs)
+        ks, ktree = split_tree(x1, lambda v: not isinstance(v, (tuple, list)))
+        if is_container(ktree) and all(isinstance(k, Kernel) for k in ks):
+            return compose_many(ks, ktree, x2, names, form, diagonal_spatial, kwargs)
         xs1, tree = split_inputs(x1)
         xs2 = None
         if x2 is not None:
@@ -510,6 +513,40 @@ def make_kernel_fn(net: Net):
             else:
                 results.append(out[names[0]])
         return rebuild(net.graph_and_outputs()[1], results)
+
+    def compose_many(ks: list, tree, x2, names, form, diagonal_spatial, kwargs):
+        """kernel_fn of NT's (nested) tuple or list of Kernels, one per input of a network
+        with several inputs: the plan runs from those Kernels; results nested per output."""
+        for k in ks:
+            check_kernel_input(k, x2, kwargs)
+        types = tuple(kernel_input_type(k) for k in ks)
+        kernels = tuple(n for n in names if n in KERNEL_NAMES) or ('nngp',)
+        key = ('kernel inputs', tree, types, kernels, bool(diagonal_spatial))
+        if key not in cache:
+            opts = Options(get=kernels, diagonal_spatial=bool(diagonal_spatial))
+            cache[key] = compile_for_types(net.graph(tree), list(types), opts,
+                                           dtype=ks[0].nngp.dtype)
+        plan = cache[key]
+        _, out_tree = net.graph_and_outputs(tree)
+        raw = plan.fn(tuple(ks), None)
+        outs = raw if len(plan.graph.outputs) > 1 else [raw]
+        n1, n2 = ks[0].nngp.shape[:2]
+        same = ks[0].x1_is_x2
+        results = []
+        for i, out in enumerate(outs):
+            out = dict(out)
+            fields = returned_fields(plan, n1, n2, diagonal_spatial, index=i)
+            out.update(shape1=fields['shape1'], shape2=fields['shape2'])
+            if form == 'kernel':
+                results.append(Kernel(nngp=out['nngp'], ntk=out['ntk'], cov1=out['cov1'],
+                                      cov2=None if same else out['cov2'],
+                                      layout=plan.output_layouts[i], x1_is_x2=same,
+                                      **fields))
+            elif form == 'tuple':
+                results.append(result_type(names)(*(out[n] for n in names)))
+            else:
+                results.append(out[names[0]])
+        return rebuild(out_tree, results)
 
     kernel_fn.net = net
     return kernel_fn

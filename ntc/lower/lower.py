@@ -154,7 +154,7 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
     mask_constant = (inputs or {}).get('mask_constant')
     masks = None if mask_constant is None else {}
     ctx = LowerCtx(graph=graph, xp=JNP, want_ntk=opts.want_ntk, inputs=inputs,
-                   x1_is_x2=x1.x1_is_x2 if isinstance(x1, Kernel) else x2 is None,
+                   x1_is_x2=_given_x1_is_x2(x1, x2),
                    masks=masks)
     env: dict[int, Kernel] = {}
     given1, given2 = _per_input(graph, x1), _per_input(graph, x2)
@@ -193,6 +193,12 @@ def evaluate(graph: Graph, opts: Options, x1, x2, inputs: dict | None = None,
             watch(ctx, node, env)
         release(graph.inputs(node.id))
     return [env[o] for o in graph.outputs]
+
+
+def _given_x1_is_x2(x1, x2) -> bool:
+    """Whether x1 is x2: x2 None, or, for Kernel inputs (one, or one per input), their flag."""
+    first = x1[0] if isinstance(x1, (tuple, list)) and x1 else x1
+    return first.x1_is_x2 if isinstance(first, Kernel) else x2 is None
 
 
 def _per_input(graph: Graph, x) -> dict:

@@ -325,18 +325,16 @@ class BatchedKernelFn:
         first of `args` or a keyword; other arguments are passed on as given, except a pair
         `(v1, v2)` of per-example arrays (e.g. `pattern=(p1, p2)`), which is tiled with x1 and
         x2.  A network with several inputs or outputs is tiled by `_call_tree`."""
+        if _kernel_leaves(x1):     # NT's composition: a Kernel, or one per input
+            get, args, kwargs = self._split_get(args, kwargs)
+            return self._call_on_kernel(x1, x2, get, args, kwargs)
         if self._several_inputs_or_outputs(x1):
             if out is not None or self.store is not None:
                 raise InputError('ntc.batch tiles a network with several inputs or outputs in '
                                  'memory only (no out= or store)',
                                  hint='compute each output with its own one-output network')
             return self._call_tree(x1, x2, args, kwargs)
-        if self._own():      # ntc's: `get` is taken apart, the rest passed on
-            get, args = (args[0], args[1:]) if args else (kwargs.pop('get', None), ())
-        else:
-            get = args[0] if args else kwargs.get('get')
-        if isinstance(x1, Kernel):
-            return self._call_on_kernel(x1, x2, get, args, kwargs)
+        get, args, kwargs = self._split_get(args, kwargs)
         if args:
             kwargs = dict(kwargs, **{ARGS: args})
         x1, x2n, symmetric, names, form, plan = self.prepare_inputs(x1, x2, get, kwargs)
@@ -351,6 +349,17 @@ class BatchedKernelFn:
                 if self.store is not None and not self.store.discard_empty_job():
                     raise
                 tile = max(1, tile // 2)  # a smaller tile fits: never fail for memory
+
+    def _split_get(self, args, kwargs):
+        """(get, args, kwargs) of a call: ntc's kernel_fn has `get` taken apart and the rest
+        passed on; a foreign function keeps its arguments, and its first one is `get` only if
+        it reads as one (an empirical kernel's `params` may come there)."""
+        if self._own():
+            if args:
+                return args[0], args[1:], kwargs
+            kwargs = dict(kwargs)
+            return kwargs.pop('get', None), (), kwargs
+        return (args[0] if args and _is_get(args[0]) else kwargs.get('get')), args, kwargs
 
     # -- several inputs or outputs (NT's tuples and lists) -------------------------------------
 
@@ -378,11 +387,11 @@ class BatchedKernelFn:
         n1 = xs1[0].shape[axes[0]]
         n2 = n1 if xs2 is None else xs2[0].shape[axes[0]]
         tile = max(n1, n2) if not self.batch_size else self.batch_size
-        get = args[0] if args else kwargs.get('get')
+        get = args[0] if args and _is_get(args[0]) else kwargs.get('get')
 
         def block(xs, start):
-            return rebuild(tree, [jax.lax.slice_in_dim(x, start, start + tile, axis=ax)
-                                  for x, ax in zip(xs, axes)])
+            return rebuild(tree, [jax.lax.slice_in_dim(x, start, min(start + tile, x.shape[ax]),
+                                                       axis=ax) for x, ax in zip(xs, axes)])
 
         own = self._own()
         rows = []
@@ -411,14 +420,16 @@ class BatchedKernelFn:
         graph = net.graph(split_inputs(x1)[1])
         return [t.batch for t in input_types(graph, [np.shape(x) for x in xs1])]
 
-    def _call_on_kernel(self, k: Kernel, x2, get, args, kwargs):
-        """NT's composition through `batch`: `kernel_fn(k)` for a Kernel `k`, computed on the
-        sub-kernels of `batch_size` × `batch_size` tiles of its examples, one after another (no
-        sharding, tile store or `out=`), and assembled in the form `kernel_fn` returns."""
+    def _call_on_kernel(self, tree, x2, get, args, kwargs):
+        """NT's composition through `batch`: `kernel_fn(tree)` for a Kernel (or NT's nested
+        tuple or list of them, one per input), computed on the sub-kernels of `batch_size` ×
+        `batch_size` tiles of its examples, one after another (no sharding, tile store or
+        `out=`), and assembled in the form `kernel_fn` returns."""
         if x2 is not None:
             raise InputError('a batched kernel_fn got a Kernel as x1 and an x2: a Kernel '
                              'already holds the kernels of x1 and x2',
                              hint='pass the Kernel alone: batch(kernel_fn)(kernel)')
+        k = _kernel_leaves(tree)[0]
         n1, n2 = k.nngp.shape[:2]
         tile = self.batch_size or max(n1, n2)
         name = get if isinstance(get, str) else None
@@ -427,16 +438,22 @@ class BatchedKernelFn:
             row = []
             for j in range(0, n2, tile):
                 r, c = slice(i, min(i + tile, n1)), slice(j, min(j + tile, n2))
-                sub = _sub_kernel(k, r, c, same=k.x1_is_x2 and i == j)
+                sub = jax.tree_util.tree_map(
+                    lambda kk, r=r, c=c, i=i, j=j: _sub_kernel(kk, r, c, kk.x1_is_x2 and i == j),
+                    tree, is_leaf=_is_kernel)
                 out = (self.kernel_fn(sub, None, get, *args, **kwargs) if self._own()
                        else self.kernel_fn(sub, None, *args, **kwargs))
                 row.append(out[name or 'nngp'] if isinstance(out, dict) else out)
             rows.append(row)
         joined = _join_tree(rows, name)
-        if isinstance(joined, Kernel):
-            return joined.replace(cov2=None if k.x1_is_x2 else joined.cov2, x1_is_x2=k.x1_is_x2,
-                                  shape1=_with_batch(joined.shape1, n1, joined.batch_axis),
-                                  shape2=_with_batch(joined.shape2, n2, joined.batch_axis))
+        if _kernel_leaves(joined):
+            return jax.tree_util.tree_map(
+                lambda j: j.replace(cov2=None if k.x1_is_x2 else j.cov2, x1_is_x2=k.x1_is_x2,
+                                    shape1=_with_batch(j.shape1, n1, j.batch_axis),
+                                    shape2=_with_batch(j.shape2, n2, j.batch_axis)),
+                joined, is_leaf=_is_kernel)
+        if not isinstance(tree, Kernel):     # results per output, as kernel_fn nests them
+            return joined
         sizes = {'shape1': n1, 'shape2': n2}
         if hasattr(joined, '_fields'):
             return joined._replace(**{s: _with_batch(getattr(joined, s), n, k.batch_axis)
@@ -720,6 +737,28 @@ def _with_batch(shape, n: int, batch_axis: int):
         return None
     b = batch_axis % len(shape)
     return tuple(n if i == b else d for i, d in enumerate(shape))
+
+
+def _is_kernel(value) -> bool:
+    return isinstance(value, Kernel)
+
+
+def _kernel_leaves(tree) -> list:
+    """The Kernels of `tree` when it is a Kernel or a (nested) tuple or list of Kernels only
+    (NT's input to a composed kernel_fn), else []."""
+    if isinstance(tree, Kernel):
+        return [tree]
+    if not isinstance(tree, (tuple, list)) or not tree or hasattr(tree, '_fields'):
+        return []
+    leaves = [_kernel_leaves(t) for t in tree]
+    return [k for sub in leaves for k in sub] if all(leaves) else []
+
+
+def _is_get(value) -> bool:
+    """Whether `value` reads as NT's `get`: a kernel name or a tuple or list of names (an
+    empirical kernel function's `params` in that place do not)."""
+    return isinstance(value, str) or (isinstance(value, (tuple, list)) and bool(value)
+                                      and all(isinstance(v, str) for v in value))
 
 
 def _keywords(kwargs: dict) -> dict:

@@ -67,14 +67,14 @@ _LETTERS = string.ascii_letters
 
 
 def _canon(axes, ndim: int, what: str) -> tuple[int, ...]:
+    """`axes` as sorted non-negative axes of a rank-`ndim` output; an axis named twice (e.g.
+    `(0, -3)` of a rank-3 output) counts once, as in NT."""
     axes = (axes,) if isinstance(axes, int) else tuple(axes)
-    out = []
+    out = set()
     for a in axes:
         if not isinstance(a, (int, np.integer)) or not -ndim <= a < ndim:
             raise InputError(f'{what}={axes} is out of range for outputs with {ndim} axes')
-        out.append(int(a) % ndim)
-    if len(set(out)) != len(out):
-        raise InputError(f'{what}={axes} repeats an axis')
+        out.add(int(a) % ndim)
     return tuple(sorted(out))
 
 
@@ -184,7 +184,10 @@ def slice_pairs(kwargs: dict, n1: int, n2: int, rows: slice, cols: slice) -> dic
                            for k, (v1, v2) in pairs.items()})
 
 
-def _vmap_triple(vmap_axes, kwargs):
+def _vmap_triple(vmap_axes, kwargs, fx):
+    """NT's `vmap_axes` as (in_axes, out_axes, kwargs_axes), with out_axes a tree shaped like
+    the outputs `fx` (shape structs) holding each output's batch axis counted from the front
+    (NT allows negative ones; the Jacobians' parameter axes come after the output axes)."""
     if vmap_axes is None:
         return None
     if isinstance(vmap_axes, tuple) and len(vmap_axes) == 3:
@@ -192,6 +195,8 @@ def _vmap_triple(vmap_axes, kwargs):
     else:
         in_axes, out_axes, kw_axes = vmap_axes, vmap_axes, {}
     kw_axes = {k: v for k, v in dict(kw_axes or {}).items() if k in kwargs}
+    out_axes = _tree.tree_map(lambda a, o: a if a is None else int(a) % len(o.shape),
+                              _leafwise(out_axes, fx), fx)
     return in_axes, out_axes, kw_axes
 
 
@@ -266,7 +271,7 @@ def _jacobian_contraction(f, trace_axes, diagonal_axes, vmap_axes, fwd):
         n_out = max(math.prod(o.shape) for o in _tree.tree_leaves(fx1))
         use_fwd = fwd if fwd is not None else n_params < n_out
         jac = jax.jacfwd if use_fwd else jax.jacrev
-        triple = _vmap_triple(vmap_axes, apply_fn_kwargs)
+        triple = _vmap_triple(vmap_axes, apply_fn_kwargs, fx1)
 
         def jacobian(x, kw):
             if triple is None:
@@ -342,7 +347,7 @@ def _vector_products(f, trace_axes, diagonal_axes, vmap_axes):
         x2_ = x1 if same else x2
         fx1 = jax.eval_shape(lambda p: f(p, x1, **kw1), params)
         leaves1, tdef = _tree.tree_flatten(fx1)
-        triple = _vmap_triple(vmap_axes, apply_fn_kwargs)
+        triple = _vmap_triple(vmap_axes, apply_fn_kwargs, fx1)
         out = []
         for i, o1 in enumerate(leaves1):
             tr, dg = _axes(o1.ndim, trace_axes, diagonal_axes)
@@ -452,8 +457,8 @@ def _structured_terms(f, trace_axes, diagonal_axes, vmap_axes, x1, x2, params, k
     """Per output leaf, the list of (einsum spec, operands) whose sum is the NTK, with the
     program and plan (shared by `ntk_fn` and `explain`)."""
     kw1, kw2 = _split_kwargs(kwargs, x1, x2)
-    triple = _vmap_triple(vmap_axes, kwargs)
     fx1 = jax.eval_shape(lambda p: f(p, x1, **kw1), params)
+    triple = _vmap_triple(vmap_axes, kwargs, fx1)
     fx2 = fx1 if x2 is None else jax.eval_shape(lambda p: f(p, x2, **kw2), params)
     f1, prog, plan = _structured_side(f, params, x1, kw1, triple, fx1)
     if x2 is None:
@@ -601,7 +606,7 @@ def empirical_ntk_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
     """
     impl = _implementation(implementation)
     if impl == NtkImplementation.STRUCTURED_DERIVATIVES:
-        return _structured(f, trace_axes, diagonal_axes, vmap_axes)
+        return _reads_nt_x2(_structured(f, trace_axes, diagonal_axes, vmap_axes))
     if impl == NtkImplementation.NTK_VECTOR_PRODUCTS:
         return _reads_nt_x2(_vector_products(f, trace_axes, diagonal_axes, vmap_axes))
     if impl == NtkImplementation.AUTO:

@@ -709,18 +709,37 @@ def _test_kwargs(train_kw: dict, test_kw: dict):
         elif _is_array(v_dd) and _is_array(v_tt):
             kw_td[k] = v_tt
         else:
-            same = v_dd is v_tt
-            if not same:
-                try:
-                    same = bool(v_dd == v_tt)
-                except Exception:  # noqa: BLE001 - incomparable values are different
-                    same = False
-            if not same:
+            if not _same_value(v_dd, v_tt):
                 raise InputError(f'kernel_fn keyword {k!r} is {v_dd!r} for the train set but '
                                  f'{v_tt!r} for the test set; they must agree')
             kw_td[k] = v_tt
         kw_tt[k] = v_tt
     return kw_td, kw_tt
+
+
+def _same_value(a, b) -> bool:
+    """Whether two keyword values are the same: the same object, or pytrees of one structure
+    whose leaves are equal (concrete arrays compared by value, e.g. two copies of `params`;
+    traced ones cannot be, and count as different)."""
+    if a is b:
+        return True
+    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+    if tree_a != tree_b:
+        return False
+    for x, y in zip(leaves_a, leaves_b):
+        if x is y:
+            continue
+        if _is_array(x) or _is_array(y):
+            if not (is_concrete(x) and is_concrete(y) and np.array_equal(x, y)):
+                return False
+            continue
+        try:
+            if not bool(x == y):
+                return False
+        except Exception:  # noqa: BLE001 - incomparable values are different
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
