@@ -307,9 +307,10 @@ def check_kernel_input(k: Kernel, x2, kwargs: dict) -> None:
                               'the arrays')
 
 
-def check_kernel_layout(plan: KernelPlan, k: Kernel) -> None:
-    """Refuse a `Kernel` input that stores less than the plan's first layers read."""
-    want = plan.graph.node(plan.graph.input_nodes()[0]).cov
+def check_kernel_layout(plan: KernelPlan, k: Kernel, index: int = 0) -> None:
+    """Refuse a `Kernel` given for input `index` that stores less than the plan's first layers
+    read."""
+    want = plan.graph.node(plan.graph.input_nodes()[index]).cov
     have = k.returned_layout
     if SPATIAL_RANK[want.spatial] > SPATIAL_RANK[have.spatial]:
         raise InputError('the Kernel given as x1 keeps only the spatial diagonal '
@@ -390,10 +391,10 @@ def make_kernel_fn(net: Net):
                   diagonal_spatial: bool = False, **kwargs):
         names, form = normalize_get(get, shapes=True)
         if isinstance(x1, Kernel):
-            return compose(x1, x2, names, form, diagonal_spatial, kwargs)
+            return compose([x1], None, x2, names, form, diagonal_spatial, kwargs)
         ks, ktree = split_tree(x1, lambda v: not isinstance(v, (tuple, list)))
         if is_container(ktree) and all(isinstance(k, Kernel) for k in ks):
-            return compose_many(ks, ktree, x2, names, form, diagonal_spatial, kwargs)
+            return compose(ks, ktree, x2, names, form, diagonal_spatial, kwargs)
         xs1, tree = split_inputs(x1)
         xs2 = None
         if x2 is not None:
@@ -484,39 +485,10 @@ def make_kernel_fn(net: Net):
             results = [o[names[0]] for o in outs]
         return rebuild(out_tree, results)
 
-    def compose(k: Kernel, x2, names, form, diagonal_spatial, kwargs):
-        """kernel_fn(k): the plan runs from the Kernel `k` instead of the inputs' kernel."""
-        check_kernel_input(k, x2, kwargs)
-        t = kernel_input_type(k)
-        kernels = tuple(n for n in names if n in KERNEL_NAMES) or ('nngp',)
-        key = ('kernel input', t, kernels, bool(diagonal_spatial))
-        if key not in cache:
-            opts = Options(get=kernels, diagonal_spatial=bool(diagonal_spatial))
-            cache[key] = compile_for_types(net.graph(), [t], opts, dtype=k.nngp.dtype)
-        plan = cache[key]
-        check_kernel_layout(plan, k)
-        outs = plan.fn(k, None)
-        outs = outs if len(plan.graph.outputs) > 1 else [outs]
-        results = []
-        for i, o in enumerate(outs):  # one result per output, nested as NT nests them
-            out = dict(o)
-            fields = returned_fields(plan, k.nngp.shape[0], k.nngp.shape[1], diagonal_spatial,
-                                     index=i)
-            out.update(shape1=fields['shape1'], shape2=fields['shape2'])
-            if form == 'kernel':
-                results.append(Kernel(nngp=out['nngp'], ntk=out['ntk'], cov1=out['cov1'],
-                                      cov2=None if k.x1_is_x2 else out['cov2'],
-                                      layout=plan.output_layouts[i],
-                                      x1_is_x2=k.x1_is_x2, **fields))
-            elif form == 'tuple':
-                results.append(result_type(names)(*(out[n] for n in names)))
-            else:
-                results.append(out[names[0]])
-        return rebuild(net.graph_and_outputs()[1], results)
-
-    def compose_many(ks: list, tree, x2, names, form, diagonal_spatial, kwargs):
-        """kernel_fn of NT's (nested) tuple or list of Kernels, one per input of a network
-        with several inputs: the plan runs from those Kernels; results nested per output."""
+    def compose(ks: list, tree, x2, names, form, diagonal_spatial, kwargs):
+        """kernel_fn of Kernels instead of inputs: one `Kernel`, or NT's (nested) tuple or list
+        of them, one per input (`tree`; None for one); the plan runs from them, and the
+        results are nested per output as NT nests them."""
         for k in ks:
             check_kernel_input(k, x2, kwargs)
         types = tuple(kernel_input_type(k) for k in ks)
@@ -527,8 +499,10 @@ def make_kernel_fn(net: Net):
             cache[key] = compile_for_types(net.graph(tree), list(types), opts,
                                            dtype=ks[0].nngp.dtype)
         plan = cache[key]
+        for i, k in enumerate(ks):
+            check_kernel_layout(plan, k, i)
         _, out_tree = net.graph_and_outputs(tree)
-        raw = plan.fn(tuple(ks), None)
+        raw = plan.fn(ks[0] if tree is None else tuple(ks), None)
         outs = raw if len(plan.graph.outputs) > 1 else [raw]
         n1, n2 = ks[0].nngp.shape[:2]
         same = ks[0].x1_is_x2
