@@ -387,7 +387,7 @@ class BatchedKernelFn:
         n1 = xs1[0].shape[axes[0]]
         n2 = n1 if xs2 is None else xs2[0].shape[axes[0]]
         tile = max(n1, n2) if not self.batch_size else self.batch_size
-        get = args[0] if args and _is_get(args[0]) else kwargs.get('get')
+        get = self._split_get(args, kwargs)[0]
 
         def block(xs, start):
             return rebuild(tree, [jax.lax.slice_in_dim(x, start, min(start + tile, x.shape[ax]),
