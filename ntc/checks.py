@@ -17,6 +17,7 @@ device-to-host sync of one bool per call).
 from __future__ import annotations
 
 import contextlib
+import math
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +103,17 @@ def free_memory(device) -> float:
         return float(info['MemAvailable'].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return float('inf')  # unknown: do not refuse
+
+
+
+def free_device_bytes(device) -> float:
+    """Free memory one tile may use on `device`: `free_memory`, with the host's memory
+    shared among the CPU devices (their tiles run at the same time)."""
+    free = free_memory(device)
+    free = 4e9 if math.isinf(free) else free  # unknown: a modest default
+    if device.platform != 'cpu':
+        return free
+    return free / max(1, sum(d.platform == 'cpu' for d in jax.devices()))
 
 
 def check_memory(peak_bytes, n1: int, n2: int, device) -> None:

@@ -45,6 +45,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .. import checks
 from ..api import LEAF, input_types, normalize_get, rebuild, returned_fields, split_inputs
 from ..api import compile as compile_plan
+from ..checks import free_device_bytes
 from ..covariance.kernel import Kernel
 from ..errors import InputError, NumericalError, StoreError
 from ..fingerprint import Unfingerprintable, value_fingerprint
@@ -101,16 +102,6 @@ def _pad_rows(x, n):
     if x.shape[0] == n:
         return x
     return np.concatenate([x, np.repeat(x[-1:], n - x.shape[0], axis=0)])
-
-
-def free_device_bytes(device) -> float:
-    """Free memory one tile may use on `device`: `checks.free_memory`, with the host's memory
-    shared among the CPU devices (their tiles run at the same time)."""
-    free = checks.free_memory(device)
-    free = 4e9 if math.isinf(free) else free  # unknown: a modest default
-    if device.platform != 'cpu':
-        return free
-    return free / max(1, sum(d.platform == 'cpu' for d in jax.devices()))
 
 
 def auto_tile(plan: KernelPlan, n: int, device) -> int:

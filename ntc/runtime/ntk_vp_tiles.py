@@ -131,11 +131,7 @@ def _fitting_tile(build, most: int, device) -> int:
     (shared among the host's CPU devices, whose tiles run at the same time).  The temporaries
     are linear in the tile (one tile's residuals plus parameter-sized sums): XLA's memory
     analysis at two small tiles gives the line."""
-    free = checks.free_memory(device)
-    free = 4e9 if math.isinf(free) else free
-    if device.platform == 'cpu':
-        free /= max(1, sum(x.platform == 'cpu' for x in jax.devices()))
-    budget = free / MEMORY_SAFETY
+    budget = checks.free_device_bytes(device) / MEMORY_SAFETY
     a = min(8, most)
     b = min(2 * a, most)
     temp_a = _memory(*build(a)).temp_size_in_bytes
