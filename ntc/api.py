@@ -352,17 +352,17 @@ def finite_graph(net: Net, input_shape) -> tuple[list[TensorType], Graph, Output
 
 def output_shapes(net: Net, input_shape) -> list[tuple[int, ...]]:
     """The finite network's output shapes (one per graph output) on inputs of `input_shape`
-    (NT's `Kernel.shape1`), from shape inference: an output's batch size is that of the input
-    it is computed from (the first, when several)."""
+    (NT's `Kernel.shape1`), from shape inference: an output's batch size follows from the
+    first input's through each layer's `Op.batch_size` (-1 for an input of unknown size)."""
     shapes, _ = split_shapes(input_shape)
     types, g, _ = finite_graph(net, input_shape)
     sizes = {nid: -1 if s[t.batch] is None else int(s[t.batch])
              for nid, s, t in zip(g.input_nodes(), shapes, types)}
+    batch = g.batch_sizes(sizes) if -1 not in sizes.values() else None
     out = []
     for nid in g.outputs:
         t = g.node(nid).ttype
-        src = min((i for i in sizes if i == nid or i in g.ancestors(nid)), default=None)
-        n = sizes[src] if src is not None else -1
+        n = -1 if batch is None else batch[nid]
         out.append(tuple(n if i == t.batch else int(d) for i, d in enumerate(t.shape)))
     return out
 
@@ -461,9 +461,9 @@ def make_kernel_fn(net: Net):
             plan = plan_for(kernels)
             if form == 'kernel':
                 ks = per_output(plan.kernel(arg1, arg2, **kwargs), plan)
-                n1 = xs1[0].shape[batch_axes[0]]
-                n2 = n1 if xs2 is None else xs2[0].shape[batch_axes[0]]
-                ks = [k.replace(**returned_fields(plan, n1, n2, diagonal_spatial, index=i))
+                # the output's batch sizes: a layer may select or concatenate examples
+                ks = [k.replace(**returned_fields(plan, *k.nngp.shape[:2], diagonal_spatial,
+                                                  index=i))
                       for i, k in enumerate(ks)]
                 if not diagonal_batch:
                     ks = [k.replace(diagonal_batch=False, **m)
@@ -504,11 +504,12 @@ def make_kernel_fn(net: Net):
         _, out_tree = net.graph_and_outputs(tree)
         raw = plan.fn(ks[0] if tree is None else tuple(ks), None)
         outs = raw if len(plan.graph.outputs) > 1 else [raw]
-        n1, n2 = ks[0].nngp.shape[:2]
         same = ks[0].x1_is_x2
         results = []
         for i, out in enumerate(outs):
             out = dict(out)
+            pair = next((out[n] for n in ('nngp', 'ntk') if out.get(n) is not None), None)
+            n1, n2 = (ks[0].nngp if pair is None else pair).shape[:2]  # a layer may move examples
             fields = returned_fields(plan, n1, n2, diagonal_spatial, index=i)
             out.update(shape1=fields['shape1'], shape2=fields['shape2'])
             if form == 'kernel':

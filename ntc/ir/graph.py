@@ -136,6 +136,31 @@ class Graph:
     def ancestors(self, nid: int) -> set[int]:
         return nx.ancestors(self._g, nid)
 
+    def batch_sizes(self, sizes: dict[int, int]) -> dict[int, int]:
+        """Every node's batch size, given the input nodes' (`sizes`, by node id), through each
+        layer's `Op.batch_size`; a typed value whose batch entry is a number has that size."""
+        out: dict[int, int] = {}
+        for node in self.nodes():
+            t = node.ttype
+            if node.op.arity == 0:
+                out[node.id] = sizes[node.id]
+            elif t is not None and t.shape[t.batch] is not None:
+                out[node.id] = int(t.shape[t.batch])
+            else:
+                srcs = self.inputs(node.id)
+                out[node.id] = node.op.batch_size([self.node(i).ttype for i in srcs],
+                                                  [out[i] for i in srcs])
+        return out
+
+    def moving_examples(self) -> Node | None:
+        """The first node (typed graphs) whose output examples are not those of its input
+        (`Op.moves_examples`), or None when every value keeps the input's examples in order."""
+        for node in self.nodes():
+            ins = [self.node(i).ttype for i in self.inputs(node.id)]
+            if ins and node.op.moves_examples(ins):
+                return node
+        return None
+
     # -- edits (on a copy, inside passes) ---------------------------------------------------
 
     def replace(self, nid: int, **updates) -> None:

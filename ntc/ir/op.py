@@ -12,6 +12,7 @@ its kind:
 - `flops_per_entry` / `entry_flops`: the cost of its kernel rule per stored entry (`cost`);
 - `needs_joint_batch`: it needs the joint (batch FULL) layout (`choose_layouts`);
 - `needs_gaussian`, `independent_of_input`, `branch_need`, `no_kernel` (the `check` pass);
+- `batch_size`, `moves_examples`: how it maps the examples of its inputs to its output's;
 - `input_axes`, `input_specs`, `natural_output`, `readout`, `serializable`, `in_specs`.
 
 The layer's rules (kernel, finite network, masks) live next to its model in its family module
@@ -135,6 +136,17 @@ class Op(BaseModel):
         """The dimension numbers (lhs, rhs, out), e.g. ('NHWC', 'HWIO', 'NHWC'), this layer
         reads its input with, when it has them (convolutions); None otherwise."""
         return None
+
+    def batch_size(self, in_types: list[TensorType], sizes: list[int]) -> int:
+        """The output's batch size given the batch sizes of the inputs (`sizes`, one per
+        input).  Default: that of input 0 (a layer that keeps every example)."""
+        return sizes[0]
+
+    def moves_examples(self, in_types: list[TensorType]) -> bool:
+        """True when an output example is not computed from the input example of the same
+        number (examples selected, reordered or concatenated): tiles of the inputs then do not
+        give tiles of the kernel (`ntc.batch`, pair blocks)."""
+        return False
 
     def needs_joint_batch(self) -> bool:
         """True when the kernel rule needs the covariances between every pair of examples

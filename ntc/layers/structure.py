@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 import jax.numpy as jnp
 
 from ..covariance.stencil import pad_axes
-from ..errors import ShapeError
+from ..errors import NtcError, ShapeError
 from ..ir.op import Op, PosInt
 from ..ir.registry import finite_rule, kernel_rule, mask_rule, register_op
 from ..ir.types import TensorType
@@ -86,7 +86,8 @@ class FanInProd(Op):
 
 @register_op
 class FanInConcat(Op):
-    """Concatenation of the branches along `axis` (the channel axis, or a spatial axis)."""
+    """Concatenation of the branches along `axis`: the channel axis, a spatial axis, or the
+    batch axis (the output's examples are branch 0's, then branch 1's, ...)."""
 
     op: Literal['FanInConcat'] = 'FanInConcat'
     arity: ClassVar[int | None] = None
@@ -94,8 +95,14 @@ class FanInConcat(Op):
 
     def branch_need(self, out):
         # along channels the kernel is the channel-weighted mean, whatever the correlations;
-        # along space the cross blocks between branches are taken to be zero
+        # along space or the batch the cross blocks between branches are taken to be zero
         return None if self.axis % out.ndim == out.channel else 'uncorrelated'
+
+    def batch_size(self, in_types, sizes):
+        return sum(sizes) if self.axis % in_types[0].ndim == in_types[0].batch else sizes[0]
+
+    def moves_examples(self, in_types):
+        return self.axis % in_types[0].ndim == in_types[0].batch
 
     def infer(self, ins, path):
         t0 = ins[0]
@@ -105,9 +112,6 @@ class FanInConcat(Op):
                              hint=f'choose an axis in [{-t0.ndim}, {t0.ndim - 1}] other than '
                              f'the batch axis ({t0.batch})')
         axis = self.axis % t0.ndim
-        if axis == t0.batch:
-            raise ShapeError('cannot concatenate along the batch axis', path=path,
-                             hint='use a channel or spatial axis')
         for i, t in enumerate(ins[1:], 1):
             if t.ndim != t0.ndim or any(a != b for j, (a, b) in enumerate(zip(t.shape, t0.shape))
                                         if j not in (axis, t0.batch)):
@@ -115,7 +119,8 @@ class FanInConcat(Op):
                                  f'{t0.describe()} for concatenation along axis {self.axis}',
                                  path=path)
         shape = list(t0.shape)
-        shape[axis] = sum(t.shape[axis] for t in ins)
+        sizes = [t.shape[axis] for t in ins]
+        shape[axis] = None if None in sizes else sum(sizes)  # the batch: any size
         return t0.model_copy(update=dict(
             shape=tuple(shape), is_gaussian=all(t.is_gaussian for t in ins),
             is_fresh=all(t.is_fresh for t in ins)))
@@ -176,6 +181,8 @@ def fan_in_prod_kernel(ctx, node, *ks):
 def fan_in_concat_kernel(ctx, node, *ks):
     types = ctx.in_types(node)
     axis = node.op.axis % types[0].ndim
+    if axis == types[0].batch:
+        return concat_batch_kernel(ctx, node, *ks)
     if axis != types[0].channel:
         return concat_spatial_kernel(ctx, node, *ks)
     # channels of independent branches: the kernel is the channel-weighted mean
@@ -244,6 +251,52 @@ def concat_spatial_kernel(ctx, node, *ks):
                          cov2=cat([k.cov2 for k in ks], 1, lay.marginal))
 
 
+def _block_diagonal(xs, rows, cols):
+    """The array whose (rows[i], cols[i]) block (index arrays along its two leading axes) is
+    xs[i], zero elsewhere."""
+    n, m = sum(len(r) for r in rows), sum(len(c) for c in cols)
+    out = jnp.zeros((n, m) + xs[0].shape[2:], xs[0].dtype)
+    for x, r, c in zip(xs, rows, cols):
+        out = out.at[r[:, None], c[None, :]].set(x)
+    return out
+
+
+def _positions(sizes, start=0):
+    """Index arrays of consecutive runs of `sizes` entries, from `start`."""
+    out, offset = [], start
+    for n in sizes:
+        out.append(jnp.arange(offset, offset + n))
+        offset += n
+    return out
+
+
+def concat_batch_kernel(ctx, node, *ks):
+    """Concatenation along the batch axis of uncorrelated branches: the examples of x1 become
+    branch 0's outputs on x1, then branch 1's, ... (x2 alike), so the kernel is block-diagonal,
+    K[(i, n), (j, m)] = δ_ij K_i[n, m]: the cross blocks are E[a_i(x) a_j(x')] = 0 (the check
+    pass has proved the branches uncorrelated).  The marginals concatenate.  In the joint
+    layout the batch [x1; x2] becomes [a_0(x1); a_1(x1); ...; a_0(x2); a_1(x2); ...]."""
+    k0 = ks[0]
+    ntks = None
+    if any(k.ntk is not None for k in ks):  # a missing NTK is zero (no parameters yet)
+        ntks = [jnp.zeros_like(k.nngp) if k.ntk is None else k.ntk for k in ks]
+    if k0.joint:
+        n1s = [k.nngp.shape[0] if k.x1_is_x2 else k.n1 for k in ks]
+        n2s = [0 if k.x1_is_x2 else k.nngp.shape[0] - k.n1 for k in ks]
+        sides = zip(_positions(n1s), _positions(n2s, sum(n1s)))
+        rows = [jnp.concatenate([a, b]) for a, b in sides]
+        ntk = None if ntks is None else _block_diagonal(ntks, rows, rows)
+        return k0.replace(nngp=_block_diagonal([k.nngp for k in ks], rows, rows), ntk=ntk,
+                          n1=sum(n1s))
+    rows = _positions([k.nngp.shape[0] for k in ks])
+    cols = _positions([k.nngp.shape[1] for k in ks])
+    fields = _field(ks, 'cov1'), _field(ks, 'cov2')
+    cov1, cov2 = (None if v is None else jnp.concatenate(v) for v in fields)
+    return k0.replace(nngp=_block_diagonal([k.nngp for k in ks], rows, cols),
+                      ntk=None if ntks is None else _block_diagonal(ntks, rows, cols),
+                      cov1=cov1, cov2=cov2)
+
+
 # ----------------------------------------------------------------------------- masks
 
 
@@ -266,6 +319,12 @@ def _concat_mask(op, masks, in_types, out_type):
     axis = op.axis % t0.ndim
     if axis == t0.channel:
         return _and(masks)
+    if axis == t0.batch:
+        if any(m is None for m in masks):
+            raise NtcError('a concatenation along the batch axis got masked and unmasked '
+                           'branches',
+                           hint='mask every input of the network (mask_constant applies to all)')
+        return jnp.concatenate(masks)
     full = [jnp.zeros((m_ref.shape[0],) + t.spatial_shape, bool) if m is None else m
             for m, t in zip(masks, in_types)
             for m_ref in [next(x for x in masks if x is not None)]]
