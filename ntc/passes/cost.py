@@ -90,8 +90,10 @@ def pair_block(graph: Graph, opts: Options, costs: dict[int, NodeCost],
     """Pairs of examples per block such that a block's covariances fit in `cache_bytes`, so
     that all its layers run in cache (`ntc.lower.lower.evaluate_blocked`); None where blocking
     does not apply: joint (reference) layouts, plans that return marginals (a block does not
-    own its examples' marginals), or pairs smaller than `MIN_PAIR_BYTES`."""
-    if opts.want_marginals or any(n.cov.batch == 'FULL' for n in graph.nodes()):
+    own its examples' marginals), layers that select or concatenate examples, or pairs smaller
+    than `MIN_PAIR_BYTES`."""
+    if (opts.want_marginals or any(n.cov.batch == 'FULL' for n in graph.nodes())
+            or graph.moving_examples() is not None):  # a block's examples must stay its own
         return None
     per_pair = pair_bytes(costs)
     if per_pair < MIN_PAIR_BYTES:

@@ -43,7 +43,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .. import checks
-from ..api import LEAF, input_types, normalize_get, rebuild, returned_fields, split_inputs
+from ..api import (
+    LEAF,
+    input_types,
+    kernel_input_type,
+    normalize_get,
+    rebuild,
+    returned_fields,
+    split_inputs,
+    typed_graph,
+)
 from ..api import compile as compile_plan
 from ..checks import free_device_bytes
 from ..covariance.kernel import Kernel
@@ -265,6 +274,7 @@ class BatchedKernelFn:
                              'first): they must have the same feature shape (all axes but the '
                              'batch axis)')
         if plan is not None:
+            refuse_moving_examples(plan.source)
             self._pairs = plan.output_layout.spatial == 'FULL'
         elif symmetric:
             self._pairs = False
@@ -379,6 +389,9 @@ class BatchedKernelFn:
         n2 = n1 if xs2 is None else xs2[0].shape[axes[0]]
         tile = max(n1, n2) if not self.batch_size else self.batch_size
         get = self._split_get(args, kwargs)[0]
+        if tile < max(n1, n2):
+            self._refuse_moving_examples(tree, lambda g: input_types(g, [np.shape(x)
+                                                                         for x in xs1]))
 
         def block(xs, start):
             return rebuild(tree, [jax.lax.slice_in_dim(x, start, min(start + tile, x.shape[ax]),
@@ -400,6 +413,17 @@ class BatchedKernelFn:
         self.stats.grid = (len(rows), len(rows[0]))
         self.stats.tiles_total = self.stats.tiles_computed
         return _join_tree(rows, get if isinstance(get, str) else None)
+
+    def _refuse_moving_examples(self, tree, types_of) -> None:
+        """Refuse an ntc network that selects, reorders or concatenates examples (tiles of its
+        inputs are then not tiles of its kernel); `types_of(graph)`: its input types."""
+        if isinstance(self.kernel_fn, KernelPlan):
+            refuse_moving_examples(self.kernel_fn.source)
+            return
+        net = getattr(self.kernel_fn, 'net', None)
+        if net is not None:
+            graph = net.graph(tree)
+            refuse_moving_examples(typed_graph(graph, types_of(graph), checked=False))
 
     def _tree_batch_axes(self, x1, xs1) -> list[int]:
         """Each input array's batch axis: the plan's for an ntc network, else 0."""
@@ -423,6 +447,10 @@ class BatchedKernelFn:
         k = _kernel_leaves(tree)[0]
         n1, n2 = k.nngp.shape[:2]
         tile = self.batch_size or max(n1, n2)
+        if tile < max(n1, n2):
+            types = [kernel_input_type(leaf) for leaf in _kernel_leaves(tree)]
+            self._refuse_moving_examples(split_inputs(tree)[1] if not isinstance(tree, Kernel)
+                                         else LEAF, lambda g: types)
         name = get if isinstance(get, str) else None
         rows = []
         for i in range(0, n1, tile):
@@ -679,6 +707,17 @@ class BatchedKernelFn:
                           cov2=None if symmetric else result.get('cov2'), x1_is_x2=symmetric,
                           **(fields or {}))
         return result_type(tuple(names))(*(result[n] for n in names))
+
+
+def refuse_moving_examples(graph) -> None:
+    """Raise when a layer of typed `graph` moves examples (`Op.moves_examples`: selects,
+    reorders or concatenates them), so that a tile of x1 × x2 gives no tile of the kernel."""
+    node = graph.moving_examples()
+    if node is not None:
+        raise InputError(f'ntc.batch computes the kernel in tiles of the examples of x1 and '
+                         f'x2, but {node.op.kind} selects, reorders or concatenates examples, '
+                         'so a tile of the inputs gives no tile of the kernel', path=node.path,
+                         hint='call kernel_fn itself, on the whole batch')
 
 
 def _join_tree(rows, name: str | None):
