@@ -162,8 +162,8 @@ def _bundle(nets: list[Net]):
 
     def apply_fn(params, x, rng=None, **kwargs):
         rngs = [None] * len(fns) if rng is None else list(jax.random.split(rng, len(fns)))
-        outs = [f[1](p, x, rng=r, **kwargs).reshape(x.shape[0], -1)
-                for f, p, r in zip(fns, params, rngs)]
+        outs = [f[1](p, x, rng=r, **kwargs) for f, p, r in zip(fns, params, rngs)]
+        outs = [o.reshape(o.shape[0], -1) for o in outs]  # a layer may change the batch size
         d = max(o.shape[1] for o in outs)
         return jax.numpy.stack([jax.numpy.pad(o, ((0, 0), (0, d - o.shape[1]))) for o in outs],
                                axis=1)
