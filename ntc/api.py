@@ -535,7 +535,7 @@ def make_init_fn(net: Net):
     def init_fn(rng, input_shape):
         _, g, out_tree = finite_graph(net, input_shape)
         return (rebuild(out_tree, output_shapes(net, input_shape), shapes=True),
-                net.nested_params(finite.init_params(g, rng)))
+                net.nested_params(finite.init_params(g, rng), input_shape))
 
     return init_fn
 

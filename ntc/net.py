@@ -118,12 +118,19 @@ class Net:
 
     # -- parameters ------------------------------------------------------------------------
 
-    def nested_params(self, flat: dict):
+    def nested_params(self, flat: dict, input_shape=None):
         """neural_tangents' parameter structure from the path dict the finite network reads:
         a layer's own parameters (`()` when it has none), a list per `serial`, a tuple per
         `parallel`, and for `repeat` the child's structure with every array stacked along a new
-        leading axis, one entry per iteration."""
-        return _nest(self, flat, '')
+        leading axis, one entry per iteration; for `repeat(child, 0)` (with the net's
+        `input_shape`) arrays of the child's parameter shapes with a leading axis of size 0,
+        as NT gives them."""
+        template = None
+        if input_shape is not None and _has_empty_repeat(self):
+            one = _one_step(self)
+            template = jax.eval_shape(lambda k: make_init_fn(one)(k, input_shape)[1],
+                                      jax.random.PRNGKey(0))
+        return _nest(self, flat, '', template)
 
     def path_params(self, params) -> dict:
         """The path dict from NT's nested structure (`nested_params`); a path dict (keys that
@@ -209,14 +216,49 @@ def _empty(params) -> bool:
     return params is None or (isinstance(params, (tuple, list)) and len(params) == 0)
 
 
-def _nest(net: Net, flat: dict, prefix: str):
+def _has_empty_repeat(net: Net) -> bool:
+    return (net.kind == 'repeat' and net.n == 0) or any(map(_has_empty_repeat, net.children))
+
+
+def _one_step(net: Net) -> Net:
+    """`net` with every `repeat(child, 0)` made `repeat(child, 1)`: the same parameter
+    structure, with one step's parameters where `repeat(child, 0)` keeps none."""
+    if net.kind == 'layer':
+        return net
+    n = 1 if net.kind == 'repeat' and net.n == 0 else net.n
+    return Net(net.kind, net.op, tuple(_one_step(c) for c in net.children), n)
+
+
+def _nest(net: Net, flat: dict, prefix: str, template=None):
+    """NT's nested parameters of `net` from the path dict `flat`; `template`: the parameter
+    shapes of `_one_step(net)` (only where `net` holds a `repeat(child, 0)`)."""
     path = _label(net, prefix)
     if net.kind == 'layer':
         return flat.get(path, ())
     if net.kind == 'repeat':
-        steps = [_nest(net.children[0], flat, f'{path}[{i}]') for i in range(net.n)]
-        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *steps) if steps else ()
-    parts = [_nest(child, flat, f'{path}[{i}]') for i, child in enumerate(net.children)]
+        step = None if template is None else _unstack(template)
+        if net.n == 0:
+            return () if step is None else _empty_stack(net.children[0], step, (0,))
+        steps = [_nest(net.children[0], flat, f'{path}[{i}]', step) for i in range(net.n)]
+        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *steps)
+    parts = [_nest(child, flat, f'{path}[{i}]', None if template is None else template[i])
+             for i, child in enumerate(net.children)]
+    return parts if net.kind == 'serial' else tuple(parts)
+
+
+def _unstack(template):
+    """The parameter shapes of one step of a repeat's stacked `template`."""
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), template)
+
+
+def _empty_stack(net: Net, template, lead: tuple[int, ...]):
+    """Parameters of `net` stacked along leading axes `lead` of which one is 0 (so they hold no
+    numbers), nested as NT nests them; `template`: the parameter shapes of `_one_step(net)`."""
+    if net.kind == 'layer':
+        return jax.tree_util.tree_map(lambda s: jnp.zeros(lead + s.shape, s.dtype), template)
+    if net.kind == 'repeat':
+        return _empty_stack(net.children[0], _unstack(template), lead + (net.n,))
+    parts = [_empty_stack(c, t, lead) for c, t in zip(net.children, template)]
     return parts if net.kind == 'serial' else tuple(parts)
 
 

@@ -72,6 +72,29 @@ def test_repeat_zero_times_is_the_identity():
         stax.repeat(BLOCK, -1)
 
 
+def test_repeat_zero_times_has_empty_stacked_parameters():
+    """NT's init_fn gives repeat(layer, 0) the layer's parameter structure with a leading axis
+    of size 0 (nested repeats stack their counts); apply_fn takes it back, and ()."""
+    dense = stax.Dense(4, b_std=0.1)
+    inner = stax.serial(dense, stax.repeat(dense, 0))
+    net = stax.serial(dense, stax.repeat(BLOCK, 0), stax.repeat(inner, 0),
+                      stax.repeat(inner, 2))
+    x = np.random.RandomState(6).randn(2, 4, 3, 4)
+    shape, params = net.init_fn(jax.random.PRNGKey(0), x.shape)
+    assert shape == x.shape
+    shapes = jax.tree_util.tree_map(lambda a: a.shape, params)
+    conv = ((0, 2, 2, 4, 4), (0, 1, 1, 1, 4))  # BLOCK: Conv (W, b), LayerNorm, Relu
+    assert shapes[1] == [conv, (), ()]
+    assert shapes[2] == [((0, 4, 4), (0, 1, 1, 1, 4)), ((0, 0, 4, 4), (0, 0, 1, 1, 1, 4))]
+    assert shapes[3] == [((2, 4, 4), (2, 1, 1, 1, 4)), ((2, 0, 4, 4), (2, 0, 1, 1, 1, 4))]
+    want = stax.serial(dense, stax.repeat(inner, 2)).apply_fn([params[0], params[3]], x)
+    np.testing.assert_allclose(net.apply_fn(params, x), want, rtol=1e-13)
+    np.testing.assert_allclose(stax.repeat(BLOCK, 0).apply_fn((), x), x)
+    shape, params = jax.jit(lambda k: stax.repeat(BLOCK, 0).init_fn(k, x.shape))(
+        jax.random.PRNGKey(1))
+    assert jax.tree_util.tree_map(lambda a: a.shape, params) == [conv, (), ()]
+
+
 def test_program_size_does_not_grow_with_depth():
     x = np.random.RandomState(2).randn(2, 5)
 
