@@ -1,10 +1,10 @@
 """Structural layers: the input, the identity, fan-out and the fan-ins (sum, product,
 concatenation), with their kernel, finite-network and mask rules.
 
-The check pass guarantees that the branches of a sum, a product or a spatial concatenation are
-mutually uncorrelated (all but at most one start with their own random affine layer), which is
-what makes these rules exact: the kernel of a sum is the sum of the kernels, and the kernel of a
-product of independent branches is the product of their kernels.
+The check pass guarantees that the branches of a sum, a product or a concatenation along space
+or the batch are mutually uncorrelated (all but at most one start with their own random affine
+layer), which is what makes these rules exact: the kernel of a sum is the sum of the kernels,
+and the kernel of a product of independent branches is the product of their kernels.
 """
 
 from __future__ import annotations
