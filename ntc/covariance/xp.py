@@ -5,8 +5,8 @@ Kernel rules take a namespace `xp` and call `xp.sqrt`, `xp.arctan2`, ... on thei
 symbolic kernels of `ntc.lower.symbolic`).  Both expose the same names:
 
 - constants and elementary functions: `pi`, `sqrt`, `rsqrt`, `exp`, `log`, `sin`, `cos`,
-  `arcsin`, `arccos`, `arctan2(y, x)`, `angle(d, c)` (atan2(√d, c) for d ≥ 0), `erf`, `abs`,
-  `sign`, `square`, `maximum`, `minimum`, `sinh_cosh(x)` (both at once), `where(cond, a, b)`;
+  `arcsin`, `arccos`, `arctan2(y, x)`, `erf`, `abs`, `sign`, `square`, `maximum`, `minimum`,
+  `sinh_cosh(x)` (both at once), `where(cond, a, b)`;
 - numerical guards, which the math assumes away and `SYM` therefore drops: `clip(x, lo, hi)`
   (identity in `SYM`), `safe_sqrt(x)` (√max(x, 0), with derivative 0 at 0), `inv_sqrt(q)`
   (1/√q, and 0 at q = 0), `safe_div(a, b)` (a/b, and 0 where b = 0),
@@ -95,28 +95,6 @@ def _atan2(y, x):
     return jnp.where(jnp.signbit(y), -r, r)
 
 
-def _angle(d, c):
-    """atan2(√d, c) in [0, π] for d ≥ 0: the angle whose sine is ∝ √d and cosine ∝ c.
-
-    The octant's tangent min(√d, |c|)/max(√d, |c|) is taken as √(min(d, c²)/max(d, c²)): one
-    divide and one square root, each read once, and no √d.  XLA's CPU fusion never duplicates a
-    `sqrt` or `divide` into two consumer loops, so for atan2(√d, c) (√d read four times, once
-    more by the caller, and the tangent twice) it stores √d and the tangent as two arrays, each
-    loop recomputing the conv stencil that feeds c.  Here only the tangent is stored, and a
-    caller's own √d, read once, fuses into its consumer (the Relu layer at 16×16: one pass over
-    the covariance less).  Accuracy as `_atan2`: the tangent to ~1.5 ulps."""
-    d, c = jnp.asarray(d), jnp.asarray(c)
-    dtype = jnp.result_type(d, c, float)
-    d, c = d.astype(dtype), c.astype(dtype)
-    if dtype not in (jnp.float32, jnp.float64):
-        return jnp.arctan2(jnp.sqrt(d), c)
-    cc = c * c
-    hi, lo = jnp.maximum(d, cc), jnp.minimum(d, cc)
-    r = _atan_unit(_safe_sqrt(lo / jnp.where(hi > 0, hi, 1)))
-    r = jnp.where(d > cc, math.pi / 2 - r, r)
-    return jnp.where(c < 0, math.pi - r, r)
-
-
 class _Jnp:
     """jax.numpy, with the guards that keep kernels finite and differentiable."""
 
@@ -131,7 +109,6 @@ class _Jnp:
     arcsin = staticmethod(jnp.arcsin)
     arccos = staticmethod(jnp.arccos)
     arctan2 = staticmethod(_atan2)
-    angle = staticmethod(_angle)
     erf = staticmethod(_jerf)
     abs = staticmethod(jnp.abs)
     sign = staticmethod(jnp.sign)
@@ -215,10 +192,6 @@ class _Sym:
     minimum = staticmethod(sympy.Min)
     safe_sqrt = staticmethod(sympy.sqrt)
     const = staticmethod(_sym_const)
-
-    @staticmethod
-    def angle(d, c):
-        return sympy.atan2(sympy.sqrt(d), c)
 
     @staticmethod
     def rsqrt(x):

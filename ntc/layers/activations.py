@@ -317,9 +317,8 @@ def _abrelu(xp, a, b, c12, q1, q2):
         kdot12 = (a² + b²)/2 - (a - b)²·θ/(2π),    k12 = (a - b)²·√D/(2π) + c12·kdot12.
     """
     a, b = xp.const(a), xp.const(b)
-    qq = q1 * q2
-    d = xp.drop_roundoff(qq - c12 * c12, qq)  # D, as in `_sine`
-    root, theta = xp.safe_sqrt(d), xp.angle(d, c12)  # θ without reading √D (see xp.angle)
+    root = _sine(xp, c12, q1 * q2)
+    theta = xp.arctan2(root, c12)
     spread = (a - b) ** 2 / (2 * xp.pi)
     kdot = (a * a + b * b) / 2 - spread * theta
     return spread * root + c12 * kdot, kdot
