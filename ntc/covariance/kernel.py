@@ -105,8 +105,7 @@ class Kernel:
 
     def cross_vars(self):
         """(q1, q2): variances of the left and right argument of every nngp entry."""
-        v1, v2 = self.vars()
-        return self.expand_cross(stored_once(v1), stored_once(v2))
+        return self.expand_cross(*self.vars())
 
     def marginal_vars(self, cov):
         """(qa, qb) for a marginal array `cov` (N, ...): its own variances, broadcastable."""
@@ -168,18 +167,6 @@ def _unflatten(meta, children) -> Kernel:
 
 
 jax.tree_util.register_pytree_with_keys(Kernel, _flatten, _unflatten)
-
-
-def stored_once(v):
-    """`v` (per-position variances, small) computed once into its own array.  XLA's CPU fusion
-    copies cheap elementwise work into every consumer loop: a Conv + Relu layer's variances (the
-    conv stencil of the DIAG marginals) were recomputed for every entry of the cross covariance,
-    in each of the Relu's three loops (~13 of ~40 operations per entry).  A reduction is never
-    copied into a consumer loop, so `v` goes through one (a sum of v and zeros over a new axis;
-    the values are unchanged).  Scalars (symbolic kernels) pass through."""
-    if not hasattr(v, 'shape') or not v.ndim:
-        return v
-    return jnp.sum(jnp.stack([v, jnp.zeros_like(v)]), axis=0)
 
 
 def _opt(fn, x):
