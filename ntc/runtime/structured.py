@@ -153,10 +153,11 @@ class StructuredPlan:
     unused: list = field(default_factory=list)
     readout: tuple | None = None        # (equation index of the readout's input x, its axis)
     factored: dict = field(default_factory=dict)    # point index -> y's channel axis
+    path: tuple = ()        # (equation index, operand slot) of the per-channel maps from y to x
 
     def key(self):
         return (tuple(self.points), tuple(sorted(self.fallback)), self.readout,
-                tuple(sorted(self.factored.items())))
+                tuple(sorted(self.factored.items())), self.path)
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ def _find_factored(prog: Program, plan: StructuredPlan, n_leaves: int, uses: dic
     if x not in producer or uses.get(x, 0) != 1 or producer[x][0] in at:
         return
     readout = (producer[x][0], contracted[0])
-    v, axis = x, contracted[0]
+    v, axis, path = x, contracted[0], []
     while v in producer and uses.get(v, 0) == 1:            # input side: to a structured y
         i, e = producer[v]
         if i in at:
@@ -313,20 +314,22 @@ def _find_factored(prog: Program, plan: StructuredPlan, n_leaves: int, uses: dic
                 if [d for d, lb in enumerate(y_lab) if lb[0] == 'M'] == [axis]:
                     plan.readout = readout
                     plan.factored[i] = axis
+                    plan.path = tuple(reversed(path))
             return
         dep = [a for a in e.ins if not isinstance(a, _Lit) and a in anydep]
         if len(dep) != 1:
             return
         others = [a for a in e.ins if a is not dep[0]]
         if e.name in _ELEMENTWISE and all(free_scalar(a) for a in others):
-            v = dep[0]
+            pass
         elif e.name == 'reduce_sum':              # output axis `axis` is the input's
             kept = [d for d in range(len(prog.avals[dep[0]].shape))
                     if d not in e.eqn.params['axes']]
             axis = kept[axis]
-            v = dep[0]
         else:
             return
+        path.append((i, e.ins.index(dep[0])))
+        v = dep[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +417,7 @@ def _run(prog: Program, plan: StructuredPlan, leaves, data, deltas, fb, want=())
     at = {p.index: j for j, p in enumerate(plan.points)}
     if plan.readout is not None:
         at[plan.readout[0]] = len(plan.points)
-    keep = {i for p in plan.points for i, _ in p.chain} | set(at)
+    keep = {i for p in plan.points for i, _ in p.chain} | set(at) | {i for i, _ in plan.path}
     seen = {}
 
     def read(a):
@@ -476,7 +479,7 @@ def side_factors(prog: Program, plan: StructuredPlan, leaves, data):
         return outs, seen
 
     jac, seen = jax.jacrev(run, argnums=(0, 1), has_aux=True)(deltas, fb)
-    h = _factored_h(prog, plan, leaves, data, deltas, fb)
+    h = _factored_h(prog, plan, seen)
     result = []
     for o, (jd, jf) in zip(prog.outvars, jac):
         n_out = len(prog.avals[o].shape) if not isinstance(o, _Lit) else np.ndim(o.value)
@@ -500,26 +503,30 @@ def side_factors(prog: Program, plan: StructuredPlan, leaves, data):
     return result
 
 
-def _factored_h(prog, plan, leaves, data, deltas, fb):
-    """Per point, ``h = (∂x/∂y)ᵀ 1`` for the channel-factored points (None for the others):
-    one reverse pass from the readout's input x (`_find_factored`)."""
-    if not plan.factored:
-        return [None] * len(plan.points)
-    idx = [j for j, p in enumerate(plan.points) if p.index in plan.factored]
-    x_id = prog.eqns[plan.readout[0]].outs[0]
-
-    def x_of(sub):
-        d = list(deltas)
-        for j, v in zip(idx, sub):
-            d[j] = v
-        env = _run(prog, plan, leaves, data, tuple(d), fb, want=(x_id,))[2]
-        return env[0]
-
-    x, vjp = jax.vjp(x_of, tuple(deltas[j] for j in idx))
-    (hs,) = vjp(jnp.ones_like(x))
+def _factored_h(prog, plan, seen):
+    """Per point, ``h = (∂x/∂y)ᵀ 1`` for the channel-factored point (None for the others):
+    one reverse pass through the per-channel maps from its output y to the readout's input x
+    (`_find_factored`), re-run from the operands the main pass recorded, so the network
+    before y is not evaluated again."""
     out = [None] * len(plan.points)
-    for j, hj in zip(idx, hs):
-        out[j] = hj
+    if not plan.factored:
+        return out
+
+    def x_of(y):
+        for i, slot in plan.path:
+            args = list(seen[i])
+            args[slot] = y
+            y = prog.eqns[i].bind(*args)[0]
+        return y
+
+    (j,) = [j for j, p in enumerate(plan.points) if p.index in plan.factored]
+    if not plan.path:                       # the readout reads y itself
+        aval = prog.avals[prog.eqns[plan.points[j].index].outs[0]]
+        out[j] = jnp.ones(aval.shape, aval.dtype)
+        return out
+    first, slot = plan.path[0]
+    x, vjp = jax.vjp(x_of, seen[first][slot])
+    (out[j],) = vjp(jnp.ones_like(x))
     return out
 
 
