@@ -12,7 +12,7 @@ Jacobian of the outputs with respect to ``W`` factors through that equation:
   of the inputs times the Gram of the cotangents; with many positions it is ``(u1 g1)·(u2 g2)``,
   the per-layer Jacobian.
 - ``conv_general_dilated`` with the parameter as kernel: the same, with ``u`` the input's
-  patches (``lax.conv_general_dilated_patches``), which turn the convolution into a dot.
+  patches (im2col from strided slices, `_patches`), which turn the convolution into a dot.
 - ``add``/``sub`` (biases), ``mul`` by data (scales), grouped convolutions, and linear chains
   that are not isometries (``broadcast_in_dim``, ``mul`` by a constant array): the per-layer
   Jacobian ``B_Wᵀ(u, g)`` from one VJP of the equation per cotangent, pulled back through the
