@@ -12,7 +12,7 @@ Jacobian of the outputs with respect to ``W`` factors through that equation:
   of the inputs times the Gram of the cotangents; with many positions it is ``(u1 g1)·(u2 g2)``,
   the per-layer Jacobian.
 - ``conv_general_dilated`` with the parameter as kernel: the same, with ``u`` the input's
-  patches (``lax.conv_general_dilated_patches``), which turn the convolution into a dot.
+  patches (im2col from strided slices, `_patches`), which turn the convolution into a dot.
 - ``add``/``sub`` (biases), ``mul`` by data (scales), grouped convolutions, and linear chains
   that are not isometries (``broadcast_in_dim``, ``mul`` by a constant array): the per-layer
   Jacobian ``B_Wᵀ(u, g)`` from one VJP of the equation per cotangent, pulled back through the
@@ -153,10 +153,11 @@ class StructuredPlan:
     unused: list = field(default_factory=list)
     readout: tuple | None = None        # (equation index of the readout's input x, its axis)
     factored: dict = field(default_factory=dict)    # point index -> y's channel axis
+    path: tuple = ()        # (equation index, operand slot) of the per-channel maps from y to x
 
     def key(self):
         return (tuple(self.points), tuple(sorted(self.fallback)), self.readout,
-                tuple(sorted(self.factored.items())))
+                tuple(sorted(self.factored.items())), self.path)
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ def _find_factored(prog: Program, plan: StructuredPlan, n_leaves: int, uses: dic
     if x not in producer or uses.get(x, 0) != 1 or producer[x][0] in at:
         return
     readout = (producer[x][0], contracted[0])
-    v, axis = x, contracted[0]
+    v, axis, path = x, contracted[0], []
     while v in producer and uses.get(v, 0) == 1:            # input side: to a structured y
         i, e = producer[v]
         if i in at:
@@ -313,20 +314,22 @@ def _find_factored(prog: Program, plan: StructuredPlan, n_leaves: int, uses: dic
                 if [d for d, lb in enumerate(y_lab) if lb[0] == 'M'] == [axis]:
                     plan.readout = readout
                     plan.factored[i] = axis
+                    plan.path = tuple(reversed(path))
             return
         dep = [a for a in e.ins if not isinstance(a, _Lit) and a in anydep]
         if len(dep) != 1:
             return
         others = [a for a in e.ins if a is not dep[0]]
         if e.name in _ELEMENTWISE and all(free_scalar(a) for a in others):
-            v = dep[0]
+            pass
         elif e.name == 'reduce_sum':              # output axis `axis` is the input's
             kept = [d for d in range(len(prog.avals[dep[0]].shape))
                     if d not in e.eqn.params['axes']]
             axis = kept[axis]
-            v = dep[0]
         else:
             return
+        path.append((i, e.ins.index(dep[0])))
+        v = dep[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,30 +378,33 @@ def gram_labels(eqn: Eqn, slot: int):
 
 def _patches(eqn: Eqn, u):
     """Patches of a convolution's input (im2col), laid out like its output with features
-    (C_in, *filter): ``conv(u, W) = patches(u) · W`` with W as a (C_in·∏filter, C_out)
-    matrix.  Built from strided slices of the padded (and lhs-dilated) input: memory moves
-    only, where ``lax.conv_general_dilated_patches`` would run a one-hot convolution."""
+    (*filter, C_in): ``conv(u, W) = patches(u) · W`` with W as a (∏filter·C_in, C_out)
+    matrix.  The strided slices of the padded (and lhs-dilated) input are concatenated along
+    the channel axis in (N, *spatial, C) order, so for the usual NHWC layout the patches come
+    out as the matrix the per-layer Jacobian's product reads, with no transpose (the feature
+    order only has to agree between the two sides, which it does)."""
     p = eqn.eqn.params
     dn = p['dimension_numbers']
     w_shape = eqn.eqn.invars[1].aval.shape
     y_shape = eqn.eqn.outvars[0].aval.shape
     filt = [w_shape[d] for d in dn.rhs_spec[2:]]
     outs = [y_shape[d] for d in dn.out_spec[2:]]
-    x = jnp.transpose(u, dn.lhs_spec)                          # (N, C, *spatial)
-    cfg = [(0, 0, 0), (0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d
-                                    in zip(p['padding'], p['lhs_dilation'])]
+    nd = len(filt)
+    x = jnp.transpose(u, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))  # (N, *sp, C)
+    cfg = [(0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d
+                         in zip(p['padding'], p['lhs_dilation'])] + [(0, 0, 0)]
     x = lax.pad(x, jnp.zeros((), x.dtype), cfg)
     cuts = []
     for ks in itertools.product(*(range(k) for k in filt)):
-        start = [0, 0] + [k * r for k, r in zip(ks, p['rhs_dilation'])]
-        limit = list(x.shape[:2]) + [s0 + (o - 1) * st + 1 for s0, o, st
-                                     in zip(start[2:], outs, p['window_strides'])]
-        cuts.append(lax.slice(x, start, limit, [1, 1] + list(p['window_strides'])))
-    t = jnp.stack(cuts, axis=2)                                # (N, C, K, *out spatial)
-    t = t.reshape((t.shape[0], -1) + t.shape[3:])
+        start = [0] + [k * r for k, r in zip(ks, p['rhs_dilation'])] + [0]
+        limit = [x.shape[0]] + [s0 + (o - 1) * st + 1 for s0, o, st
+                                in zip(start[1:], outs, p['window_strides'])] + [x.shape[-1]]
+        cuts.append(lax.slice(x, start, limit, [1] + list(p['window_strides']) + [1]))
+    t = jnp.concatenate(cuts, axis=-1)                         # (N, *out spatial, K·C)
     perm = [0] * t.ndim
-    for logical, axis in enumerate(dn.out_spec):
-        perm[axis] = logical
+    perm[dn.out_spec[1]] = nd + 1
+    for logical, axis in enumerate(dn.out_spec[2:]):
+        perm[axis] = logical + 1
     return jnp.transpose(t, perm)
 
 
@@ -414,7 +420,7 @@ def _run(prog: Program, plan: StructuredPlan, leaves, data, deltas, fb, want=())
     at = {p.index: j for j, p in enumerate(plan.points)}
     if plan.readout is not None:
         at[plan.readout[0]] = len(plan.points)
-    keep = {i for p in plan.points for i, _ in p.chain} | set(at)
+    keep = {i for p in plan.points for i, _ in p.chain} | set(at) | {i for i, _ in plan.path}
     seen = {}
 
     def read(a):
@@ -476,7 +482,7 @@ def side_factors(prog: Program, plan: StructuredPlan, leaves, data):
         return outs, seen
 
     jac, seen = jax.jacrev(run, argnums=(0, 1), has_aux=True)(deltas, fb)
-    h = _factored_h(prog, plan, leaves, data, deltas, fb)
+    h = _factored_h(prog, plan, seen)
     result = []
     for o, (jd, jf) in zip(prog.outvars, jac):
         n_out = len(prog.avals[o].shape) if not isinstance(o, _Lit) else np.ndim(o.value)
@@ -500,26 +506,30 @@ def side_factors(prog: Program, plan: StructuredPlan, leaves, data):
     return result
 
 
-def _factored_h(prog, plan, leaves, data, deltas, fb):
-    """Per point, ``h = (∂x/∂y)ᵀ 1`` for the channel-factored points (None for the others):
-    one reverse pass from the readout's input x (`_find_factored`)."""
-    if not plan.factored:
-        return [None] * len(plan.points)
-    idx = [j for j, p in enumerate(plan.points) if p.index in plan.factored]
-    x_id = prog.eqns[plan.readout[0]].outs[0]
-
-    def x_of(sub):
-        d = list(deltas)
-        for j, v in zip(idx, sub):
-            d[j] = v
-        env = _run(prog, plan, leaves, data, tuple(d), fb, want=(x_id,))[2]
-        return env[0]
-
-    x, vjp = jax.vjp(x_of, tuple(deltas[j] for j in idx))
-    (hs,) = vjp(jnp.ones_like(x))
+def _factored_h(prog, plan, seen):
+    """Per point, ``h = (∂x/∂y)ᵀ 1`` for the channel-factored point (None for the others):
+    one reverse pass through the per-channel maps from its output y to the readout's input x
+    (`_find_factored`), re-run from the operands the main pass recorded, so the network
+    before y is not evaluated again."""
     out = [None] * len(plan.points)
-    for j, hj in zip(idx, hs):
-        out[j] = hj
+    if not plan.factored:
+        return out
+
+    def x_of(y):
+        for i, slot in plan.path:
+            args = list(seen[i])
+            args[slot] = y
+            y = prog.eqns[i].bind(*args)[0]
+        return y
+
+    (j,) = [j for j, p in enumerate(plan.points) if p.index in plan.factored]
+    if not plan.path:                       # the readout reads y itself
+        aval = prog.avals[prog.eqns[plan.points[j].index].outs[0]]
+        out[j] = jnp.ones(aval.shape, aval.dtype)
+        return out
+    first, slot = plan.path[0]
+    x, vjp = jax.vjp(x_of, seen[first][slot])
+    (out[j],) = vjp(jnp.ones_like(x))
     return out
 
 
@@ -651,9 +661,13 @@ def contract(spec: str, ops, path):
 
 
 def _dot(sa: str, sb: str, so: str, a, b):
-    """``einsum(f'{sa},{sb}->{so}', a, b)`` as one ``lax.dot_general`` with the contracted axes
-    in `sa`'s order on both sides (jnp.einsum may reorder them, which makes XLA transpose the
-    operands), then a transpose to `so` when its order differs."""
+    """``einsum(f'{sa},{sb}->{so}', a, b)`` as one batched matrix product ``lax.dot_general``
+    of 3-D operands (batch, rows, contracted) or (batch, contracted, columns), then a transpose
+    to `so` when its order differs.  An operand whose axes already fall into such groups is
+    only reshaped; the contracted axes take the order of the larger operand, so that the
+    smaller one is the one transposed, and a transposed operand keeps its last axis last
+    (contiguous runs).  XLA's CPU dot runs ~2x faster on such operands than with several
+    contracted or free axes (jnp.einsum leaves those to it)."""
     if len(set(sa)) < len(sa) or len(set(sb)) < len(sb):
         return jnp.einsum(f'{sa},{sb}->{so}', a, b)
     only_a = [k for k, c in enumerate(sa) if c not in sb and c not in so]
@@ -663,19 +677,34 @@ def _dot(sa: str, sb: str, so: str, a, b):
     if only_b:
         b, sb = jnp.sum(b, axis=tuple(only_b)), ''.join(c for c in sb if c in sa or c in so)
     batch = [c for c in sa if c in sb and c in so]
-    summed = [c for c in sa if c in sb and c not in so]
     free_a = [c for c in sa if c not in sb]
     free_b = [c for c in sb if c not in sa]
     size = dict(zip(sa, a.shape)) | dict(zip(sb, b.shape))
+
+    def groups(sx, summed, free):
+        """(axis groups, contracted position, transposed?) of one operand."""
+        for order, dim in (([batch, free, summed], 2), ([batch, summed, free], 1)):
+            if list(sx) == sum(order, []):
+                return order, dim, False
+        if sx[-1] in free:
+            return [batch, summed, free], 1, True
+        return [batch, free, summed], 2, True
+
+    best = None
+    for summed in ([c for c in sa if c in sb and c not in so],
+                   [c for c in sb if c in sa and c not in so]):
+        ga, gb = groups(sa, summed, free_a), groups(sb, summed, free_b)
+        moved = ga[2] * a.size + gb[2] * b.size
+        if best is None or moved < best[0]:
+            best = (moved, ga, gb)
+    _, (order_a, dim_a, _), (order_b, dim_b, _) = best
 
     def block(x, sx, order):        # transpose to `order` (a no-op when already there), 3-D
         x = jnp.transpose(x, [sx.index(c) for c in sum(order, [])])
         return x.reshape([math.prod(size[c] for c in group) for group in order])
 
-    # as one batched matrix product (B, Fa, K)·(B, K, Fb): XLA's CPU dot runs ~2x faster on
-    # 2-D operands than with several contracted or free axes
-    r = lax.dot_general(block(a, sa, [batch, free_a, summed]),
-                        block(b, sb, [batch, summed, free_b]), (((2,), (1,)), ((0,), (0,))))
+    r = lax.dot_general(block(a, sa, order_a), block(b, sb, order_b),
+                        (((dim_a,), (dim_b,)), ((0,), (0,))))
     got = ''.join(batch + free_a + free_b)
     r = r.reshape([size[c] for c in got])
     return r if got == so else jnp.transpose(r, [got.index(c) for c in so])
