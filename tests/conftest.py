@@ -22,3 +22,45 @@ settings.register_profile('ci', max_examples=12, deadline=None, derandomize=True
 settings.register_profile('thorough', max_examples=300, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get('NTC_HYPOTHESIS', 'ci'))
+
+THOROUGH = os.environ.get('NTC_HYPOTHESIS') == 'thorough'
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        'markers', 'thorough: a slow variant of a test whose other variants run in CI; runs '
+        'under NTC_HYPOTHESIS=thorough')
+
+
+# Slow parametrized variants whose sibling variants exercise the same code in CI (each took
+# 10-35 s); they run under NTC_HYPOTHESIS=thorough.
+THOROUGH_VARIANTS = {
+    'test_pair_blocks.py::test_blocked_equals_whole_batch': [
+        '1-x1_x2-plain', '1-x1_x2-dropout', '1-x2_none-dropout', '4-x1_x2-plain',
+        '4-x2_none-plain', '4-x2_none-dropout'],
+    'test_harness_mutations.py::test_broken_rule_is_caught': [
+        'layer norm identity', 'relu derivative kernel'],
+    'test_empirical_vmap_axes.py::test_vmap_axes_with_negative_out_axes_match_plain': [
+        'other-2', 'other-3', 'none-3'],
+    'test_roll_loops.py::test_rolled_plans_equal_unrolled_ones': ['conv_flatten', 'conv_pool'],
+    'test_nt_kernel.py::test_composed_kernel_is_the_whole_networks': [
+        'False-nchw', 'False-conv_pool', 'True-conv_convs'],
+    'test_rank_promotion.py::test_ensemble_times_and_covariance': ['x_test-t-1d', 'train-t-2d'],
+    'test_nt_params.py::test_standard_parameterization_gradients_give_the_analytic_ntk': [
+        'True-s0', 'True-s2'],
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under the `ci` profile, tests marked `thorough` and the variants in THOROUGH_VARIANTS are
+    skipped; their sibling variants run."""
+    if THOROUGH:
+        return
+    import pytest
+
+    slow = {f'tests/{test}[{variant}]' for test, variants in THOROUGH_VARIANTS.items()
+            for variant in variants}
+    skip = pytest.mark.skip(reason='slow variant: run with NTC_HYPOTHESIS=thorough')
+    for item in items:
+        if 'thorough' in item.keywords or item.nodeid in slow:
+            item.add_marker(skip)
