@@ -452,15 +452,19 @@ def _chain_scale(prog, point, seen):
     return c
 
 
+def _replay(prog, steps, seen, v):
+    """`v` through the equations `steps` ((index, slot) pairs), each re-bound with the operands
+    the main pass recorded in `seen` and `v` in its slot."""
+    for i, slot in steps:
+        args = list(seen[i])
+        args[slot] = v
+        v = prog.eqns[i].bind(*args)[0]
+    return v
+
+
 def _chain_fn(prog, point, seen):
     """W -> the weight operand of the structured equation, through the chain."""
-    def fn(w):
-        for i, slot in point.chain:
-            args = list(seen[i])
-            args[slot] = w
-            w = prog.eqns[i].bind(*args)[0]
-        return w
-    return fn
+    return lambda w: _replay(prog, point.chain, seen, w)
 
 
 def side_factors(prog: Program, plan: StructuredPlan, leaves, data):
@@ -515,20 +519,13 @@ def _factored_h(prog, plan, seen):
     if not plan.factored:
         return out
 
-    def x_of(y):
-        for i, slot in plan.path:
-            args = list(seen[i])
-            args[slot] = y
-            y = prog.eqns[i].bind(*args)[0]
-        return y
-
     (j,) = [j for j, p in enumerate(plan.points) if p.index in plan.factored]
     if not plan.path:                       # the readout reads y itself
         aval = prog.avals[prog.eqns[plan.points[j].index].outs[0]]
         out[j] = jnp.ones(aval.shape, aval.dtype)
         return out
     first, slot = plan.path[0]
-    x, vjp = jax.vjp(x_of, seen[first][slot])
+    x, vjp = jax.vjp(lambda y: _replay(prog, plan.path, seen, y), seen[first][slot])
     (out[j],) = vjp(jnp.ones_like(x))
     return out
 
