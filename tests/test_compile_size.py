@@ -1,0 +1,42 @@
+"""What keeps XLA's compile time down: the size of the program ntc hands it.
+
+XLA's CPU backend compiles one kernel per distinct fusion, and the compile time of a network
+such as the small WideResNet is almost all kernel generation, so these tests count what the
+lowered program contains instead of timing it.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+import ntc
+from ntc import stax
+from ntc.covariance.xp import JNP
+from ntc.layers.activations import ACTIVATIONS
+
+
+def _count(fn, *args, prim: str) -> int:
+    """Occurrences of primitive `prim` in the jaxpr of `fn(*args)`, nested bodies included."""
+    return str(jax.make_jaxpr(fn)(*args)).count(f' {prim} ')
+
+
+@pytest.mark.parametrize('kind,op', [
+    ('Relu', stax.Relu()), ('ABRelu', stax.ABRelu(-0.3, 1.7)),
+    ('LeakyRelu', stax.LeakyRelu(0.2)), ('Abs', stax.Abs())])
+def test_closed_form_variance_is_the_kernel_on_the_diagonal_bitwise(kind, op):
+    (node_op,) = [n.op for n in op.graph().nodes() if n.op.kind == kind]
+    q = np.abs(np.random.RandomState(0).randn(5, 7)) * np.array([0.0, 1e-30, 1, 1e3, 3e10])[:, None]
+    rule = ACTIVATIONS[kind]
+    general = rule.kernel(JNP, node_op, q, q, q)[0]
+    np.testing.assert_array_equal(rule.variance(JNP, node_op, q), general)
+
+
+def test_diag_marginals_skip_the_arc_cosine():
+    # x1 and x2 differ: the plan carries both examples' per-position variances; only the cross
+    # kernel needs the arc-cosine (one sqrt per Relu), the marginals map through q/2
+    net = stax.serial(stax.Conv(4, (3, 3), padding='SAME'), stax.Relu(),
+                      stax.Conv(4, (3, 3), padding='SAME'), stax.Relu(), stax.Flatten())
+    plan = ntc.compile(net, (-1, 5, 5, 3), get=('nngp', 'ntk'))
+    x1, x2 = np.ones((2, 5, 5, 3)), np.ones((3, 5, 5, 3))
+    assert 'loops 0' in plan.explain()
+    assert _count(plan.fn, x1, x2, prim='sqrt') == 2  # 6 with the general formula
