@@ -13,6 +13,7 @@ import ntc
 from ntc import stax
 from ntc.covariance.xp import JNP
 from ntc.layers.activations import ACTIVATIONS
+from ntc.lower.lower import block_shape
 
 
 def _count(fn, *args, prim: str) -> int:
@@ -40,3 +41,11 @@ def test_diag_marginals_skip_the_arc_cosine():
     x1, x2 = np.ones((2, 5, 5, 3)), np.ones((3, 5, 5, 3))
     assert 'loops 0' in plan.explain()
     assert _count(plan.fn, x1, x2, prim='sqrt') == 2  # 6 with the general formula
+
+
+def test_pair_blocks_prefer_equal_sides_so_both_marginals_share_one_shape():
+    # 16 pairs either way; 4 × 4 gives x1's and x2's marginals in a block one shape (XLA then
+    # compiles their fusions once) and recomputes 8 examples' marginals per block instead of 10
+    assert block_shape(8, 8, 21, square=False) == (4, 4)
+    assert block_shape(6, 4, 8, square=False) == (2, 4)  # more pairs win over equal sides
+    assert block_shape(4, 4, 2, square=False) == (1, 2)
