@@ -18,7 +18,8 @@ from ntc.lower.lower import block_shape
 
 def _count(fn, *args, prim: str) -> int:
     """Occurrences of primitive `prim` in the jaxpr of `fn(*args)`, nested bodies included."""
-    return str(jax.make_jaxpr(fn)(*args)).count(f' {prim} ')
+    text = str(jax.make_jaxpr(fn)(*args))
+    return text.count(f' {prim} ') + text.count(f' {prim}[')
 
 
 @pytest.mark.parametrize('kind,op', [
@@ -49,3 +50,13 @@ def test_pair_blocks_prefer_equal_sides_so_both_marginals_share_one_shape():
     assert block_shape(8, 8, 21, square=False) == (4, 4)
     assert block_shape(6, 4, 8, square=False) == (2, 4)  # more pairs win over equal sides
     assert block_shape(4, 4, 2, square=False) == (1, 2)
+
+
+def test_a_conv_of_per_position_variances_is_one_pass():
+    # DIAG cross kernels and marginals: one pad and 9 taps per array (nngp, ntk, cov1, cov2),
+    # one XLA fusion each, instead of a pad and 3 taps per spatial axis
+    net = stax.serial(stax.Conv(4, (3, 3), padding='SAME'), stax.Relu(), stax.Flatten())
+    plan = ntc.compile(net, (-1, 5, 5, 3), get=('nngp', 'ntk'))
+    assert 'stencil 1 pass, 9 taps' in plan.explain()
+    x1, x2 = np.ones((2, 5, 5, 3)), np.ones((3, 5, 5, 3))
+    assert _count(plan.fn, x1, x2, prim='pad') == 4  # 8 one axis at a time
