@@ -72,26 +72,32 @@ def test_rolled_plans_equal_unrolled_ones(name):
 
 
 def test_conv_stack_rolls_into_conv_relu_iterations():
-    """21 × (Conv, Relu) + Flatten: the first Conv (3 input channels) and the last Relu (no
-    marginals needed after it) differ; between them, iterations end at the Relu, the expensive
-    value, so the loop carry stores it and the next Conv's stencil reads it from memory."""
+    """21 × (Conv, Relu) + Flatten: the first Conv (3 input channels) differs; after it,
+    iterations end at the Relu, the expensive value, so the loop carry stores it and the next
+    Conv's stencil reads it from memory.  The last Relu needs no marginals after it, but rolls
+    too, carrying the first iteration's (explain shows var=DIAG on it)."""
     plan = ntc.compile(conv_stack(21, stax.Flatten()), (4, 8, 8, 3))
     (lp,) = loops(plan.graph)
     kinds = [plan.graph.node(i).op.kind for i in lp.body]
-    assert kinds == ['Conv', 'Relu'] and lp.n == 19
-    assert plan.graph.node(lp.exit).path == 'serial[39].Relu'
-    assert 'loops 1 (19 × 2 nodes)' in plan.explain()
-    assert '[loop0.0]' in plan.explain() and '[loop0.18]' in plan.explain()
+    assert kinds == ['Conv', 'Relu'] and lp.n == 20
+    assert plan.graph.node(lp.exit).path == 'serial[41].Relu'
+    assert plan.graph.node(lp.exit).cov.marginal == 'DIAG'
+    assert 'loops 1 (20 × 2 nodes)' in plan.explain()
+    assert '[loop0.0]' in plan.explain() and '[loop0.19]' in plan.explain()
 
 
 def test_residual_blocks_roll_as_one_body():
-    """The first block reads a Gaussian value (a Conv output), the others a sum with a Relu
-    branch, so the first stays unrolled and the other blocks form the loop."""
+    """Three identical residual blocks are one loop of three iterations, the last block
+    included: it needs no marginals after it (GlobalAvgPool reads none) and carries the first
+    block's, so its layouts match."""
     net, shape = NETS['residual']
     plan = ntc.compile(net, shape)
     (lp,) = loops(plan.graph)
     kinds = [plan.graph.node(i).op.kind for i in lp.body]
-    assert lp.n == 2 and kinds.count('Conv') == 2 and kinds[-1] == 'FanInSum'
+    assert lp.n == 3 and kinds.count('Conv') == 2 and kinds[-1] == 'FanInSum'
+    unrolled = ntc.compile(net, shape, roll_loops=False)
+    assert unrolled.graph.node(lp.exit).cov.marginal is None
+    assert plan.graph.node(lp.exit).cov.marginal == 'DIAG'
 
 
 def test_a_residual_branch_rolls_its_relu_conv_pairs():

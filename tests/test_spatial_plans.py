@@ -32,8 +32,12 @@ def test_global_pool_head_needs_full_layouts():
     spatial = [n.cov.spatial for n in plan.graph.nodes() if n.ttype.spatial_axes]
     assert set(spatial) == {'FULL'}
     assert plan.transposes == 0
-    # the plan stores nonlinearities before the next conv reads them
-    assert [n.op.kind for n in plan.graph.nodes() if n.materialize] == ['Relu', 'Relu']
+    # the plan stores nonlinearities before the next conv reads them (and the last Relu, rolled
+    # into the loop of (Conv, Relu) iterations, runs the same body)
+    assert [n.op.kind for n in plan.graph.nodes() if n.materialize] == ['Relu'] * 3
+    unrolled = ntc.compile(conv_stack([stax.GlobalAvgPool(), stax.Dense(1)]), (-1, 8, 8, 3),
+                           roll_loops=False)
+    assert [n.op.kind for n in unrolled.graph.nodes() if n.materialize] == ['Relu', 'Relu']
 
 
 def test_fan_out_takes_the_strongest_requirement():

@@ -47,6 +47,29 @@ def window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, circular: bo
     return out
 
 
+def window_sum_nd(x, windows, circular: bool):
+    """Σ over every tap (δ_1, ..., δ_m) of x[.., o_1·s_1 + δ_1 - lo_1, ..] for the axes
+    `windows` = [(axis, k, stride, lo, hi, interior), ...]: `window_sum` over all of them at
+    once, one pad and Π k taps (one XLA loop fusion instead of one per axis; a conv's map of
+    per-position variances)."""
+    if circular:
+        for axis, _, _, lo, hi, _ in windows:
+            x = pad_axes(x, (axis,), lo, hi, True)
+    else:
+        config = [(0, 0, 0)] * x.ndim
+        for axis, _, _, lo, hi, interior in windows:
+            config[axis] = (lo, hi, interior)
+        x = lax.pad(x, jnp.zeros((), x.dtype), config)
+    sizes = [(x.shape[axis] - k) // stride + 1 for axis, k, stride, _, _, _ in windows]
+    out = None
+    for taps in itertools.product(*(range(k) for _, k, _, _, _, _ in windows)):
+        tap = x
+        for (axis, _, stride, _, _, _), m, d in zip(windows, sizes, taps):
+            tap = _slice(tap, axis, d, m, stride)
+        out = tap if out is None else out + tap
+    return out
+
+
 def diagonal_window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, circular: bool,
                         interior: int = 0):
     """Σ_{δ<k} x[o·s + δ - lo, o'·s + δ - lo] over the adjacent pair (axis, axis + 1)."""

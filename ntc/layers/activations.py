@@ -248,25 +248,29 @@ SQRT2 = math.sqrt(2.0)
 
 @dataclass(frozen=True)
 class ActivationRule:
-    """`kernel(xp, op, c12, q1, q2) -> (k12, kdot12)` and `phi(op, x) -> φ(x)` (or None)."""
+    """`kernel(xp, op, c12, q1, q2) -> (k12, kdot12)`, `phi(op, x) -> φ(x)` (or None) and
+    `variance(xp, op, q) -> E[φ(u)²]` for u ~ N(0, q) (or None: `kernel` at c12 = q1 = q2)."""
 
     kernel: Callable
     phi: Callable | None
+    variance: Callable | None = None
 
 
 ACTIVATIONS: dict[str, ActivationRule] = {}
 
 
-def register(kind: str, phi: Callable | None = None):
+def register(kind: str, phi: Callable | None = None, variance: Callable | None = None):
     """Register the decorated `(xp, op, c12, q1, q2) -> (k12, kdot12)` as `kind`'s rule.  The
-    table's kernel broadcasts both results to the inputs' common shape (and float dtype)."""
+    table's kernel broadcasts both results to the inputs' common shape (and float dtype).
+    `variance(xp, op, q)`, when given, is the same map on the diagonal in closed form: the
+    per-position marginals then skip the off-diagonal arithmetic."""
     def deco(fn):
         def kernel(xp, op, c12, q1, q2):
             k12, kdot12 = fn(xp, op, c12, q1, q2)
             return xp.broadcast(k12, c12, q1, q2), xp.broadcast(kdot12, c12, q1, q2)
 
         kernel.__name__, kernel.__doc__, kernel.__wrapped__ = fn.__name__, fn.__doc__, fn
-        ACTIVATIONS[kind] = ActivationRule(kernel=kernel, phi=phi)
+        ACTIVATIONS[kind] = ActivationRule(kernel=kernel, phi=phi, variance=variance)
         kernel_rule(kind)(activation_kernel)
         finite_rule(kind)(activation_apply)
         return fn
@@ -274,17 +278,23 @@ def register(kind: str, phi: Callable | None = None):
 
 
 def activation_kernel(ctx, node, k):
-    """K' = E[φ(u)φ(v)], Θ' = E[φ'(u)φ'(v)]·Θ, cov' = E[φ(u)²]-style map of each marginal."""
-    math = ACTIVATIONS[node.op.kind].kernel
+    """K' = E[φ(u)φ(v)], Θ' = E[φ'(u)φ'(v)]·Θ, cov' = E[φ(u)²]-style map of each marginal.
+    A marginal of per-position variances (DIAG or no spatial axes) maps through the rule's
+    closed-form `variance` where it has one: the same values (the kernel at c12 = q1 = q2), but
+    a few multiplies instead of the arc-cosine, so XLA emits no kernels of its own for it."""
+    rule = ACTIVATIONS[node.op.kind]
     q1, q2 = k.cross_vars()
-    nngp, kdot = math(ctx.xp, node.op, k.nngp, q1, q2)
+    nngp, kdot = rule.kernel(ctx.xp, node.op, k.nngp, q1, q2)
     ntk = None if (k.ntk is None or not ctx.want_ntk) else k.ntk * kdot
+    variances_only = k.layout.marginal != 'FULL'
 
     def marginal(cov):
         if cov is None:
             return None
+        if rule.variance is not None and variances_only:
+            return rule.variance(ctx.xp, node.op, cov)
         qa, qb = k.marginal_vars(cov)
-        return math(ctx.xp, node.op, cov, qa, qb)[0]
+        return rule.kernel(ctx.xp, node.op, cov, qa, qb)[0]
 
     return k.replace(nngp=nngp, ntk=ntk, cov1=marginal(k.cov1), cov2=marginal(k.cov2))
 
@@ -324,30 +334,43 @@ def _abrelu(xp, a, b, c12, q1, q2):
     return spread * root + c12 * kdot, kdot
 
 
+def _abrelu_variance(a, b):
+    """E[φ(u)²] = (a² + b²)/2 · q for φ = a·min(x, 0) + b·max(x, 0), u ~ N(0, q): `_abrelu` at
+    c12 = q1 = q2 (√D = θ = 0), bitwise."""
+    def variance(xp, op, q):
+        aa, bb = xp.const(a(op)), xp.const(b(op))
+        return q * ((aa * aa + bb * bb) / 2)
+    return variance
+
+
 def _min_max(a, b):
     return lambda x: a * jnp.minimum(x, 0) + b * jnp.maximum(x, 0)
 
 
-@register('ABRelu', phi=lambda op, x: _min_max(op.a, op.b)(x))
+@register('ABRelu', phi=lambda op, x: _min_max(op.a, op.b)(x),
+          variance=_abrelu_variance(lambda op: op.a, lambda op: op.b))
 def abrelu(xp, op, c12, q1, q2):
     """a·min(x, 0) + b·max(x, 0); `do_stabilize` is a numerical option of NT with no effect
     here (the formula has no division)."""
     return _abrelu(xp, op.a, op.b, c12, q1, q2)
 
 
-@register('Relu', phi=lambda op, x: jnp.maximum(x, 0))
+@register('Relu', phi=lambda op, x: jnp.maximum(x, 0),
+          variance=_abrelu_variance(lambda op: 0, lambda op: 1))
 def relu(xp, op, c12, q1, q2):
     """max(x, 0): ABRelu(0, 1)."""
     return _abrelu(xp, 0, 1, c12, q1, q2)
 
 
-@register('LeakyRelu', phi=lambda op, x: _min_max(op.alpha, 1.0)(x))
+@register('LeakyRelu', phi=lambda op, x: _min_max(op.alpha, 1.0)(x),
+          variance=_abrelu_variance(lambda op: op.alpha, lambda op: 1))
 def leaky_relu(xp, op, c12, q1, q2):
     """alpha·min(x, 0) + max(x, 0): ABRelu(alpha, 1)."""
     return _abrelu(xp, op.alpha, 1, c12, q1, q2)
 
 
-@register('Abs', phi=lambda op, x: jnp.abs(x))
+@register('Abs', phi=lambda op, x: jnp.abs(x),
+          variance=_abrelu_variance(lambda op: -1, lambda op: 1))
 def abs_(xp, op, c12, q1, q2):
     """|x|: ABRelu(-1, 1)."""
     return _abrelu(xp, -1, 1, c12, q1, q2)

@@ -32,6 +32,7 @@ from ..covariance.stencil import (
     fold_circular,
     pad_axes,
     window_sum,
+    window_sum_nd,
 )
 from ..errors import ShapeError
 from ..ir.op import PosInt
@@ -237,9 +238,10 @@ def fused_stencil(op, layout_spatial: str) -> bool:
     pair at once (Π k taps, `diagonal_window_sum_nd`) rather than one pass per pair (Σ k taps
     per pass, an intermediate array per pair).  Measured on a 3×3 Conv + Relu layer at 16×16:
     one pass 6–7 ms, two passes 10–27 ms (the intermediate costs a memory round trip and
-    blocks fusing the nonlinearity into the stencil)."""
+    blocks fusing the nonlinearity into the stencil).  Per-position variances (DIAG) take one
+    pass too (`window_sum_nd`): one XLA kernel to compile instead of one per axis."""
     wrap = op.padding == 'CIRCULAR' and op.kind == 'ConvTranspose'
-    return (layout_spatial == 'FULL' and not wrap and len(op.filter_shape) > 1
+    return (layout_spatial in ('FULL', 'DIAG') and not wrap and len(op.filter_shape) > 1
             and math.prod(op.filter_shape) <= MAX_FUSED_TAPS)
 
 
@@ -248,12 +250,15 @@ def window_mean(op, x, layout_spatial: str, order, lead: int, in_type):
     circular = op.padding == 'CIRCULAR' and op.kind == 'Conv'
     wrap = op.padding == 'CIRCULAR' and op.kind == 'ConvTranspose'
     if fused_stencil(op, layout_spatial):
-        pairs = []
+        full = layout_spatial == 'FULL'
+        windows = []
         for i, _, k, s in op.axis_map(in_type):
             lo, hi, interior = _pads(op, in_type.spatial_shape[i], k, s)
             stride = 1 if op.kind == 'ConvTranspose' else s
-            pairs.append((lead + 2 * order.index(i), k, stride, lo, hi, interior))
-        return diagonal_window_sum_nd(x, pairs, circular) / math.prod(op.filter_shape)
+            windows.append((lead + (2 if full else 1) * order.index(i), k, stride, lo, hi,
+                            interior))
+        summed = (diagonal_window_sum_nd if full else window_sum_nd)(x, windows, circular)
+        return summed / math.prod(op.filter_shape)
     # process the outermost stored axis first (measured faster on CPU)
     dims = sorted(op.axis_map(in_type), key=lambda m: order.index(m[0]))
     for i, _, k, s in dims:

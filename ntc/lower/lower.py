@@ -273,12 +273,15 @@ def _divisor_at_most(n: int, limit: int) -> int:
 
 def block_shape(n1: int, n2: int, pairs: int, square: bool) -> tuple[int, int]:
     """(b1, b2): examples of x1 and x2 per block, b1·b2 ≤ `pairs`, dividing n1 and n2
-    (b1 = b2 when `square`: the diagonal blocks of x2 = None)."""
+    (b1 = b2 when `square`: the diagonal blocks of x2 = None).  Otherwise the most pairs, and
+    of those, b1 = b2 where one is (x1's and x2's marginals then have one shape, so XLA
+    compiles their fusions once), else the most examples of x2."""
     if square:
         b = _divisor_at_most(n1, math.isqrt(pairs))
         return b, b
-    b2 = _divisor_at_most(n2, pairs)
-    return _divisor_at_most(n1, pairs // b2), b2
+    shapes = [(_divisor_at_most(n1, pairs // b2), b2)
+              for b2 in range(1, min(n2, pairs) + 1) if n2 % b2 == 0]
+    return max(shapes, key=lambda s: (s[0] * s[1], s[0] == s[1], s[1]))
 
 
 def _split(x, batch: int, b: int):

@@ -12,15 +12,23 @@ The pass cuts the graph at its *articulation points*, the nodes every path from 
 the output goes through (no edge jumps over them), into single-entry single-exit segments.  A
 block of p consecutive segments is an iteration; a run is n ≥ 2 consecutive equal iterations,
 where equal means the same ops, tensor types, layouts and wiring (relative to the iteration's
-entry), and the value entering the run has the type and layout of every iteration's exit, so
-the loop carry keeps one layout.  Scanning from the input, the run covering the most nodes
+entry), and the value entering the run has the type and layout of the first iteration's exit, so
+the loop carry keeps one layout.  Layouts compare without their marginals: the last layers of a
+stack need none (nothing after them reads them), and those iterations are rolled too, carrying
+the first iteration's marginals (a few cheap per-position variance maps more, where each
+unrolled iteration would cost XLA another set of kernels to compile; `explain()` shows the
+marginals kept).  Marginals are needed backward from their readers, so along a run they can
+only stop, and the first iteration always carries the most.  Likewise an iteration takes the
+first one's materialisation (the last Relu of a stack feeds no stencil, but a loop carry is
+stored anyway).  Scanning from the input, the run covering the most nodes
 starting at each segment is taken (ties: the shortest period).  Inside a segment no run
 covers (a residual block unlike its neighbours), the chains of one-input nodes (a branch's
 (Relu, Conv) pairs) are searched the same way, each node a segment of its own: a WideResNet's
 blocks differ, but their branches repeat, and XLA then compiles each branch's pair once.
 Layers are compared by `Op.kernel_key` (strides None and all ones are the same Conv).
 
-Nothing moves in the graph: each node of a run gets `loop = (loop id, iteration)`, so
+Nothing moves in the graph: each node of a run gets `loop = (loop id, iteration)` (and its
+first iteration's layout), so
 `explain()` still lists every layer with its own layout and cost, and lowering runs iteration
 0's nodes as the scan body (`loops` reconstructs the runs).  The reference plan is never rolled.
 """
@@ -65,10 +73,11 @@ def _segments(g: Graph) -> list[tuple[int, list[int]]]:
     return out
 
 
-def _signature(g: Graph, entry: int, nodes) -> tuple | None:
+def _signature(g: Graph, entry: int, nodes, marginals: bool = True) -> tuple | None:
     """What must agree between two iterations: each node's op, types, layout and wiring, with
     inputs named by position relative to the iteration's entry (None if a node is an Input or
-    reads from outside the iteration)."""
+    reads from outside the iteration).  Without `marginals`, layouts compare without their
+    marginals and materialisation is ignored (a rolled iteration takes both from the first)."""
     local = {entry: 0, **{nid: i + 1 for i, nid in enumerate(nodes)}}
     sig = []
     for nid in nodes:
@@ -76,8 +85,10 @@ def _signature(g: Graph, entry: int, nodes) -> tuple | None:
         ins = g.inputs(nid)
         if any(i not in local for i in ins) or n.op.arity == 0:
             return None
-        sig.append((n.op.kernel_key(), n.ttype, n.cov, n.materialize,
-                    tuple(local[i] for i in ins)))
+        cov, mat = n.cov, n.materialize
+        if not marginals:
+            cov, mat = cov.model_copy(update=dict(marginal=None)), None
+        sig.append((n.op.kernel_key(), n.ttype, cov, mat, tuple(local[i] for i in ins)))
     return tuple(sig)
 
 
@@ -93,7 +104,7 @@ def _segment_ids(g: Graph, segs) -> list[int]:
     unhashable: list = []
     out = []
     for k, (entry, nodes) in enumerate(segs):
-        sig = _signature(g, entry, nodes)
+        sig = _signature(g, entry, nodes, marginals=False)
         if sig is None:
             out.append(-1 - k)
             continue
@@ -231,7 +242,8 @@ def roll_loops(g: Graph, opts: Options) -> Graph:
         return g
     for lid, (_, nodes, period, _count) in enumerate(find_runs(g)):
         for k, nid in enumerate(nodes):
-            g.replace(nid, loop=(lid, k // period))
+            first = g.node(nodes[k % period])
+            g.replace(nid, loop=(lid, k // period), cov=first.cov, materialize=first.materialize)
     return g
 
 
