@@ -8,6 +8,7 @@ class NtcError(Exception):
     """Base class of every error ntc raises on purpose."""
 
     def __init__(self, message: str, *, path: str | None = None, hint: str | None = None):
+        self.message = message
         self.path = path
         self.hint = hint
         text = f'{path}: {message}' if path else message

@@ -110,7 +110,12 @@ def propagate(node, masks: list, in_types: list[TensorType]):
         return None
     rule = MASK_RULES.get(node.op.kind)
     if rule is not None:
-        return rule(node.op, masks, in_types, node.ttype)
+        try:
+            return rule(node.op, masks, in_types, node.ttype)
+        except NtcError as e:      # a rule knows the op, not where it sits: name the layer
+            if e.path is not None:
+                raise
+            raise type(e)(e.message, path=node.path, hint=e.hint) from None
     t, out = in_types[0], node.ttype
     if len(masks) == 1 and t.spatial_shape == out.spatial_shape:
         return masks[0]  # spatially local, shape-preserving: every position keeps its mask

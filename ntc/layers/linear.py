@@ -313,14 +313,17 @@ class Index(Op):
                           channel_axis=kept.index(channel), is_gaussian=t.is_gaussian,
                           is_fresh=t.is_fresh)
 
+    def _batch_selection(self, in_types):
+        return self.per_axis(in_types[0].ndim)[in_types[0].batch]
+
     def batch_size(self, in_types, sizes):
         # an integer removes the batch axis: the axis taking its place has a fixed size, which
         # the output type holds (`Graph.batch_sizes` reads it there)
-        sel = self.per_axis(in_types[0].ndim)[in_types[0].batch]
+        sel = self._batch_selection(in_types)
         return 1 if isinstance(sel, int) else len(range(*sel.indices(sizes[0])))
 
     def moves_examples(self, in_types):
-        sel = self.per_axis(in_types[0].ndim)[in_types[0].batch]
+        sel = self._batch_selection(in_types)
         return isinstance(sel, int) or not (sel.start in (None, 0) and sel.stop is None
                                             and sel.step in (None, 1))
 
