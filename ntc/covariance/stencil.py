@@ -32,6 +32,15 @@ def pad_axes(x, axes, lo: int, hi: int, circular: bool, interior: int = 0):
     return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
+def _stored(padded):
+    """`padded` as the one array every tap reads.  Without the barrier XLA's simplifier turns
+    the tap that covers the unpadded input exactly (the centre of a SAME window) into that
+    input, so the stencil's kernel recomputes the input's producer (an arc-cosine) for that
+    tap besides the kernel that writes the padded copy: one more copy of the producer's code
+    to compile per array and stencil, and its arithmetic done twice."""
+    return lax.optimization_barrier(padded)
+
+
 def _slice(x, axis, start, count, stride):
     return lax.slice_in_dim(x, start, start + (count - 1) * stride + 1, stride, axis)
 
@@ -47,11 +56,11 @@ def window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, circular: bo
     return out
 
 
-def window_sum_nd(x, windows, circular: bool):
+def window_sum_nd(x, windows, circular: bool, stored: bool = False):
     """Σ over every tap (δ_1, ..., δ_m) of x[.., o_1·s_1 + δ_1 - lo_1, ..] for the axes
     `windows` = [(axis, k, stride, lo, hi, interior), ...]: `window_sum` over all of them at
     once, one pad and Π k taps (one XLA loop fusion instead of one per axis; a conv's map of
-    per-position variances)."""
+    per-position variances).  `stored`: every tap reads the padded copy (`_stored`)."""
     if circular:
         for axis, _, _, lo, hi, _ in windows:
             x = pad_axes(x, (axis,), lo, hi, True)
@@ -60,6 +69,8 @@ def window_sum_nd(x, windows, circular: bool):
         for axis, _, _, lo, hi, interior in windows:
             config[axis] = (lo, hi, interior)
         x = lax.pad(x, jnp.zeros((), x.dtype), config)
+    if stored:
+        x = _stored(x)
     sizes = [(x.shape[axis] - k) // stride + 1 for axis, k, stride, _, _, _ in windows]
     out = None
     for taps in itertools.product(*(range(k) for _, k, _, _, _, _ in windows)):
@@ -85,12 +96,13 @@ def diagonal_window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, cir
     return out
 
 
-def diagonal_window_sum_nd(x, pairs, circular: bool):
+def diagonal_window_sum_nd(x, pairs, circular: bool, stored: bool = False):
     """Σ over every tap (δ_1, ..., δ_m) of x[.., o_1·s_1 + δ_1 - lo_1, o_1'·s_1 + δ_1 - lo_1, ..]
     for the adjacent axis pairs `pairs` = [(axis, k, stride, lo, hi, interior), ...]: the
     diagonal window sums of `diagonal_window_sum` over all pairs at once.  One pass over x
     (Π k taps) instead of one pass per pair: the sum is a single XLA loop fusion that also
-    takes in the consumer's elementwise math (a conv followed by a nonlinearity)."""
+    takes in the consumer's elementwise math (a conv followed by a nonlinearity).  `stored`:
+    every tap reads the padded copy (`_stored`)."""
     if circular:
         for axis, _, _, lo, hi, _ in pairs:
             x = pad_axes(x, (axis, axis + 1), lo, hi, True)
@@ -99,6 +111,8 @@ def diagonal_window_sum_nd(x, pairs, circular: bool):
         for axis, _, _, lo, hi, interior in pairs:
             config[axis] = config[axis + 1] = (lo, hi, interior)
         x = lax.pad(x, jnp.zeros((), x.dtype), config)
+    if stored:
+        x = _stored(x)
     sizes = [(x.shape[axis] - k) // stride + 1 for axis, k, stride, _, _, _ in pairs]
     out = None
     for taps in itertools.product(*(range(k) for _, k, _, _, _, _ in pairs)):
