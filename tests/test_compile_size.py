@@ -101,3 +101,12 @@ def test_a_stencil_before_a_spatial_reduction_reads_its_input_unpadded(tail):
     x1, x2 = np.ones((2, 6, 6, 3), np.float32), np.ones((3, 6, 6, 3), np.float32)
     assert _fusions_with(plan.fn, x1, x2, needle=ARC_COSINE) == 1
 
+
+def test_a_stencil_tap_is_one_slice():
+    # tracing and lowering cost per equation: each of the 9 taps slices every axis at once
+    # (4 arrays: nngp, ntk, cov1, cov2 of a DIAG conv), not one slice per axis
+    net = stax.serial(stax.Conv(4, (3, 3), padding='SAME'), stax.Relu(), stax.Flatten())
+    plan = ntc.compile(net, (-1, 5, 5, 3), get=('nngp', 'ntk'))
+    x1, x2 = np.ones((2, 5, 5, 3)), np.ones((3, 5, 5, 3))
+    assert _count(plan.fn, x1, x2, prim='slice') == 4 * 9
+

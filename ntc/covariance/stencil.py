@@ -45,6 +45,16 @@ def _slice(x, axis, start, count, stride):
     return lax.slice_in_dim(x, start, start + (count - 1) * stride + 1, stride, axis)
 
 
+def _tap(x, cuts):
+    """x[.., start::stride (count entries) along each (axis, start, count, stride) of `cuts`,
+    ..]: one slice of every axis at once (one traced equation instead of one per axis)."""
+    starts, limits, strides = [0] * x.ndim, list(x.shape), [1] * x.ndim
+    for axis, start, count, stride in cuts:
+        starts[axis], limits[axis] = start, start + (count - 1) * stride + 1
+        strides[axis] = stride
+    return lax.slice(x, starts, limits, strides)
+
+
 def window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, circular: bool,
                interior: int = 0):
     """Σ_{δ<k} x[o·stride + δ - lo] along one axis (padded as `pad_axes`)."""
@@ -74,9 +84,8 @@ def window_sum_nd(x, windows, circular: bool, stored: bool = False):
     sizes = [(x.shape[axis] - k) // stride + 1 for axis, k, stride, _, _, _ in windows]
     out = None
     for taps in itertools.product(*(range(k) for _, k, _, _, _, _ in windows)):
-        tap = x
-        for (axis, _, stride, _, _, _), m, d in zip(windows, sizes, taps):
-            tap = _slice(tap, axis, d, m, stride)
+        tap = _tap(x, [(axis, d, m, stride)
+                       for (axis, _, stride, _, _, _), m, d in zip(windows, sizes, taps)])
         out = tap if out is None else out + tap
     return out
 
@@ -88,7 +97,7 @@ def diagonal_window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, cir
     m = (x.shape[axis] - k) // stride + 1
 
     def tap(d):
-        return _slice(_slice(x, axis, d, m, stride), axis + 1, d, m, stride)
+        return _tap(x, [(axis, d, m, stride), (axis + 1, d, m, stride)])
 
     out = tap(0)
     for d in range(1, k):
@@ -116,9 +125,8 @@ def diagonal_window_sum_nd(x, pairs, circular: bool, stored: bool = False):
     sizes = [(x.shape[axis] - k) // stride + 1 for axis, k, stride, _, _, _ in pairs]
     out = None
     for taps in itertools.product(*(range(k) for _, k, _, _, _, _ in pairs)):
-        tap = x
-        for (axis, _, stride, _, _, _), m, d in zip(pairs, sizes, taps):
-            tap = _slice(_slice(tap, axis, d, m, stride), axis + 1, d, m, stride)
+        tap = _tap(x, [(a, d, m, stride) for (axis, _, stride, _, _, _), m, d
+                       in zip(pairs, sizes, taps) for a in (axis, axis + 1)])
         out = tap if out is None else out + tap
     return out
 
