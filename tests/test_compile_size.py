@@ -110,3 +110,10 @@ def test_a_stencil_tap_is_one_slice():
     x1, x2 = np.ones((2, 5, 5, 3)), np.ones((3, 5, 5, 3))
     assert _count(plan.fn, x1, x2, prim='slice') == 4 * 9
 
+
+def test_the_arc_cosine_traces_without_nested_calls():
+    # jnp.where and jnp.signbit trace as nested jit calls, each lowered to a function of its
+    # own; the kernels' guards and atan2 use plain selects
+    c = np.linspace(-1.0, 1.0, 7)
+    text = str(jax.make_jaxpr(lambda v: ACTIVATIONS['Relu'].kernel(JNP, None, v, v + 2, v + 3))(c))
+    assert 'jit' not in text and ' select_n' in text
