@@ -19,7 +19,8 @@ nonlinearity's FULL-layout output before a stencil measured ~20% faster on the 2
 global pooling (unrolled), and made no gain (or a small loss) in DIAG layouts, so only FULL ones
 are materialised.  Lowering uses `optimization_barrier`, which XLA's CPU backend does not treat as
 a fusion boundary; in rolled loops (`roll_loops`) the stored carry is what keeps the expensive
-value from being recomputed, and the mark measures within noise there.
+value from being recomputed, and the mark measures within noise there.  What does work is a
+barrier on the stencil's padded copy of its input (`stores_padded_input`, decided here too).
 """
 
 from __future__ import annotations
