@@ -206,9 +206,11 @@ class KernelPlan:
             c = self.costs[node.id]
             ins = ','.join(f'%{i}' for i in self.graph.inputs(node.id)) or '-'
             srcs = [self.graph.node(i) for i in self.graph.inputs(node.id)]
+            # by keyword and only when set: a user op may override the two-argument form
+            stored = {'stored_input': True} if stores_padded_input(self.graph, node) else {}
             note = node.op.lowering_note([n.ttype for n in srcs],
                                          srcs[0].cov.spatial if srcs else node.cov.spatial,
-                                         stores_padded_input(self.graph, node))
+                                         **stored)
             layout = node.cov.describe() + (' [mat]' if node.materialize else '')
             if node.loop is not None:
                 layout += f' [loop{node.loop[0]}.{node.loop[1]}]'
