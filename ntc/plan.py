@@ -24,6 +24,7 @@ from .ir.types import CovType, TensorType
 from .lower.lower import block_shape, first_nonfinite, lower
 from .lower.symbolic import symbolic_kernels
 from .passes import Options
+from .passes.choose_layouts import stores_padded_input
 from .passes.cost import N1, N2, NodeCost, cost, pair_block, pair_bytes
 from .passes.roll_loops import loops
 
@@ -205,8 +206,11 @@ class KernelPlan:
             c = self.costs[node.id]
             ins = ','.join(f'%{i}' for i in self.graph.inputs(node.id)) or '-'
             srcs = [self.graph.node(i) for i in self.graph.inputs(node.id)]
+            # by keyword and only when set: a user op may override the two-argument form
+            stored = {'stored_input': True} if stores_padded_input(self.graph, node) else {}
             note = node.op.lowering_note([n.ttype for n in srcs],
-                                         srcs[0].cov.spatial if srcs else node.cov.spatial)
+                                         srcs[0].cov.spatial if srcs else node.cov.spatial,
+                                         **stored)
             layout = node.cov.describe() + (' [mat]' if node.materialize else '')
             if node.loop is not None:
                 layout += f' [loop{node.loop[0]}.{node.loop[1]}]'

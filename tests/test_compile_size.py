@@ -11,7 +11,7 @@ import pytest
 
 import ntc
 from ntc import stax
-from ntc.covariance.xp import JNP
+from ntc.covariance.xp import _ATAN32_Q, JNP
 from ntc.layers.activations import ACTIVATIONS
 from ntc.lower.lower import block_shape
 
@@ -60,3 +60,60 @@ def test_a_conv_of_per_position_variances_is_one_pass():
     assert 'stencil 1 pass, 9 taps' in plan.explain()
     x1, x2 = np.ones((2, 5, 5, 3)), np.ones((3, 5, 5, 3))
     assert _count(plan.fn, x1, x2, prim='pad') == 4  # 8 one axis at a time
+
+
+def _fusions_with(fn, *args, needle: str) -> int:
+    """How many fused computations of XLA's optimised program for `fn(*args)` contain
+    `needle` (each distinct one is a kernel XLA compiles)."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    comps = text.split('\n%')
+    return sum(needle in c for c in comps if c.startswith('fused'))
+
+
+ARC_COSINE = str(_ATAN32_Q[0])[:9]  # the atan polynomial's leading coefficient, in float32
+
+
+def _conv():
+    return stax.Conv(4, (3, 3), padding='SAME')
+
+
+def test_stencils_read_a_stored_padded_copy_of_their_input():
+    # (Conv, Relu) × 2 + Conv rolls into one loop; each stencil's taps all read its stored
+    # padded input, so the Relu's arc-cosine is in one kernel per padded array (nngp, ntk);
+    # with the centre tap read from the unpadded input, XLA recomputed it in each stencil (4)
+    net = stax.serial(_conv(), stax.Relu(), _conv(), stax.Relu(), _conv(), stax.GlobalAvgPool())
+    plan = ntc.compile(net, (-1, 6, 6, 3), get=('nngp', 'ntk'))
+    assert plan.explain().count('9 taps, stored pad') == 3
+    x1, x2 = np.ones((2, 6, 6, 3), np.float32), np.ones((3, 6, 6, 3), np.float32)
+    assert _fusions_with(plan.fn, x1, x2, needle=ARC_COSINE) == 2
+
+
+@pytest.mark.parametrize('tail', ['gap', 'residual'])
+def test_a_stencil_before_a_spatial_reduction_reads_its_input_unpadded(tail):
+    # XLA's reduction fusion takes no slices: each tap of the last stencil is a kernel of its
+    # own, and with a stored padded copy each would recompute the Relu (18 kernels, not 1)
+    shortcut = stax.serial(stax.FanOut(2), stax.parallel(stax.serial(stax.Relu(), _conv()),
+                                                         stax.Identity()), stax.FanInSum())
+    body = [stax.Relu(), _conv()] if tail == 'gap' else [shortcut]
+    net = stax.serial(_conv(), *body, stax.GlobalAvgPool())
+    plan = ntc.compile(net, (-1, 6, 6, 3), get=('nngp', 'ntk'))
+    assert 'stored pad' not in plan.explain().split('\n')[5]  # %3, the second Conv
+    x1, x2 = np.ones((2, 6, 6, 3), np.float32), np.ones((3, 6, 6, 3), np.float32)
+    assert _fusions_with(plan.fn, x1, x2, needle=ARC_COSINE) == 1
+
+
+def test_a_stencil_tap_is_one_slice():
+    # tracing and lowering cost per equation: each of the 9 taps slices every axis at once
+    # (4 arrays: nngp, ntk, cov1, cov2 of a DIAG conv), not one slice per axis
+    net = stax.serial(stax.Conv(4, (3, 3), padding='SAME'), stax.Relu(), stax.Flatten())
+    plan = ntc.compile(net, (-1, 5, 5, 3), get=('nngp', 'ntk'))
+    x1, x2 = np.ones((2, 5, 5, 3)), np.ones((3, 5, 5, 3))
+    assert _count(plan.fn, x1, x2, prim='slice') == 4 * 9
+
+
+def test_the_arc_cosine_traces_without_nested_calls():
+    # jnp.where and jnp.signbit trace as nested jit calls, each lowered to a function of its
+    # own; the kernels' guards and atan2 use plain selects
+    c = np.linspace(-1.0, 1.0, 7)
+    text = str(jax.make_jaxpr(lambda v: ACTIVATIONS['Relu'].kernel(JNP, None, v, v + 2, v + 3))(c))
+    assert 'jit' not in text and ' select_n' in text

@@ -32,8 +32,27 @@ def pad_axes(x, axes, lo: int, hi: int, circular: bool, interior: int = 0):
     return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
+def _stored(padded):
+    """`padded` as the one array every tap reads.  Without the barrier XLA's simplifier turns
+    the tap that covers the unpadded input exactly (the centre of a SAME window) into that
+    input, so the stencil's kernel recomputes the input's producer (an arc-cosine) for that
+    tap besides the kernel that writes the padded copy: one more copy of the producer's code
+    to compile per array and stencil, and its arithmetic done twice."""
+    return lax.optimization_barrier(padded)
+
+
 def _slice(x, axis, start, count, stride):
     return lax.slice_in_dim(x, start, start + (count - 1) * stride + 1, stride, axis)
+
+
+def _tap(x, cuts):
+    """x[.., start::stride (count entries) along each (axis, start, count, stride) of `cuts`,
+    ..]: one slice of every axis at once (one traced equation instead of one per axis)."""
+    starts, limits, strides = [0] * x.ndim, list(x.shape), [1] * x.ndim
+    for axis, start, count, stride in cuts:
+        starts[axis], limits[axis] = start, start + (count - 1) * stride + 1
+        strides[axis] = stride
+    return lax.slice(x, starts, limits, strides)
 
 
 def window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, circular: bool,
@@ -47,11 +66,11 @@ def window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, circular: bo
     return out
 
 
-def window_sum_nd(x, windows, circular: bool):
+def window_sum_nd(x, windows, circular: bool, stored: bool = False):
     """Σ over every tap (δ_1, ..., δ_m) of x[.., o_1·s_1 + δ_1 - lo_1, ..] for the axes
     `windows` = [(axis, k, stride, lo, hi, interior), ...]: `window_sum` over all of them at
     once, one pad and Π k taps (one XLA loop fusion instead of one per axis; a conv's map of
-    per-position variances)."""
+    per-position variances).  `stored`: every tap reads the padded copy (`_stored`)."""
     if circular:
         for axis, _, _, lo, hi, _ in windows:
             x = pad_axes(x, (axis,), lo, hi, True)
@@ -60,12 +79,13 @@ def window_sum_nd(x, windows, circular: bool):
         for axis, _, _, lo, hi, interior in windows:
             config[axis] = (lo, hi, interior)
         x = lax.pad(x, jnp.zeros((), x.dtype), config)
+    if stored:
+        x = _stored(x)
     sizes = [(x.shape[axis] - k) // stride + 1 for axis, k, stride, _, _, _ in windows]
     out = None
     for taps in itertools.product(*(range(k) for _, k, _, _, _, _ in windows)):
-        tap = x
-        for (axis, _, stride, _, _, _), m, d in zip(windows, sizes, taps):
-            tap = _slice(tap, axis, d, m, stride)
+        tap = _tap(x, [(axis, d, m, stride)
+                       for (axis, _, stride, _, _, _), m, d in zip(windows, sizes, taps)])
         out = tap if out is None else out + tap
     return out
 
@@ -77,7 +97,7 @@ def diagonal_window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, cir
     m = (x.shape[axis] - k) // stride + 1
 
     def tap(d):
-        return _slice(_slice(x, axis, d, m, stride), axis + 1, d, m, stride)
+        return _tap(x, [(axis, d, m, stride), (axis + 1, d, m, stride)])
 
     out = tap(0)
     for d in range(1, k):
@@ -85,12 +105,13 @@ def diagonal_window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, cir
     return out
 
 
-def diagonal_window_sum_nd(x, pairs, circular: bool):
+def diagonal_window_sum_nd(x, pairs, circular: bool, stored: bool = False):
     """Σ over every tap (δ_1, ..., δ_m) of x[.., o_1·s_1 + δ_1 - lo_1, o_1'·s_1 + δ_1 - lo_1, ..]
     for the adjacent axis pairs `pairs` = [(axis, k, stride, lo, hi, interior), ...]: the
     diagonal window sums of `diagonal_window_sum` over all pairs at once.  One pass over x
     (Π k taps) instead of one pass per pair: the sum is a single XLA loop fusion that also
-    takes in the consumer's elementwise math (a conv followed by a nonlinearity)."""
+    takes in the consumer's elementwise math (a conv followed by a nonlinearity).  `stored`:
+    every tap reads the padded copy (`_stored`)."""
     if circular:
         for axis, _, _, lo, hi, _ in pairs:
             x = pad_axes(x, (axis, axis + 1), lo, hi, True)
@@ -99,12 +120,13 @@ def diagonal_window_sum_nd(x, pairs, circular: bool):
         for axis, _, _, lo, hi, interior in pairs:
             config[axis] = config[axis + 1] = (lo, hi, interior)
         x = lax.pad(x, jnp.zeros((), x.dtype), config)
+    if stored:
+        x = _stored(x)
     sizes = [(x.shape[axis] - k) // stride + 1 for axis, k, stride, _, _, _ in pairs]
     out = None
     for taps in itertools.product(*(range(k) for _, k, _, _, _, _ in pairs)):
-        tap = x
-        for (axis, _, stride, _, _, _), m, d in zip(pairs, sizes, taps):
-            tap = _slice(_slice(tap, axis, d, m, stride), axis + 1, d, m, stride)
+        tap = _tap(x, [(a, d, m, stride) for (axis, _, stride, _, _, _), m, d
+                       in zip(pairs, sizes, taps) for a in (axis, axis + 1)])
         out = tap if out is None else out + tap
     return out
 

@@ -29,6 +29,24 @@ from jax import lax
 from jax.scipy.special import erf as _jerf
 
 
+def _where(cond, a, b):
+    """jnp.where(cond, a, b) as one `select` equation: jnp.where traces a nested jit call,
+    which lowering turns into a function of its own (25 of them in the small WideResNet)."""
+    if not (hasattr(a, 'dtype') or hasattr(b, 'dtype')):
+        return jnp.where(cond, a, b)  # two Python scalars: jnp's weak result type
+    dtype = jnp.result_type(a, b)
+    shape = jnp.broadcast_shapes(jnp.shape(cond), jnp.shape(a), jnp.shape(b))
+    return lax.select(jnp.broadcast_to(cond, shape), jnp.broadcast_to(jnp.asarray(a, dtype), shape),
+                      jnp.broadcast_to(jnp.asarray(b, dtype), shape))
+
+
+def _signbit(x):
+    """Whether x's sign bit is set (-0.0 included), for float32/float64 x, without
+    jnp.signbit's nested jit call."""
+    ints = jnp.int64 if x.dtype == jnp.float64 else jnp.int32
+    return lax.bitcast_convert_type(x, ints) < 0
+
+
 @jax.custom_jvp
 def _safe_sqrt(x):
     return jnp.sqrt(jnp.maximum(x, 0.0))
@@ -41,7 +59,7 @@ def _safe_sqrt_jvp(primals, tangents):
     pos = y > 0
     # at 0 the one-sided derivative is infinite; the kernel formulas that call safe_sqrt are
     # arranged so that its coefficient vanishes there, and 0 is the correct contribution
-    return y, jnp.where(pos, dx / (2 * jnp.where(pos, y, 1.0)), 0.0)
+    return y, _where(pos, dx / (2 * _where(pos, y, 1.0)), 0.0)
 
 
 # atan on [0, 1], branch-free.  float32: atan(t) = t + t·z·Q(z), z = t², with Q fitted here to
@@ -70,10 +88,10 @@ def _atan_unit(t):
     """atan(t) for t in [0, 1], in t's precision."""
     if t.dtype == jnp.float64:
         big = t > 0.66
-        u = jnp.where(big, (t - 1) / (t + 1), t)
+        u = _where(big, (t - 1) / (t + 1), t)
         z = u * u
         r = u + u * z * (_horner(_ATAN64_P, z) / _horner(_ATAN64_Q, z))
-        return jnp.where(big, r + (math.pi / 4 + 3.061616997868383e-17), r)
+        return _where(big, r + (math.pi / 4 + 3.061616997868383e-17), r)
     z = t * t
     return t + t * z * _horner(_ATAN32_Q, z)
 
@@ -89,10 +107,10 @@ def _atan2(y, x):
         return jnp.arctan2(y, x)
     ay, ax = jnp.abs(y), jnp.abs(x)
     hi, lo = jnp.maximum(ay, ax), jnp.minimum(ay, ax)
-    r = _atan_unit(lo / jnp.where(hi > 0, hi, 1))
-    r = jnp.where(ay > ax, math.pi / 2 - r, r)
-    r = jnp.where(x < 0, math.pi - r, r)
-    return jnp.where(jnp.signbit(y), -r, r)
+    r = _atan_unit(lo / _where(hi > 0, hi, 1))
+    r = _where(ay > ax, math.pi / 2 - r, r)
+    r = _where(x < 0, math.pi - r, r)
+    return _where(_signbit(y), -r, r)
 
 
 class _Jnp:
@@ -115,7 +133,7 @@ class _Jnp:
     square = staticmethod(jnp.square)
     maximum = staticmethod(jnp.maximum)
     minimum = staticmethod(jnp.minimum)
-    where = staticmethod(jnp.where)
+    where = staticmethod(_where)
     safe_sqrt = staticmethod(_safe_sqrt)
 
     @staticmethod
@@ -128,26 +146,26 @@ class _Jnp:
     @staticmethod
     def clip(x, lo, hi):
         """x limited to [lo, hi]; the derivative passes through unchanged at the bounds."""
-        return jnp.where(x < lo, lo, jnp.where(x > hi, hi, x))
+        return _where(x < lo, lo, _where(x > hi, hi, x))
 
     @staticmethod
     def inv_sqrt(q):
         """1/√q for q > 0, else 0 (a zero-variance input has correlation 0 with anything)."""
         pos = q > 0
-        return jnp.where(pos, lax.rsqrt(jnp.where(pos, q, 1.0)), 0.0)
+        return _where(pos, lax.rsqrt(_where(pos, q, 1.0)), 0.0)
 
     @staticmethod
     def safe_div(a, b):
         """a/b where b ≠ 0, else 0."""
         nz = b != 0
-        return jnp.where(nz, a / jnp.where(nz, b, 1.0), 0.0)
+        return _where(nz, a / _where(nz, b, 1.0), 0.0)
 
     @staticmethod
     def drop_roundoff(x, scale):
         """x, or 0 where x ≤ 64 ulps of `scale`: below the rounding error of a difference of
         terms of size `scale` (e.g. q1·q2 - c12² for a pair whose inputs agree to a few ulps)."""
         eps = jnp.finfo(jnp.result_type(x, float)).eps
-        return jnp.where(x > (64 * eps) * scale, x, 0.0)
+        return _where(x > (64 * eps) * scale, x, 0.0)
 
     @staticmethod
     def const(v):

@@ -99,9 +99,12 @@ class Op(BaseModel):
         """FLOPs of the kernel rule per stored output entry (the `cost` pass)."""
         return self.flops_per_entry
 
-    def lowering_note(self, in_types: list[TensorType], spatial: Spatial) -> str:
+    def lowering_note(self, in_types: list[TensorType], spatial: Spatial,
+                      stored_input: bool = False) -> str:
         """How the kernel rule runs for these inputs and the input's spatial layout, when that
-        is a choice worth showing in `KernelPlan.explain()` (e.g. a fused stencil); '' if not."""
+        is a choice worth showing in `KernelPlan.explain()` (e.g. a fused stencil); '' if not.
+        `stored_input`: the plan has a stencil read a stored padded copy of its input
+        (`ntc.passes.choose_layouts.stores_padded_input`)."""
         return ''
 
     def reads_neighbours(self) -> bool:

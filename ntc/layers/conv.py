@@ -158,9 +158,10 @@ class _ConvBase(_WindowBase, _AffineBase):
     def entry_flops(self, in_types, out_type):
         return 2.0 * sum(self.filter_shape) + 2.0
 
-    def lowering_note(self, in_types, spatial):
+    def lowering_note(self, in_types, spatial, stored_input=False):
         if fused_stencil(self, spatial):
-            return f'stencil 1 pass, {math.prod(self.filter_shape)} taps'
+            pad = ', stored pad' if stored_input else ''
+            return f'stencil 1 pass, {math.prod(self.filter_shape)} taps{pad}'
         if spatial == 'FULL':
             return f'stencil {len(self.filter_shape)} passes'
         return ''
@@ -245,8 +246,9 @@ def fused_stencil(op, layout_spatial: str) -> bool:
             and math.prod(op.filter_shape) <= MAX_FUSED_TAPS)
 
 
-def window_mean(op, x, layout_spatial: str, order, lead: int, in_type):
-    """A(x): the conv window mean of covariance `x` over every filter axis."""
+def window_mean(op, x, layout_spatial: str, order, lead: int, in_type, stored: bool = False):
+    """A(x): the conv window mean of covariance `x` over every filter axis; `stored`: a fused
+    stencil's taps all read its stored padded copy (`LowerCtx.stores_padded_input`)."""
     circular = op.padding == 'CIRCULAR' and op.kind == 'Conv'
     wrap = op.padding == 'CIRCULAR' and op.kind == 'ConvTranspose'
     if fused_stencil(op, layout_spatial):
@@ -257,7 +259,8 @@ def window_mean(op, x, layout_spatial: str, order, lead: int, in_type):
             stride = 1 if op.kind == 'ConvTranspose' else s
             windows.append((lead + (2 if full else 1) * order.index(i), k, stride, lo, hi,
                             interior))
-        summed = (diagonal_window_sum_nd if full else window_sum_nd)(x, windows, circular)
+        summed = (diagonal_window_sum_nd if full else window_sum_nd)(x, windows, circular,
+                                                                     stored)
         return summed / math.prod(op.filter_shape)
     # process the outermost stored axis first (measured faster on CPU)
     dims = sorted(op.axis_map(in_type), key=lambda m: order.index(m[0]))
@@ -290,9 +293,10 @@ def conv_kernel(ctx, node, k):
     a, b, c, d, e = op.coefficients(t.channels)
     order = k.layout.axis_order
     lead = 2
+    stored = ctx.stores_padded_input(node)
 
     def mean(x, spatial, lead):
-        return window_mean(op, x, spatial, order, lead, t)
+        return window_mean(op, x, spatial, order, lead, t, stored)
 
     nngp, ntk = a * mean(k.nngp, k.layout.spatial, lead) + b, None
     if ctx.want_ntk:

@@ -23,6 +23,7 @@ from ..covariance.xp import JNP
 from ..ir.graph import Graph, Node
 from ..ir.registry import get_kernel_rule
 from ..ir.types import CovType
+from ..passes.choose_layouts import stores_padded_input
 from ..passes.options import Options
 from ..passes.roll_loops import Loop, loops
 
@@ -47,6 +48,11 @@ class LowerCtx:
 
     def in_type(self, node: Node, slot: int = 0):
         return self.in_types(node)[slot]
+
+    def stores_padded_input(self, node: Node) -> bool:
+        """The plan's choice for stencil `node`: whether its taps all read a stored padded copy
+        of its input (`ntc.passes.choose_layouts.stores_padded_input`)."""
+        return not self.xp.symbolic and stores_padded_input(self.graph, node)
 
 
 def needed_input(node: Node, producer: Node) -> CovType:

@@ -19,7 +19,8 @@ nonlinearity's FULL-layout output before a stencil measured ~20% faster on the 2
 global pooling (unrolled), and made no gain (or a small loss) in DIAG layouts, so only FULL ones
 are materialised.  Lowering uses `optimization_barrier`, which XLA's CPU backend does not treat as
 a fusion boundary; in rolled loops (`roll_loops`) the stored carry is what keeps the expensive
-value from being recomputed, and the mark measures within noise there.
+value from being recomputed, and the mark measures within noise there.  What does work is a
+barrier on the stencil's padded copy of its input (`stores_padded_input`, decided here too).
 """
 
 from __future__ import annotations
@@ -95,3 +96,30 @@ def should_materialize(g: Graph, node, cov: CovType) -> bool:
     """Store this value before its consumers read it (see the module docstring)."""
     return (cov.spatial == 'FULL' and node.op.flops_per_entry >= EXPENSIVE_FLOPS
             and any(g.node(c).op.reads_neighbours() for c, _ in g.consumers(node.id)))
+
+
+def stores_padded_input(g: Graph, node) -> bool:
+    """Whether the stencil `node` reads a stored, padded copy of its input in every tap (see
+    `ntc.covariance.stencil._stored`): the padded copy is then the one kernel that runs the
+    producer's arithmetic (an arc-cosine), where the stencil's own kernel otherwise recomputes
+    it for the tap that covers the unpadded input (the small WideResNet: 53 → 46 XLA kernels).
+    Not when the stencil's output reaches a reduction of the spatial axes (GlobalAvgPool,
+    Flatten) through pointwise layers only: that is a reduction fusion on XLA's CPU backend
+    that takes no slices of its own, so each tap becomes a kernel of its own, and with the
+    padded copy each of them would recompute the producer (the unpadded input is stored for
+    the reduction's centre tap instead).  A stencil or a loop boundary (a stored carry) on the
+    way ends the search."""
+    if not node.op.reads_neighbours():
+        return False
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        consumers = [g.node(c) for c, _ in g.consumers(n.id)]
+        if any(c.loop != n.loop for c in consumers):
+            continue  # a loop's carry: stored
+        for consumer in consumers:
+            if consumer.cov.spatial == 'NONE':
+                return False
+            if not consumer.op.reads_neighbours():
+                todo.append(consumer)
+    return True
