@@ -17,6 +17,7 @@ from .ir.types import SPATIAL_RANK, TensorType
 from .lower import finite
 from .passes import KERNEL_NAMES, Options, run_passes
 from .passes.check import check
+from .passes.choose_layouts import propagate_needs
 from .passes.infer_types import infer_types
 from .passes.options import SHAPE_NAMES
 from .plan import KernelPlan, result_type
@@ -251,9 +252,34 @@ def compile_for_types(built: Graph, types: Sequence[TensorType], opts: Options, 
     g = built.copy()
     for nid, t in zip(g.input_nodes(), types, strict=True):
         g.replace(nid, ttype=t)
-    graph = run_passes(g, opts, check_ir=verify)
     source = typed_graph(built, types)
+    if opts.diagonal_spatial:
+        refuse_diagonal_spatial(source)
+    graph = run_passes(g, opts, check_ir=verify)
     return KernelPlan(graph, types, opts, source, dtype_bytes=jnp.dtype(dtype).itemsize)
+
+
+def refuse_diagonal_spatial(source: Graph) -> None:
+    """NT's `diagonal_spatial=True` on a network whose outputs have no spatial axes: there it
+    cannot ask for a layout, so it asks (as in NT) for the kernel computed from the spatial
+    diagonals alone, which a layer that reads the covariance between every pair of positions
+    (global pooling after a conv, AvgPool, attention) cannot give: refused, as NT does."""
+    outs = [source.node(o) for o in source.outputs]
+    if any(o.ttype.spatial_axes for o in outs):
+        return
+    need, _ = propagate_needs(source, {o.id: 'NONE' for o in outs}, {})
+    for nid in source.order():
+        node = source.node(nid)
+        for src in source.inputs(nid):
+            t = source.node(src).ttype
+            if (t.spatial_axes and need.get(nid) != 'FULL'
+                    and node.op.spatial_need(need.get(nid, 'NONE'), t) == 'FULL'):
+                raise InputError(f'diagonal_spatial=True on a network without spatial axes at '
+                                 f'its output asks for the kernel from the spatial diagonals '
+                                 f'only, but {node.op.kind} reads the covariance of '
+                                 f'every pair of positions', path=node.path,
+                                 hint='drop diagonal_spatial=True: the kernel has no spatial '
+                                      'axes to take the diagonal of')
 
 
 def returned_fields(plan: KernelPlan, n1: int, n2: int, diagonal_spatial: bool = False,

@@ -15,7 +15,9 @@ Samples are drawn as in NT (for sample ``i``: ``key, k = split(key)``, then
 gets ``rng=`` when it accepts one).  They are computed in chunks with `jax.vmap`, each chunk
 jitted and, across ``device_count`` devices, sharded along the sample axis; only running sums
 (Chan et al. 1979's pairwise update of mean and squared deviations) are kept, so memory does not
-grow with ``n_samples``.
+grow with ``n_samples``.  Each device sums its own samples; the sums are copied to the first
+device and merged there, so results are ordinary one-device arrays and the sharded program has
+no collective (XLA:CPU aborts the process when an all-reduce waits 40 s for a host device).
 """
 
 from __future__ import annotations
@@ -124,6 +126,10 @@ class _Sampler:
         return {g: self.kernel_fn(x1, x2, g, params, **kwargs) for g in names}
 
     def _chunk_fn(self, names, shape, size, with_m2, static_kw, shard):
+        """``(sample, merge)``, jitted: ``sample(key, take, x1, x2, kwargs)`` draws the next
+        `size` samples (the first `take` count) and returns ``(next_key, partials)``, one
+        ``(count, sum, M2)`` per device along a leading axis; ``merge(state, partials)`` adds
+        them to the running state on one device."""
         cache_key = self.settings + (names, repr(shape), size, with_m2,
                                      repr(sorted(static_kw.items())),
                                      tuple(d.id for d in self.devices), shard)
@@ -136,20 +142,34 @@ class _Sampler:
         # NotImplementedError; with the input batched too it takes a rule that works
         copy = self.copy_inputs
 
-        def kernels(skeys, xs, kwargs):
-            return jax.vmap(lambda k, x: self._one(k, *x, names, shape, dict(kwargs, **static_kw)),
-                            in_axes=(0, 0 if copy else None))(skeys, xs)
+        def partials(skeys, mask, xs, kwargs):
+            """(count, sum, M2 about their own mean) of the unmasked samples, each with a
+            leading axis of length 1 (one entry per device once sharded)."""
+            ks = jax.vmap(lambda k, x: self._one(k, *x, names, shape, dict(kwargs, **static_kw)),
+                          in_axes=(0, 0 if copy else None))(skeys, xs)
 
-        # each device vmaps over its own share of the samples (shard_map: sharding one vmap
-        # with XLA's partitioner gave wrong per-example NTKs of conv nets)
+            def masked(k):     # padding samples are dropped, even if not finite
+                return jnp.where(mask.reshape((-1,) + (1,) * (k.ndim - 1)), k, 0)
+
+            count = jnp.sum(mask).astype(_tree.tree_leaves(ks)[0].dtype)
+            sums = _tree.tree_map(lambda k: jnp.sum(masked(k), axis=0), ks)
+            means = _tree.tree_map(lambda sm: (sm / jnp.maximum(count, 1))[None], sums)
+            m2 = _tree.tree_map(lambda k, m: jnp.sum(masked((k - m) ** 2), axis=0),
+                                ks, means) if with_m2 else None
+            return _tree.tree_map(lambda a: a[None], (count, sums, m2))
+
+        # each device vmaps over its own share of the samples and sums it (shard_map: sharding
+        # one vmap with XLA's partitioner gave wrong per-example NTKs of conv nets).  The
+        # program has no collective: on host devices an all-reduce waits at most 40 s for the
+        # other devices and then aborts the process, which a loaded CPU reaches
         if shard:
             spec = PartitionSpec('s')
-            kernels = jax.shard_map(kernels, mesh=Mesh(np.array(self.devices), ('s',)),
-                                    in_specs=(spec, spec if copy else PartitionSpec(),
-                                              PartitionSpec()),
-                                    out_specs=spec, check_vma=False)
+            partials = jax.shard_map(partials, mesh=Mesh(np.array(self.devices), ('s',)),
+                                     in_specs=(spec, spec, spec if copy else PartitionSpec(),
+                                               PartitionSpec()),
+                                     out_specs=spec, check_vma=False)
 
-        def chunk(key, state, take, x1, x2, kwargs):
+        def sample(key, take, x1, x2, kwargs):
             def step(k, _):
                 pair = jax.random.split(k)
                 return pair[0], (pair[0], pair[1])
@@ -158,32 +178,19 @@ class _Sampler:
             xs = (x1, x2)
             if copy:
                 xs = _tree.tree_map(lambda a: jnp.broadcast_to(a, (size,) + a.shape), xs)
-            ks = kernels(skeys, xs, kwargs)
-            mask = jnp.arange(size) < take
+            return next_key, partials(skeys, jnp.arange(size) < take, xs, kwargs)
 
-            def masked(k):     # padding samples are dropped, even if not finite
-                return jnp.where(mask.reshape((-1,) + (1,) * (k.ndim - 1)), k, 0)
+        def merge(state, parts):
+            """The running state with each device's part added in turn."""
+            for i in range(parts[0].shape[0]):
+                state = _merge(state, _tree.tree_map(lambda a, i=i: a[i], parts), with_m2)
+            return state
 
-            count, total, m2 = state
-            c = take.astype(count.dtype)
-            sums = _tree.tree_map(lambda k: jnp.sum(masked(k), axis=0), ks)
-            new_total = _tree.tree_map(jnp.add, total, sums)
-            if not with_m2:
-                return next_key, (count + c, new_total, m2)
-            tot = count + c
-            chunk_m2 = _tree.tree_map(
-                lambda k, sm: jnp.sum(masked((k - (sm / c)[None]) ** 2), axis=0), ks, sums)
-            new_m2 = _tree.tree_map(
-                lambda m, cm, sm, t: m + cm + jnp.where(
-                    count > 0, (sm / c - t / jnp.maximum(count, 1)) ** 2 * count * c / tot, 0),
-                m2, chunk_m2, sums, total)
-            return next_key, (tot, new_total, new_m2)
-
-        fn = jax.jit(chunk)
-        _CHUNK_CACHE[cache_key] = fn
+        fns = (jax.jit(sample), jax.jit(merge))
+        _CHUNK_CACHE[cache_key] = fns
         if len(_CHUNK_CACHE) > _CACHE_SIZE:
             _CHUNK_CACHE.popitem(last=False)
-        return fn
+        return fns
 
     def _size(self, outs, shape, x1, x2, names, kwargs, n_max, shard):
         if self.chunk_size is not None:
@@ -221,7 +228,7 @@ class _Sampler:
         traced = not is_concrete(x1, x2, dyn)
         shard = len(self.devices) > 1 and not traced
         size = self._size(outs, shape, x1, x2, names, kwargs, counts[-1], shard)
-        fn = self._chunk_fn(names, shape, size, with_m2, static_kw, shard)
+        sample, merge = self._chunk_fn(names, shape, size, with_m2, static_kw, shard)
 
         def zeros():
             return _tree.tree_map(lambda o: np.zeros(o.shape, o.dtype), outs)
@@ -232,7 +239,10 @@ class _Sampler:
         for target in counts:
             while n_done < target:
                 take = min(size, target - n_done)
-                key, state = fn(key, state, np.int32(take), x1, x2, dyn)
+                key, parts = sample(key, np.int32(take), x1, x2, dyn)
+                if shard:
+                    parts = _on_one_device(parts, self.devices[0])
+                state = merge(state, parts)
                 if not self.store_on_device:
                     state = _tree.tree_map(np.asarray, state)
                 n_done += take
@@ -253,6 +263,33 @@ class _Sampler:
             raise InputError('batch_size needs outputs of one rank, got ranks '
                              f'{sorted(ranks)}')
         return ranks.pop()
+
+
+def _merge(state, part, with_m2):
+    """Chan et al.'s (1979) pairwise update: the (count, sum, M2) of the union of two sets of
+    samples from those of each set (M2: the sum of squared deviations from the set's mean)."""
+    (n_a, sum_a, m2_a), (n_b, sum_b, m2_b) = state, part
+    n = n_a + n_b
+    m2 = None
+    if with_m2:
+        both = (n_a > 0) & (n_b > 0)
+        scale = n_a * n_b / jnp.maximum(n, 1)
+
+        def add_m2(m_a, m_b, s_a, s_b):
+            gap = s_b / jnp.maximum(n_b, 1) - s_a / jnp.maximum(n_a, 1)
+            return m_a + m_b + jnp.where(both, gap ** 2 * scale, 0)
+
+        m2 = _tree.tree_map(add_m2, m2_a, m2_b, sum_a, sum_b)
+    return n, _tree.tree_map(jnp.add, sum_a, sum_b), m2
+
+
+def _on_one_device(parts, device):
+    """`parts` (sharded along their leading axis) gathered on `device` by copying each shard
+    there: results on one device, as a user expects, and no collective program."""
+    def gather(a):
+        shards = sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
+        return jnp.concatenate([jax.device_put(s.data, device) for s in shards])
+    return _tree.tree_map(gather, parts)
 
 
 def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples, batch_size: int = 0,

@@ -5,6 +5,7 @@
 # a scratch directory, never into this repository.  Left out: NT's TensorFlow port
 # (tests/experimental), the tests of NT's examples/ scripts (not shipped with NT's wheel) and of
 # its private rules module; tests of NT-private functions (neural_tangents._src...) fail by design.
+# `-n 2` (pytest-xdist) runs it on two workers; docs/porting.md lists the last run's failures.
 set -e
 here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/../.." && pwd)
 out=${1:?usage: run.sh OUTDIR [pytest args]}; shift
