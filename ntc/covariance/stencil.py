@@ -71,23 +71,7 @@ def window_sum_nd(x, windows, circular: bool, stored: bool = False):
     `windows` = [(axis, k, stride, lo, hi, interior), ...]: `window_sum` over all of them at
     once, one pad and Π k taps (one XLA loop fusion instead of one per axis; a conv's map of
     per-position variances).  `stored`: every tap reads the padded copy (`_stored`)."""
-    if circular:
-        for axis, _, _, lo, hi, _ in windows:
-            x = pad_axes(x, (axis,), lo, hi, True)
-    else:
-        config = [(0, 0, 0)] * x.ndim
-        for axis, _, _, lo, hi, interior in windows:
-            config[axis] = (lo, hi, interior)
-        x = lax.pad(x, jnp.zeros((), x.dtype), config)
-    if stored:
-        x = _stored(x)
-    sizes = [(x.shape[axis] - k) // stride + 1 for axis, k, stride, _, _, _ in windows]
-    out = None
-    for taps in itertools.product(*(range(k) for _, k, _, _, _, _ in windows)):
-        tap = _tap(x, [(axis, d, m, stride)
-                       for (axis, _, stride, _, _, _), m, d in zip(windows, sizes, taps)])
-        out = tap if out is None else out + tap
-    return out
+    return _grouped_window_sum(x, [((w[0],),) + tuple(w[1:]) for w in windows], circular, stored)
 
 
 def diagonal_window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, circular: bool,
@@ -112,21 +96,29 @@ def diagonal_window_sum_nd(x, pairs, circular: bool, stored: bool = False):
     (Π k taps) instead of one pass per pair: the sum is a single XLA loop fusion that also
     takes in the consumer's elementwise math (a conv followed by a nonlinearity).  `stored`:
     every tap reads the padded copy (`_stored`)."""
+    return _grouped_window_sum(x, [((p[0], p[0] + 1),) + tuple(p[1:]) for p in pairs],
+                               circular, stored)
+
+
+def _grouped_window_sum(x, groups, circular: bool, stored: bool):
+    """Σ over every tap (δ_1, ..., δ_m) of x with each axis of group i read at o·s_i + δ_i - lo_i:
+    `groups` = [(axes, k, stride, lo, hi, interior), ...], one pad of every axis, Π k taps."""
     if circular:
-        for axis, _, _, lo, hi, _ in pairs:
-            x = pad_axes(x, (axis, axis + 1), lo, hi, True)
+        for axes, _, _, lo, hi, _ in groups:
+            x = pad_axes(x, axes, lo, hi, True)
     else:  # one pad of every axis (two pads in a row are stored twice by XLA)
         config = [(0, 0, 0)] * x.ndim
-        for axis, _, _, lo, hi, interior in pairs:
-            config[axis] = config[axis + 1] = (lo, hi, interior)
+        for axes, _, _, lo, hi, interior in groups:
+            for a in axes:
+                config[a] = (lo, hi, interior)
         x = lax.pad(x, jnp.zeros((), x.dtype), config)
     if stored:
         x = _stored(x)
-    sizes = [(x.shape[axis] - k) // stride + 1 for axis, k, stride, _, _, _ in pairs]
+    sizes = [(x.shape[axes[0]] - k) // stride + 1 for axes, k, stride, _, _, _ in groups]
     out = None
-    for taps in itertools.product(*(range(k) for _, k, _, _, _, _ in pairs)):
-        tap = _tap(x, [(a, d, m, stride) for (axis, _, stride, _, _, _), m, d
-                       in zip(pairs, sizes, taps) for a in (axis, axis + 1)])
+    for taps in itertools.product(*(range(k) for _, k, _, _, _, _ in groups)):
+        tap = _tap(x, [(a, d, m, stride) for (axes, _, stride, _, _, _), m, d
+                       in zip(groups, sizes, taps) for a in axes])
         out = tap if out is None else out + tap
     return out
 
