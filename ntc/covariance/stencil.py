@@ -41,10 +41,6 @@ def _stored(padded):
     return lax.optimization_barrier(padded)
 
 
-def _slice(x, axis, start, count, stride):
-    return lax.slice_in_dim(x, start, start + (count - 1) * stride + 1, stride, axis)
-
-
 def _tap(x, cuts):
     """x[.., start::stride (count entries) along each (axis, start, count, stride) of `cuts`,
     ..]: one slice of every axis at once (one traced equation instead of one per axis)."""
@@ -58,12 +54,7 @@ def _tap(x, cuts):
 def window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, circular: bool,
                interior: int = 0):
     """Σ_{δ<k} x[o·stride + δ - lo] along one axis (padded as `pad_axes`)."""
-    x = pad_axes(x, (axis,), lo, hi, circular, interior)
-    m = (x.shape[axis] - k) // stride + 1
-    out = _slice(x, axis, 0, m, stride)
-    for d in range(1, k):
-        out = out + _slice(x, axis, d, m, stride)
-    return out
+    return _grouped_window_sum(x, [((axis,), k, stride, lo, hi, interior)], circular, False)
 
 
 def window_sum_nd(x, windows, circular: bool, stored: bool = False):
@@ -77,16 +68,8 @@ def window_sum_nd(x, windows, circular: bool, stored: bool = False):
 def diagonal_window_sum(x, axis: int, k: int, stride: int, lo: int, hi: int, circular: bool,
                         interior: int = 0):
     """Σ_{δ<k} x[o·s + δ - lo, o'·s + δ - lo] over the adjacent pair (axis, axis + 1)."""
-    x = pad_axes(x, (axis, axis + 1), lo, hi, circular, interior)
-    m = (x.shape[axis] - k) // stride + 1
-
-    def tap(d):
-        return _tap(x, [(axis, d, m, stride), (axis + 1, d, m, stride)])
-
-    out = tap(0)
-    for d in range(1, k):
-        out = out + tap(d)
-    return out
+    return _grouped_window_sum(x, [((axis, axis + 1), k, stride, lo, hi, interior)], circular,
+                               False)
 
 
 def diagonal_window_sum_nd(x, pairs, circular: bool, stored: bool = False):
@@ -104,8 +87,8 @@ def _grouped_window_sum(x, groups, circular: bool, stored: bool):
     """Σ over every tap (δ_1, ..., δ_m) of x with each axis of group i read at o·s_i + δ_i - lo_i:
     `groups` = [(axes, k, stride, lo, hi, interior), ...], one pad of every axis, Π k taps."""
     if circular:
-        for axes, _, _, lo, hi, _ in groups:
-            x = pad_axes(x, axes, lo, hi, True)
+        for axes, _, _, lo, hi, interior in groups:
+            x = pad_axes(x, axes, lo, hi, True, interior)
     else:  # one pad of every axis (two pads in a row are stored twice by XLA)
         config = [(0, 0, 0)] * x.ndim
         for axes, _, _, lo, hi, interior in groups:
