@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-from pathlib import Path
 
 import jax
 import sympy
@@ -25,7 +24,7 @@ from .lower.lower import block_shape, first_nonfinite, lower
 from .lower.symbolic import symbolic_kernels
 from .passes import Options
 from .passes.choose_layouts import stores_padded_input
-from .passes.cost import N1, N2, NodeCost, cost, pair_block, pair_bytes
+from .passes.cost import BLOCK_BYTES, N1, N2, NodeCost, cost, pair_block, pair_bytes
 from .passes.roll_loops import loops
 
 _RESULT_TYPES: dict[tuple[str, ...], type] = {}
@@ -54,7 +53,7 @@ class KernelPlan:
         self.costs: dict[int, NodeCost] = cost(graph, opts, dtype_bytes)
         single = len(graph.outputs) == 1 and len(graph.input_nodes()) == 1
         # pair blocks: one input and one output only (see `ntc.lower.lower.lower`)
-        self.pair_block = pair_block(graph, opts, self.costs, cache_bytes()) if single else None
+        self.pair_block = pair_block(graph, opts, self.costs) if single else None
         self._fn = None
         self._live = None
 
@@ -236,7 +235,7 @@ class KernelPlan:
         if self.pair_block is not None:
             lines.append(f'pair blocks: ≤ {self.pair_block} pairs of examples per block '
                          f'(lax.map), {_units(pair_bytes(self.costs))}B live per pair, '
-                         f'{_units(cache_bytes())}B L2 cache')
+                         f'{_units(BLOCK_BYTES)}B per block')
         return '\n'.join(lines)
 
     def io_text(self) -> str:
@@ -274,18 +273,6 @@ class KernelPlan:
         """The output NNGP and NTK as sympy expressions of k11, k12, k22 and the layers'
         σw, σb (see `ntc.lower.symbolic`)."""
         return symbolic_kernels(self.source, self.opts)
-
-
-def cache_bytes() -> int:
-    """The L2 cache of one core of this machine (Linux sysfs), 1 MiB where it is not known:
-    the budget of one block of example pairs (`ntc.passes.cost.pair_block`)."""
-    path = Path('/sys/devices/system/cpu/cpu0/cache/index2/size')
-    try:
-        text = path.read_text().strip().upper()
-    except OSError:
-        return 2 ** 20
-    scale = {'K': 2 ** 10, 'M': 2 ** 20}.get(text[-1:], 1)
-    return int(text.rstrip('KM')) * scale if text.rstrip('KM').isdigit() else 2 ** 20
 
 
 def kernel_inputs(kwargs: dict, x1, x2) -> dict:

@@ -77,6 +77,16 @@ def cost(graph: Graph, opts: Options, itemsize: int = 4) -> dict[int, NodeCost]:
 #: layouts) one block's fusions are too small to amortise their launches
 MIN_PAIR_BYTES = 64 * 1024
 
+#: live covariance bytes of one block of example pairs.  Small enough that a block's layers run
+#: in the last-level cache, large enough that each of XLA:CPU's loops (which it splits across
+#: the cores) has work to spare over its start-up.  Measured on this 2-core CPU (2 MiB L2 per
+#: core), 21-layer CNN + GAP, seconds per call by pairs per block (1.05 MB live per pair at
+#: 16×16, 16.8 MB at 32×32): 16×16, 8 images: 4 → 0.221, 8 → 0.186, 16 → 0.178, 32 → 0.206,
+#: all 64 → 0.294; 16×16, 4 images: 2 → 0.060, 8 → 0.046, all 16 → 0.043; 32×32, 2 images:
+#: 1 → 0.169, 2 → 0.172, all 4 → 0.236.  (Blocks sized to one core's L2, the first choice, were
+#: 20–30% slower: ~1000 small loops per call.)
+BLOCK_BYTES = 24 * 2 ** 20
+
 
 def pair_bytes(costs: dict[int, NodeCost]) -> int:
     """Bytes per pair of examples at the plan's peak: the largest N1·N2 coefficient of a node's
@@ -86,19 +96,19 @@ def pair_bytes(costs: dict[int, NodeCost]) -> int:
 
 
 def pair_block(graph: Graph, opts: Options, costs: dict[int, NodeCost],
-               cache_bytes: int) -> int | None:
-    """Pairs of examples per block such that a block's covariances fit in `cache_bytes`, so
-    that all its layers run in cache (`ntc.lower.lower.evaluate_blocked`); None where blocking
-    does not apply: joint (reference) layouts, plans that return marginals (a block does not
-    own its examples' marginals), layers that select or concatenate examples, or pairs smaller
-    than `MIN_PAIR_BYTES`."""
+               budget: int = BLOCK_BYTES) -> int | None:
+    """Pairs of examples per block such that a block's covariances fit in `budget` bytes
+    (`BLOCK_BYTES`), so that all its layers run in cache (`ntc.lower.lower.evaluate_blocked`);
+    None where blocking does not apply: joint (reference) layouts, plans that return marginals
+    (a block does not own its examples' marginals), layers that select or concatenate
+    examples, or pairs smaller than `MIN_PAIR_BYTES`."""
     if (opts.want_marginals or any(n.cov.batch == 'FULL' for n in graph.nodes())
             or graph.moving_examples() is not None):  # a block's examples must stay its own
         return None
     per_pair = pair_bytes(costs)
     if per_pair < MIN_PAIR_BYTES:
         return None
-    return max(1, cache_bytes // per_pair)
+    return max(1, budget // per_pair)
 
 
 def covtype_bytes(t: TensorType, cov: CovType, n1: int, n2: int, itemsize: int = 4) -> int:
