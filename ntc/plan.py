@@ -235,7 +235,8 @@ class KernelPlan:
         if self.pair_block is not None:
             lines.append(f'pair blocks: ≤ {self.pair_block} pairs of examples per block '
                          f'(lax.map), {_units(pair_bytes(self.costs))}B live per pair, '
-                         f'{_units(BLOCK_BYTES)}B budget per block')
+                         f'{_units(BLOCK_BYTES)}B budget per block; x2 None or equal to x1: '
+                         f'the blocks on and above the diagonal only')
         return '\n'.join(lines)
 
     def io_text(self) -> str:

@@ -1,6 +1,9 @@
 """Pair blocks: the plan's choice of computing the kernel one block of example pairs at a time
 (all layers of a block in cache), and its equality with the whole-batch computation."""
 
+import re
+
+import jax
 import numpy as np
 import pytest
 
@@ -54,3 +57,38 @@ def test_the_plan_blocks_large_spatial_pairs_only():
 def test_conv_stencils_are_one_pass_in_the_plan():
     text = ntc.compile(conv_gap(), (-1, 8, 8, 3)).explain()
     assert 'stencil 1 pass, 9 taps' in text and 'stencil 1 pass, 4 taps' in text
+
+
+def conv_spatial():
+    # the output keeps FULL spatial covariances: a mirrored block swaps each (s, s') pair too
+    return stax.serial(stax.Conv(4, (3, 2), padding='SAME'), stax.Relu(),
+                       stax.Conv(4, (2, 3), (1, 2), padding='CIRCULAR'), stax.Erf())
+
+
+@pytest.mark.parametrize('net', [conv_gap, conv_spatial], ids=['gap', 'spatial'])
+@pytest.mark.parametrize('second', ['none', 'equal', 'other'])
+def test_symmetric_inputs_compute_the_upper_blocks_only(net, second):
+    rng = np.random.RandomState(1)
+    x1 = rng.randn(6, 6, 5, 3)
+    x2 = {'none': None, 'equal': x1.copy(), 'other': x1 + 0.1 * rng.randn(*x1.shape)}[second]
+    plan = ntc.compile(net(), (-1, 6, 5, 3), get=('nngp', 'ntk'))
+    whole = lower(plan.graph, plan.opts)(x1, x2)
+    blocked = lower(plan.graph, plan.opts, pair_block=4)(x1, x2)  # 3 × 3 blocks of 2 × 2
+    for name in ('nngp', 'ntk'):
+        assert blocked[name].shape == whole[name].shape
+        np.testing.assert_allclose(blocked[name], whole[name], rtol=1e-12, atol=1e-14)
+
+
+def test_equal_inputs_run_fewer_blocks():
+    # x2 equal to x1 (a run-time test inside the jitted function): 6 of the 9 blocks, the
+    # diagonal ones as x-with-itself blocks; x2 None likewise, with no test at all
+    plan = ntc.compile(conv_gap(), (-1, 6, 5, 3), get=('nngp', 'ntk'))
+    fn = lower(plan.graph, plan.opts, pair_block=4)
+    x = np.ones((6, 6, 5, 3))
+    text = jax.make_jaxpr(fn)(x, x).pretty_print()
+    assert 'cond[' in text
+    trips = sorted(int(t) for t in re.findall(r'length=(\d+)', text))
+    assert trips.count(3) >= 2 and 9 in trips  # diagonal 3 + upper 3; every block 9
+    text_none = jax.make_jaxpr(fn)(x, None).pretty_print()
+    assert 'cond[' not in text_none
+    assert 9 not in [int(t) for t in re.findall(r'length=(\d+)', text_none)]

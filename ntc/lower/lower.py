@@ -307,36 +307,72 @@ def _join(blocks, nb1: int, nb2: int):
 def evaluate_blocked(graph: Graph, opts: Options, x1, x2, pairs: int) -> dict | None:
     """The user's kernels computed one block of ≤ `pairs` example pairs at a time (a `lax.map`
     over blocks), so that a block's covariances stay in cache across all layers; None when the
-    inputs make one block.  Each block recomputes its examples' marginals.  With x2 None the
-    diagonal blocks run as x1-with-itself blocks (x2 None), the others with x2 = x1's block."""
+    inputs make one block.  Each block recomputes its examples' marginals.  When x2 is None, or
+    equal to x1 (tested at run time, `lax.cond`), only the blocks on and above the diagonal are
+    computed and the others are their mirror images (`_symmetric_blocks`)."""
     batch = graph.node(graph.order()[0]).ttype.batch
-    n1, n2 = x1.shape[batch], (x1 if x2 is None else x2).shape[batch]
-    b1, b2 = block_shape(n1, n2, pairs, square=x2 is None)
+    n1 = x1.shape[batch]
+    square = block_shape(n1, n1, pairs, square=True)
+    symmetric = None if square[0] == n1 else (
+        lambda a, b: _symmetric_blocks(graph, opts, a, square[0], batch))
+    if x2 is None:
+        return None if symmetric is None else symmetric(x1, None)
+    n2 = x2.shape[batch]
+    b1, b2 = block_shape(n1, n2, pairs, square=False)
     nb1, nb2 = n1 // b1, n2 // b2
     if nb1 * nb2 == 1:
         return None
-    xs1 = _split(x1, batch, b1)
-    xs2 = xs1 if x2 is None else _split(x2, batch, b2)
 
-    def run(i, j, diagonal: bool):
-        a = jnp.moveaxis(xs1[i], 0, batch)
-        b = None if diagonal else jnp.moveaxis(xs2[j], 0, batch)
-        return to_user(evaluate(graph, opts, a, b)[0], opts)
-
-    rows, cols = (a.ravel() for a in np.meshgrid(np.arange(nb1), np.arange(nb2),
-                                                  indexing='ij'))
-    if x2 is not None:
-        out = jax.lax.map(lambda ij: run(*ij, diagonal=False), (rows, cols))
+    def every_block(x1, x2):
+        xs1, xs2 = _split(x1, batch, b1), _split(x2, batch, b2)
+        rows, cols = (a.ravel() for a in np.meshgrid(np.arange(nb1), np.arange(nb2),
+                                                      indexing='ij'))
+        out = jax.lax.map(lambda ij: _block(graph, opts, xs1[ij[0]], xs2[ij[1]], batch)[0],
+                          (rows, cols))
         return {name: _join(v, nb1, nb2) for name, v in out.items()}
-    off = rows != cols
-    diag = jax.lax.map(lambda i: run(i, i, diagonal=True), np.arange(nb1))
-    rest = jax.lax.map(lambda ij: run(*ij, diagonal=False), (rows[off], cols[off]))
+    if symmetric is None or x1.shape != x2.shape or x1.dtype != x2.dtype:
+        return every_block(x1, x2)
+    return jax.lax.cond(jnp.array_equal(x1, x2), symmetric, every_block, x1, x2)
+
+
+def _block(graph: Graph, opts: Options, a, b, batch: int, mirror: bool = False):
+    """(the user's kernels of block a × b, and with `mirror` those of b × a): b None is a
+    with itself."""
+    a = jnp.moveaxis(a, 0, batch)
+    b = None if b is None else jnp.moveaxis(b, 0, batch)
+    k = evaluate(graph, opts, a, b)[0]
+    out = to_user(k, opts)
+    return out, ({name: _mirror(v, k.layout.spatial) for name, v in out.items()}
+                 if mirror else None)
+
+
+def _mirror(x, spatial: str):
+    """K(b, a) from a cross kernel K(a, b) in the user's format (b1, b2, s1, s1', ...): the
+    example axes swapped and, for FULL spatial covariances, each position pair (s, s')."""
+    perm = [1, 0] + list(range(2, x.ndim))
+    if spatial == 'FULL':
+        for axis in range(2, x.ndim - 1, 2):
+            perm[axis], perm[axis + 1] = axis + 1, axis
+    return jnp.transpose(x, perm)
+
+
+def _symmetric_blocks(graph: Graph, opts: Options, x, b: int, batch: int) -> dict:
+    """K(x, x) in square blocks of b examples: the diagonal blocks as x-with-itself blocks, the
+    blocks above the diagonal as cross blocks, and those below as their mirror images
+    (K(x_j, x_i) is K(x_i, x_j) with the two examples' axes swapped), so nb(nb + 1)/2 of the
+    nb² blocks are computed."""
+    nb = x.shape[batch] // b
+    xs = _split(x, batch, b)
+    rows, cols = np.triu_indices(nb, 1)
+    diag = jax.lax.map(lambda i: _block(graph, opts, xs[i], None, batch)[0], np.arange(nb))
+    upper, lower_ = jax.lax.map(
+        lambda ij: _block(graph, opts, xs[ij[0]], xs[ij[1]], batch, mirror=True), (rows, cols))
     joined = {}
     for name in diag:
-        grid = jnp.zeros((nb1, nb2) + diag[name].shape[1:], diag[name].dtype)
-        grid = grid.at[jnp.arange(nb1), jnp.arange(nb1)].set(diag[name])
-        grid = grid.at[rows[off], cols[off]].set(rest[name])
-        joined[name] = _join(grid.reshape((nb1 * nb2,) + grid.shape[2:]), nb1, nb2)
+        grid = jnp.zeros((nb, nb) + diag[name].shape[1:], diag[name].dtype)
+        grid = grid.at[np.arange(nb), np.arange(nb)].set(diag[name])
+        grid = grid.at[rows, cols].set(upper[name]).at[cols, rows].set(lower_[name])
+        joined[name] = _join(grid.reshape((nb * nb,) + grid.shape[2:]), nb, nb)
     return joined
 
 
