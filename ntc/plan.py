@@ -24,7 +24,16 @@ from .lower.lower import block_shape, first_nonfinite, lower
 from .lower.symbolic import symbolic_kernels
 from .passes import Options
 from .passes.choose_layouts import stores_padded_input
-from .passes.cost import BLOCK_BYTES, N1, N2, NodeCost, cost, pair_block, pair_bytes
+from .passes.cost import (
+    BLOCK_BYTES,
+    N1,
+    N2,
+    NodeCost,
+    cost,
+    least_pairs,
+    pair_block,
+    pair_bytes,
+)
 from .passes.roll_loops import loops
 
 _RESULT_TYPES: dict[tuple[str, ...], type] = {}
@@ -54,6 +63,7 @@ class KernelPlan:
         single = len(graph.outputs) == 1 and len(graph.input_nodes()) == 1
         # pair blocks: one input and one output only (see `ntc.lower.lower.lower`)
         self.pair_block = pair_block(graph, opts, self.costs) if single else None
+        self.least_pairs = None if self.pair_block is None else least_pairs(self.costs)
         self._fn = None
         self._live = None
 
@@ -63,7 +73,7 @@ class KernelPlan:
     def fn(self):
         """The lowered, jitted function (x1, x2) -> {name: array}."""
         if self._fn is None:
-            self._fn = lower(self.graph, self.opts, self.pair_block)
+            self._fn = lower(self.graph, self.opts, self.pair_block, self.least_pairs or 1)
         return self._fn
 
     @property
@@ -236,7 +246,8 @@ class KernelPlan:
             lines.append(f'pair blocks: ≤ {self.pair_block} pairs of examples per block '
                          f'(lax.map), {_units(pair_bytes(self.costs))}B live per pair, '
                          f'{_units(BLOCK_BYTES)}B budget per block; x2 None or equal to x1: '
-                         f'the blocks on and above the diagonal only')
+                         f'the blocks on and above the diagonal only, each of ≥ '
+                         f'{self.least_pairs} pairs')
         return '\n'.join(lines)
 
     def io_text(self) -> str:

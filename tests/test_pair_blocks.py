@@ -92,3 +92,15 @@ def test_equal_inputs_run_fewer_blocks():
     text_none = jax.make_jaxpr(fn)(x, None).pretty_print()
     assert 'cond[' not in text_none
     assert 9 not in [int(t) for t in re.findall(r'length=(\d+)', text_none)]
+
+
+def test_symmetric_blocks_split_a_batch_that_fits_one_block():
+    # K(x, x) of a batch within one block's budget still runs as square blocks, if each holds
+    # the plan's least pairs; not when they would be smaller
+    from ntc.lower.lower import symmetric_block
+    assert symmetric_block(4, most=24, least=4) == 2
+    assert symmetric_block(8, most=256, least=43) is None
+    assert symmetric_block(6, most=4, least=1) == 2
+    assert symmetric_block(2, most=1, least=1) == 1
+    plan = ntc.compile(conv_gap(), (-1, 16, 16, 3), get=('nngp', 'ntk'))
+    assert plan.least_pairs >= 1 and 'on and above the diagonal' in plan.explain()

@@ -304,26 +304,41 @@ def _join(blocks, nb1: int, nb2: int):
     return x.reshape((nb1 * b1, nb2 * b2) + rest)
 
 
-def evaluate_blocked(graph: Graph, opts: Options, x1, x2, pairs: int) -> dict | None:
+def symmetric_block(n: int, most: int, least: int) -> int | None:
+    """Examples per side of the square blocks of K(x, x) for n examples: the largest b dividing
+    n with b² ≤ `most`; where that is all of x, the largest smaller divisor with b² ≥ `least`
+    (two or more blocks per side, so that mirroring saves work); None when there is none."""
+    b = _divisor_at_most(n, math.isqrt(most))
+    if b < n:
+        return b
+    smaller = [d for d in range(1, n) if n % d == 0 and d * d >= least]
+    return max(smaller) if smaller else None
+
+
+def evaluate_blocked(graph: Graph, opts: Options, x1, x2, pairs: int,
+                     least: int = 1) -> dict | None:
     """The user's kernels computed one block of ≤ `pairs` example pairs at a time (a `lax.map`
     over blocks), so that a block's covariances stay in cache across all layers; None when the
     inputs make one block.  Each block recomputes its examples' marginals.  When x2 is None, or
     equal to x1 (tested at run time, `lax.cond`), only the blocks on and above the diagonal are
-    computed and the others are their mirror images (`_symmetric_blocks`)."""
+    computed and the others are their mirror images (`_symmetric_blocks`, in square blocks of
+    at least `least` pairs: `symmetric_block`)."""
     batch = graph.node(graph.order()[0]).ttype.batch
     n1 = x1.shape[batch]
-    square = block_shape(n1, n1, pairs, square=True)
-    symmetric = None if square[0] == n1 else (
-        lambda a, b: _symmetric_blocks(graph, opts, a, square[0], batch))
+    side = symmetric_block(n1, pairs, least)
+    symmetric = None if side is None else (
+        lambda a, b: _symmetric_blocks(graph, opts, a, side, batch))
     if x2 is None:
         return None if symmetric is None else symmetric(x1, None)
     n2 = x2.shape[batch]
     b1, b2 = block_shape(n1, n2, pairs, square=False)
     nb1, nb2 = n1 // b1, n2 // b2
-    if nb1 * nb2 == 1:
+    if nb1 * nb2 == 1 and symmetric is None:
         return None
 
     def every_block(x1, x2):
+        if nb1 * nb2 == 1:
+            return to_user(evaluate(graph, opts, x1, x2)[0], opts)
         xs1, xs2 = _split(x1, batch, b1), _split(x2, batch, b2)
         rows, cols = (a.ravel() for a in np.meshgrid(np.arange(nb1), np.arange(nb2),
                                                       indexing='ij'))
@@ -376,18 +391,19 @@ def _symmetric_blocks(graph: Graph, opts: Options, x, b: int, batch: int) -> dic
     return joined
 
 
-def lower(graph: Graph, opts: Options, pair_block: int | None = None):
+def lower(graph: Graph, opts: Options, pair_block: int | None = None, least_pairs: int = 1):
     """One jitted function (x1, x2, inputs=None) -> {name: array} for the names in `opts.get`
     (a list of such dicts, one per output, for a graph with several outputs); x1 and x2 are
     tuples of arrays for a graph with several inputs; `inputs` is a dict (a pytree) of extra
     kernel_fn inputs (see `ntc.plan.kernel_inputs`).  With `pair_block` (the plan's choice, see
     `ntc.passes.cost.pair_block`), one input and one output, array inputs and no extra inputs,
-    the kernels are computed in blocks of at most that many pairs of examples."""
+    the kernels are computed in blocks of at most that many pairs of examples (and K(x, x) in
+    square blocks of at least `least_pairs` pairs, see `evaluate_blocked`)."""
     single = len(graph.outputs) == 1 and len(graph.input_nodes()) == 1
 
     def fn(x1, x2, inputs=None):
         if pair_block is not None and single and not inputs and not isinstance(x1, Kernel):
-            out = evaluate_blocked(graph, opts, x1, x2, pair_block)
+            out = evaluate_blocked(graph, opts, x1, x2, pair_block, least_pairs)
             if out is not None:
                 return out
         outs = [to_user(k, opts) for k in evaluate(graph, opts, x1, x2, inputs)]

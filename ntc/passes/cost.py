@@ -87,6 +87,12 @@ MIN_PAIR_BYTES = 64 * 1024
 #: 20–30% slower: ~1000 small loops per call.)
 BLOCK_BYTES = 24 * 2 ** 20
 
+#: the fewest live covariance bytes worth a block of their own when K(x, x) is split into
+#: square blocks to compute only those on and above the diagonal: `cnn21_gap_16x16_n4` in
+#: 2 × 2 blocks of 4 pairs (4.2 MB) 0.035 s against 0.040 unsplit; the small WideResNet (96 kB
+#: per pair) would gain too, but its blocks cost it ~0.5 s of compile time
+MIN_BLOCK_BYTES = 4 * 2 ** 20
+
 
 def pair_bytes(costs: dict[int, NodeCost]) -> int:
     """Bytes per pair of examples at the plan's peak: the largest N1·N2 coefficient of a node's
@@ -109,6 +115,11 @@ def pair_block(graph: Graph, opts: Options, costs: dict[int, NodeCost],
     if per_pair < MIN_PAIR_BYTES:
         return None
     return max(1, budget // per_pair)
+
+
+def least_pairs(costs: dict[int, NodeCost]) -> int:
+    """Pairs of examples a square block of K(x, x) must hold at least (`MIN_BLOCK_BYTES`)."""
+    return max(1, -(-MIN_BLOCK_BYTES // max(1, pair_bytes(costs))))
 
 
 def covtype_bytes(t: TensorType, cov: CovType, n1: int, n2: int, itemsize: int = 4) -> int:
