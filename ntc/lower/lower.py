@@ -122,6 +122,8 @@ def apply_node(ctx: LowerCtx, graph: Graph, node: Node, env: dict[int, Kernel]) 
     """One node's Kernel, in its own layout, from its inputs' Kernels in `env`."""
     ins = [adapt(env[s], needed_input(node, graph.node(s))) for s in graph.inputs(node.id)]
     k = adapt(get_kernel_rule(node)(ctx, node, *ins), node.cov)
+    if ctx.x1_is_x2 and _one_example_full(k):
+        k = k.replace(cov1=k.nngp[0])  # K(x, x) of one example is its own marginal
     if ctx.masks is not None:
         if node.id not in ctx.masks:
             ctx.masks[node.id] = masking.output_masks(graph, node, ctx.masks)
@@ -129,6 +131,16 @@ def apply_node(ctx: LowerCtx, graph: Graph, node: Node, env: dict[int, Kernel]) 
     if node.materialize:
         k = jax.lax.optimization_barrier(k)
     return k
+
+
+def _one_example_full(k: Kernel) -> bool:
+    """Whether `k` is K(x, x) of a single example x whose marginal is kept in the cross
+    kernel's own FULL spatial layout: cov1 is then nngp[0] exactly, and the marginal's own
+    arithmetic (as much as the cross kernel's: 2× the work of a mirrored block's diagonal
+    example at 32×32) is dead code for XLA to drop."""
+    return (not k.joint and k.cov1 is not None and k.layout.spatial == 'FULL'
+            and k.layout.marginal == 'FULL' and k.nngp.shape[:2] == (1, 1)
+            and k.cov1.shape == k.nngp.shape[1:])
 
 
 def run_loop(ctx: LowerCtx, graph: Graph, loop: Loop, carry: Kernel) -> Kernel:
