@@ -104,3 +104,24 @@ def test_symmetric_blocks_split_a_batch_that_fits_one_block():
     assert symmetric_block(2, most=1, least=1) == 1
     plan = ntc.compile(conv_gap(), (-1, 16, 16, 3), get=('nngp', 'ntk'))
     assert plan.least_pairs >= 1 and 'on and above the diagonal' in plan.explain()
+
+
+def test_one_example_with_itself_computes_no_separate_marginal(monkeypatch):
+    # K(x, x) of one example with FULL marginals: cov1 is nngp[0], so XLA drops the marginal's
+    # own arithmetic (a mirrored block's diagonal blocks of one example each)
+    from ntc.lower import lower as lowering
+    plan = ntc.compile(conv_gap(), (-1, 6, 5, 3), get=('nngp', 'ntk'))
+    x = np.random.RandomState(2).randn(1, 6, 5, 3)
+
+    def run():
+        fn = jax.jit(lambda a: lowering.to_user(
+            lowering.evaluate(plan.graph, plan.opts, a, None)[0], plan.opts))
+        analysis = fn.lower(x).compile().cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, list) else analysis
+        return analysis['flops'], fn(x)
+    flops, out = run()
+    monkeypatch.setattr(lowering, '_one_example_full', lambda k: False)
+    flops_computed, ref = run()
+    assert flops < 0.8 * flops_computed
+    for name in ('nngp', 'ntk'):
+        np.testing.assert_allclose(out[name], ref[name], rtol=1e-12, atol=1e-14)
