@@ -30,7 +30,6 @@ from .passes.cost import (
     N2,
     NodeCost,
     cost,
-    least_pairs,
     pair_block,
     pair_bytes,
 )
@@ -62,8 +61,9 @@ class KernelPlan:
         self.costs: dict[int, NodeCost] = cost(graph, opts, dtype_bytes)
         single = len(graph.outputs) == 1 and len(graph.input_nodes()) == 1
         # pair blocks: one input and one output only (see `ntc.lower.lower.lower`)
-        self.pair_block = pair_block(graph, opts, self.costs) if single else None
-        self.least_pairs = None if self.pair_block is None else least_pairs(self.costs)
+        blocks = pair_block(graph, opts, self.costs) if single else None
+        self.pair_block = None if blocks is None else blocks.most
+        self.least_pairs = None if blocks is None else blocks.least
         self._fn = None
         self._live = None
 

@@ -101,25 +101,30 @@ def pair_bytes(costs: dict[int, NodeCost]) -> int:
                 for c in costs.values()), default=0)
 
 
+@dataclass(frozen=True)
+class PairBlocks:
+    """The plan's pair blocks: at most `most` pairs of examples per block (`BLOCK_BYTES`), and
+    at least `least` per square block of K(x, x) (`MIN_BLOCK_BYTES`)."""
+
+    most: int
+    least: int
+
+
 def pair_block(graph: Graph, opts: Options, costs: dict[int, NodeCost],
-               budget: int = BLOCK_BYTES) -> int | None:
+               budget: int = BLOCK_BYTES) -> PairBlocks | None:
     """Pairs of examples per block such that a block's covariances fit in `budget` bytes
-    (`BLOCK_BYTES`), so that all its layers run in cache (`ntc.lower.lower.evaluate_blocked`);
-    None where blocking does not apply: joint (reference) layouts, plans that return marginals
-    (a block does not own its examples' marginals), layers that select or concatenate
-    examples, or pairs smaller than `MIN_PAIR_BYTES`."""
+    (`BLOCK_BYTES`), so that all its layers run in cache (`ntc.lower.lower.evaluate_blocked`),
+    and the fewest a square block of K(x, x) should hold (`MIN_BLOCK_BYTES`); None where
+    blocking does not apply: joint (reference) layouts, plans that return marginals (a block
+    does not own its examples' marginals), layers that select or concatenate examples, or
+    pairs smaller than `MIN_PAIR_BYTES`."""
     if (opts.want_marginals or any(n.cov.batch == 'FULL' for n in graph.nodes())
             or graph.moving_examples() is not None):  # a block's examples must stay its own
         return None
     per_pair = pair_bytes(costs)
     if per_pair < MIN_PAIR_BYTES:
         return None
-    return max(1, budget // per_pair)
-
-
-def least_pairs(costs: dict[int, NodeCost]) -> int:
-    """Pairs of examples a square block of K(x, x) must hold at least (`MIN_BLOCK_BYTES`)."""
-    return max(1, -(-MIN_BLOCK_BYTES // max(1, pair_bytes(costs))))
+    return PairBlocks(most=max(1, budget // per_pair), least=-(-MIN_BLOCK_BYTES // per_pair))
 
 
 def covtype_bytes(t: TensorType, cov: CovType, n1: int, n2: int, itemsize: int = 4) -> int:
