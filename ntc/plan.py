@@ -20,7 +20,7 @@ from .fingerprint import graph_fingerprint
 from .ir.graph import Graph
 from .ir.registry import KERNEL_INPUTS
 from .ir.types import CovType, TensorType
-from .lower.lower import block_shape, first_nonfinite, lower
+from .lower.lower import block_shape, first_nonfinite, lower, symmetric_text
 from .lower.symbolic import symbolic_kernels
 from .passes import Options
 from .passes.choose_layouts import stores_padded_input
@@ -32,6 +32,7 @@ from .passes.cost import (
     cost,
     pair_block,
     pair_bytes,
+    traced_nodes,
 )
 from .passes.roll_loops import loops
 
@@ -61,9 +62,8 @@ class KernelPlan:
         self.costs: dict[int, NodeCost] = cost(graph, opts, dtype_bytes)
         single = len(graph.outputs) == 1 and len(graph.input_nodes()) == 1
         # pair blocks: one input and one output only (see `ntc.lower.lower.lower`)
-        blocks = pair_block(graph, opts, self.costs) if single else None
-        self.pair_block = None if blocks is None else blocks.most
-        self.least_pairs = None if blocks is None else blocks.least
+        self.pair_blocks = pair_block(graph, opts, self.costs) if single else None
+        self.pair_block = None if self.pair_blocks is None else self.pair_blocks.most
         self._fn = None
         self._live = None
 
@@ -73,7 +73,7 @@ class KernelPlan:
     def fn(self):
         """The lowered, jitted function (x1, x2) -> {name: array}."""
         if self._fn is None:
-            self._fn = lower(self.graph, self.opts, self.pair_block, self.least_pairs or 1)
+            self._fn = lower(self.graph, self.opts, self.pair_blocks)
         return self._fn
 
     @property
@@ -242,12 +242,21 @@ class KernelPlan:
                      f'loops {self.loops_text()}')
         lines.append(f'total FLOPs {_fmt(tot_f, n1, n2)}   bytes written {_fmt(tot_b, n1, n2)}   '
                      f'peak live {_fmt(peak, n1, n2)}')
-        if self.pair_block is not None:
-            lines.append(f'pair blocks: ≤ {self.pair_block} pairs of examples per block '
+        if self.pair_blocks is not None:
+            blocks = self.pair_blocks
+            lines.append(f'pair blocks: ≤ {blocks.most} pairs of examples per block '
                          f'(lax.map), {_units(pair_bytes(self.costs))}B live per pair, '
-                         f'{_units(BLOCK_BYTES)}B budget per block; x2 None or equal to x1: '
-                         f'the blocks on and above the diagonal only, each of ≥ '
-                         f'{self.least_pairs} pairs')
+                         f'{_units(BLOCK_BYTES)}B budget per block; an example\'s marginals '
+                         f'{blocks.marginal_share:.3g} of a pair\'s FLOPs')
+            lines.append('x2 None or equal to x1: the distinct pairs only, pair by pair (vmap) '
+                         f'or in square blocks of ≥ {blocks.least} pairs on and above the '
+                         'diagonal, whichever costs fewer FLOPs'
+                         + ('' if blocks.split_whole else
+                            f' (a batch that fits one block: for x2 None only; '
+                            f'{traced_nodes(self.graph)} traced nodes are too many to compile '
+                            'twice for x2 = x1)')
+                         + ('' if n1 is None else f'; {n1} examples: '
+                            + symmetric_text(n1, blocks)))
         return '\n'.join(lines)
 
     def io_text(self) -> str:

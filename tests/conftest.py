@@ -36,8 +36,15 @@ def pytest_configure(config):
 # 10-35 s); they run under NTC_HYPOTHESIS=thorough.
 THOROUGH_VARIANTS = {
     'test_pair_blocks.py::test_blocked_equals_whole_batch': [
-        '1-x1_x2-plain', '1-x1_x2-dropout', '1-x2_none-dropout', '4-x1_x2-plain',
-        '4-x2_none-plain', '4-x2_none-dropout'],
+        f'{split}-{pairs}-{same}-{extra}' for split in ('pairs', 'square') for pairs in (1, 4)
+        for same in ('x1_x2', 'x2_none') for extra in ('plain', 'dropout')
+        if (split, pairs, same, extra) not in {('pairs', 4, 'x2_none', 'plain'),
+                                               ('pairs', 1, 'x1_x2', 'dropout'),
+                                               ('square', 4, 'x1_x2', 'dropout'),
+                                               ('square', 1, 'x2_none', 'plain')}],
+    'test_pair_blocks.py::test_symmetric_inputs_compute_the_distinct_pairs_only': [
+        'pairs-none-gap', 'pairs-equal-spatial', 'pairs-other-spatial', 'square-other-gap',
+        'square-other-spatial', 'square-equal-gap', 'square-none-spatial'],
     'test_harness_mutations.py::test_broken_rule_is_caught': [
         'layer norm identity', 'relu derivative kernel'],
     'test_empirical_vmap_axes.py::test_vmap_axes_with_negative_out_axes_match_plain': [

@@ -9,7 +9,8 @@ import pytest
 
 import ntc
 from ntc import stax
-from ntc.lower.lower import block_shape, lower
+from ntc.lower.lower import SymmetricSplit, block_shape, lower, symmetric_split
+from ntc.passes.cost import PairBlocks
 
 
 def conv_gap(extra=()):
@@ -17,6 +18,12 @@ def conv_gap(extra=()):
                        stax.Conv(4, (3, 3), (2, 1), padding='CIRCULAR'), stax.Erf(),
                        stax.AvgPool((2, 2)), stax.Conv(4, (2, 2)), stax.Relu(),
                        stax.GlobalAvgPool(), stax.Dense(1))
+
+
+def blocks(most: int, split: str) -> PairBlocks:
+    """The plan's pair blocks of ≤ `most` pairs, with K(x, x) split pair by pair ('pairs': free
+    marginals) or in square blocks ('square': marginals dearer than pairs)."""
+    return PairBlocks(most=most, least=1, marginal_share={'pairs': 0.0, 'square': 100.0}[split])
 
 
 def test_block_shape_divides_the_batch_and_fits_the_budget():
@@ -30,13 +37,14 @@ def test_block_shape_divides_the_batch_and_fits_the_budget():
 @pytest.mark.parametrize('extra', [(), (stax.Dropout(0.7),)], ids=['plain', 'dropout'])
 @pytest.mark.parametrize('same', [False, True], ids=['x1_x2', 'x2_none'])
 @pytest.mark.parametrize('pairs', [1, 4])
-def test_blocked_equals_whole_batch(extra, same, pairs):
+@pytest.mark.parametrize('split', ['pairs', 'square'])
+def test_blocked_equals_whole_batch(extra, same, pairs, split):
     rng = np.random.RandomState(0)
     x1, x2 = rng.randn(4, 6, 5, 3), rng.randn(2, 6, 5, 3)
     x2 = None if same else x2
     plan = ntc.compile(conv_gap(extra), (-1, 6, 5, 3), get=('nngp', 'ntk'))
     whole = lower(plan.graph, plan.opts)(x1, x2)
-    blocked = lower(plan.graph, plan.opts, pair_block=pairs)(x1, x2)
+    blocked = lower(plan.graph, plan.opts, blocks(pairs, split))(x1, x2)
     for name in ('nngp', 'ntk'):
         np.testing.assert_allclose(blocked[name], whole[name], rtol=1e-12, atol=1e-14)
 
@@ -67,13 +75,15 @@ def conv_spatial():
 
 @pytest.mark.parametrize('net', [conv_gap, conv_spatial], ids=['gap', 'spatial'])
 @pytest.mark.parametrize('second', ['none', 'equal', 'other'])
-def test_symmetric_inputs_compute_the_upper_blocks_only(net, second):
+@pytest.mark.parametrize('split', ['pairs', 'square'])
+def test_symmetric_inputs_compute_the_distinct_pairs_only(net, second, split):
     rng = np.random.RandomState(1)
     x1 = rng.randn(6, 6, 5, 3)
     x2 = {'none': None, 'equal': x1.copy(), 'other': x1 + 0.1 * rng.randn(*x1.shape)}[second]
     plan = ntc.compile(net(), (-1, 6, 5, 3), get=('nngp', 'ntk'))
     whole = lower(plan.graph, plan.opts)(x1, x2)
-    blocked = lower(plan.graph, plan.opts, pair_block=4)(x1, x2)  # 3 × 3 blocks of 2 × 2
+    # 21 pairs in 6 chunks of 4, or 6 of 3 × 3 square blocks of 2 × 2
+    blocked = lower(plan.graph, plan.opts, blocks(4, split))(x1, x2)
     for name in ('nngp', 'ntk'):
         assert blocked[name].shape == whole[name].shape
         np.testing.assert_allclose(blocked[name], whole[name], rtol=1e-12, atol=1e-14)
@@ -83,7 +93,7 @@ def test_equal_inputs_run_fewer_blocks():
     # x2 equal to x1 (a run-time test inside the jitted function): 6 of the 9 blocks, the
     # diagonal ones as x-with-itself blocks; x2 None likewise, with no test at all
     plan = ntc.compile(conv_gap(), (-1, 6, 5, 3), get=('nngp', 'ntk'))
-    fn = lower(plan.graph, plan.opts, pair_block=4)
+    fn = lower(plan.graph, plan.opts, blocks(4, 'square'))
     x = np.ones((6, 6, 5, 3))
     text = jax.make_jaxpr(fn)(x, x).pretty_print()
     assert 'cond[' in text
@@ -94,16 +104,65 @@ def test_equal_inputs_run_fewer_blocks():
     assert 9 not in [int(t) for t in re.findall(r'length=(\d+)', text_none)]
 
 
-def test_symmetric_blocks_split_a_batch_that_fits_one_block():
-    # K(x, x) of a batch within one block's budget still runs as square blocks, if each holds
-    # the plan's least pairs; not when they would be smaller
-    from ntc.lower.lower import symmetric_block
-    assert symmetric_block(4, most=24, least=4) == 2
-    assert symmetric_block(8, most=256, least=43) is None
-    assert symmetric_block(6, most=4, least=1) == 2
-    assert symmetric_block(2, most=1, least=1) == 1
+def test_equal_inputs_pair_by_pair_run_the_distinct_pairs():
+    # 6 examples: the 21 distinct pairs in 6 chunks of 4 (the last filled up), not 36 pairs
+    plan = ntc.compile(conv_gap(), (-1, 6, 5, 3), get=('nngp', 'ntk'))
+    fn = lower(plan.graph, plan.opts, blocks(4, 'pairs'))
+    x = np.ones((6, 6, 5, 3))
+    for second in (x, None):
+        text = jax.make_jaxpr(fn)(x, second).pretty_print()
+        assert ('cond[' in text) == (second is not None)
+        assert 6 in [int(t) for t in re.findall(r'length=(\d+)', text)]
+
+
+def test_pairs_keep_the_diagonal_exact():
+    # K(x_i, x_i) as a cross block of one example by one: its marginals equal its diagonal to
+    # round-off, so the Relu's correlation is 1 there (a few ulp off, the derivative kernel's
+    # √ singularity at 1 would make that ~1e-4)
+    plan = ntc.compile(conv_gap(), (-1, 6, 5, 16), get=('nngp', 'ntk'))
+    x = np.random.RandomState(3).randn(5, 6, 5, 16).astype(np.float32)
+    whole = lower(plan.graph, plan.opts)(x, None)
+    pairs = lower(plan.graph, plan.opts, blocks(4, 'pairs'))(x, None)
+    for name in ('nngp', 'ntk'):
+        np.testing.assert_allclose(np.diag(pairs[name]), np.diag(whole[name]), rtol=5e-7)
+        np.testing.assert_allclose(pairs[name], whole[name], rtol=2e-6)
+
+
+def test_symmetric_split_takes_the_fewest_flops():
+    cheap = PairBlocks(most=24, least=4, marginal_share=0.002)  # 21-layer CNN + GAP, 16×16
+    assert symmetric_split(4, cheap) == SymmetricSplit(pairs=10)  # 10 of 16 pairs
+    assert symmetric_split(8, cheap) == SymmetricSplit(pairs=18)  # 36 pairs in 2 chunks
+    assert symmetric_split(1, cheap) is None
+    # marginals half a pair (a Myrtle net's FULL ones), one pair per block: 2 + 1 square
+    # blocks (the diagonal ones with one marginal each) beat 3 pairs with two each
+    dear = PairBlocks(most=1, least=1, marginal_share=0.5)
+    assert symmetric_split(2, dear) == SymmetricSplit(side=1)
+    # marginals as dear as pairs: the whole batch where it fits (16 + 4 against 10·3 pairs and
+    # 20 in 2 × 2 blocks: a tie goes to fewer pieces), else square blocks
+    assert symmetric_split(4, PairBlocks(most=64, least=4, marginal_share=1.0)) is None
+    assert symmetric_split(4, PairBlocks(most=8, least=4, marginal_share=1.0)) == \
+        SymmetricSplit(side=2)
+
+
+def test_a_plan_too_large_to_compile_twice_keeps_a_batch_that_fits_one_block_whole():
+    # x2 equal to x1 would compile the split and the whole batch; x2 None compiles one
     plan = ntc.compile(conv_gap(), (-1, 16, 16, 3), get=('nngp', 'ntk'))
-    assert plan.least_pairs >= 1 and 'on and above the diagonal' in plan.explain()
+    fn = lower(plan.graph, plan.opts, PairBlocks(most=64, least=1, split_whole=False))
+    x = np.ones((4, 16, 16, 3), np.float32)
+    assert 'cond[' not in jax.make_jaxpr(fn)(x, x).pretty_print()
+    assert 'cond[' in jax.make_jaxpr(lower(plan.graph, plan.opts, PairBlocks(64, 1)))(
+        x, x).pretty_print()
+
+
+def test_explain_names_the_split():
+    # per-position marginals (Conv, Relu, GAP): pair by pair; FULL ones (AvgPool): square blocks
+    plain = stax.serial(stax.Conv(4, (3, 3), padding='SAME'), stax.Relu(),
+                        stax.Conv(4, (3, 3), padding='SAME'), stax.Relu(), stax.GlobalAvgPool())
+    plan = ntc.compile(plain, (-1, 16, 16, 3), get=('nngp', 'ntk'))
+    assert plan.pair_blocks is not None and 'on and above the diagonal' in plan.explain()
+    assert '4 examples: 10 pairs in 1 chunk of 10' in plan.explain(4, 4)
+    pooled = ntc.compile(conv_gap(), (-1, 16, 16, 3), get=('nngp', 'ntk'))
+    assert '4 examples: 3 of 2 × 2 square blocks of 2 examples per side' in pooled.explain(4, 4)
 
 
 def test_one_example_with_itself_computes_no_separate_marginal(monkeypatch):

@@ -24,6 +24,7 @@ from ..ir.graph import Graph, Node
 from ..ir.registry import get_kernel_rule
 from ..ir.types import CovType
 from ..passes.choose_layouts import stores_padded_input
+from ..passes.cost import PairBlocks
 from ..passes.options import Options
 from ..passes.roll_loops import Loop, loops
 
@@ -316,37 +317,81 @@ def _join(blocks, nb1: int, nb2: int):
     return x.reshape((nb1 * b1, nb2 * b2) + rest)
 
 
-def symmetric_block(n: int, most: int, least: int) -> int | None:
-    """Examples per side of the square blocks of K(x, x) for n examples: the largest b dividing
-    n with b² ≤ `most`; where that is all of x, the largest smaller divisor with b² ≥ `least`
-    (two or more blocks per side, so that mirroring saves work); None when there is none."""
-    b = _divisor_at_most(n, math.isqrt(most))
-    if b < n:
-        return b
-    smaller = [d for d in range(1, n) if n % d == 0 and d * d >= least]
-    return max(smaller) if smaller else None
+@dataclass(frozen=True)
+class SymmetricSplit:
+    """How K(x, x) is split: `pairs` examples' pairs per chunk of its distinct pairs
+    (`_symmetric_pairs`), or square blocks of `side` examples (`_symmetric_blocks`)."""
+
+    pairs: int = 0
+    side: int = 0
 
 
-def evaluate_blocked(graph: Graph, opts: Options, x1, x2, pairs: int,
-                     least: int = 1) -> dict | None:
-    """The user's kernels computed one block of ≤ `pairs` example pairs at a time (a `lax.map`
-    over blocks), so that a block's covariances stay in cache across all layers; None when the
-    inputs make one block.  Each block recomputes its examples' marginals.  When x2 is None, or
-    equal to x1 (tested at run time, `lax.cond`), only the blocks on and above the diagonal are
-    computed and the others are their mirror images (`_symmetric_blocks`, in square blocks of
-    at least `least` pairs: `symmetric_block`)."""
+def symmetric_split(n: int, blocks: PairBlocks) -> SymmetricSplit | None:
+    """The cheapest way, in the plan's FLOPs, to compute K(x, x) of n examples (None: whole, in
+    one piece).  With p a pair's cross kernels and m = `blocks.marginal_share`·p an example's
+    marginals:
+    - whole, where n² pairs fit one block: n²·p + n·m;
+    - square blocks of b examples dividing n, nb = n/b of them per side (`least` ≤ b² ≤
+      `most`: smaller blocks make too little work per `lax.map` trip): the nb diagonal blocks
+      and the nb(nb - 1)/2 above it, nb·(b²p + b·m) + nb(nb - 1)/2·(b²p + 2b·m);
+    - the n(n + 1)/2 distinct pairs, each with its two marginals, in chunks of ≤ `most`:
+      n(n + 1)/2·(p + 2m).
+    Ties go to the fewer pieces (whole, then square blocks)."""
+    most, least, share = blocks.most, blocks.least, blocks.marginal_share
+    options = []
+    if n * n <= most:
+        options.append((n * n + n * share, 0, None))
+    for b in range(1, n):
+        if n % b == 0 and least <= b * b <= most:
+            nb = n // b
+            work = nb * (b * b + b * share) + nb * (nb - 1) / 2 * (b * b + 2 * b * share)
+            options.append((work, 1, SymmetricSplit(side=b)))
+    distinct = n * (n + 1) // 2
+    chunks = -(-distinct // most)
+    options.append((distinct * (1 + 2 * share), 2,
+                    SymmetricSplit(pairs=-(-distinct // chunks))))
+    return min(options, key=lambda o: o[:2])[2]
+
+
+def symmetric_text(n: int, blocks: PairBlocks) -> str:
+    """`symmetric_split`'s choice for n examples, for `explain()`."""
+    split = symmetric_split(n, blocks)
+    if split is None:
+        return 'whole, one block'
+    if split.pairs:
+        distinct = n * (n + 1) // 2
+        chunks = -(-distinct // split.pairs)
+        return f'{distinct} pairs in {chunks} chunk{"s" * (chunks > 1)} of {split.pairs}'
+    nb = n // split.side
+    return (f'{nb * (nb + 1) // 2} of {nb} × {nb} square blocks of {split.side} example'
+            f'{"s" * (split.side > 1)} per side')
+
+
+def evaluate_blocked(graph: Graph, opts: Options, x1, x2, blocks: PairBlocks) -> dict | None:
+    """The user's kernels computed one block of ≤ `blocks.most` example pairs at a time (a
+    `lax.map` over blocks), so that a block's covariances stay in cache across all layers; None
+    when the inputs make one block.  Each block recomputes its examples' marginals.  When x2
+    is None, or equal to x1 (tested at run time, `lax.cond`), only the distinct pairs are
+    computed, in square blocks on and above the diagonal or pair by pair, whichever
+    `symmetric_split` finds cheaper; the others are their mirror images."""
     batch = graph.node(graph.order()[0]).ttype.batch
     n1 = x1.shape[batch]
-    side = symmetric_block(n1, pairs, least)
-    symmetric = None if side is None else (
-        lambda a, b: _symmetric_blocks(graph, opts, a, side, batch))
+    split = symmetric_split(n1, blocks)
+    if split is None:
+        symmetric = None
+    elif split.pairs:
+        def symmetric(a, _):
+            return _symmetric_pairs(graph, opts, a, split.pairs, batch)
+    else:
+        def symmetric(a, _):
+            return _symmetric_blocks(graph, opts, a, split.side, batch)
     if x2 is None:
         return None if symmetric is None else symmetric(x1, None)
     n2 = x2.shape[batch]
-    b1, b2 = block_shape(n1, n2, pairs, square=False)
+    b1, b2 = block_shape(n1, n2, blocks.most, square=False)
     nb1, nb2 = n1 // b1, n2 // b2
-    if nb1 * nb2 == 1 and symmetric is None:
-        return None
+    if nb1 * nb2 == 1 and (symmetric is None or not blocks.split_whole):
+        return None  # one block (splitting it for x2 = x1 would compile a second program)
 
     def every_block(x1, x2):
         if nb1 * nb2 == 1:
@@ -403,19 +448,48 @@ def _symmetric_blocks(graph: Graph, opts: Options, x, b: int, batch: int) -> dic
     return joined
 
 
-def lower(graph: Graph, opts: Options, pair_block: int | None = None, least_pairs: int = 1):
+def _symmetric_pairs(graph: Graph, opts: Options, x, chunk: int, batch: int) -> dict:
+    """K(x, x) from its n(n + 1)/2 distinct pairs (x_i, x_j), i ≤ j: each a cross block of one
+    example by one, `jax.vmap`ped over a chunk of `chunk` pairs (one XLA program for the whole
+    chunk, as large as a block), the chunks in a `lax.map`; K(x_j, x_i) is the mirror image of
+    K(x_i, x_j).  The last chunk is filled up by repeating the last pair."""
+    n = x.shape[batch]
+    rows, cols = np.triu_indices(n)
+    count = len(rows)
+    chunks = -(-count // chunk)
+    fill = np.full(chunks * chunk - count, n - 1)
+    rows_c, cols_c = (np.concatenate([r, fill]).reshape(chunks, chunk) for r in (rows, cols))
+    xs = _split(x, batch, 1)  # (n, 1, ...): one-example blocks
+    pair = jax.vmap(lambda i, j: _block(graph, opts, xs[i], xs[j], batch, mirror=True))
+    if chunks == 1:
+        upper, lower_ = pair(rows_c[0], cols_c[0])
+    else:
+        upper, lower_ = jax.lax.map(lambda ij: pair(*ij), (rows_c, cols_c))
+
+    lead = 3 if chunks == 1 else 4  # (chunks,) chunk, 1, 1 before the user's axes
+
+    def listed(v):  # -> (count, the user's axes after the two example axes)
+        return v.reshape((chunks * chunk,) + v.shape[lead:])[:count]
+    joined = {}
+    for name, v in upper.items():
+        v, w = listed(v), listed(lower_[name])
+        grid = jnp.zeros((n, n) + v.shape[1:], v.dtype)
+        joined[name] = grid.at[cols, rows].set(w).at[rows, cols].set(v)
+    return joined
+
+
+def lower(graph: Graph, opts: Options, blocks: PairBlocks | None = None):
     """One jitted function (x1, x2, inputs=None) -> {name: array} for the names in `opts.get`
     (a list of such dicts, one per output, for a graph with several outputs); x1 and x2 are
     tuples of arrays for a graph with several inputs; `inputs` is a dict (a pytree) of extra
-    kernel_fn inputs (see `ntc.plan.kernel_inputs`).  With `pair_block` (the plan's choice, see
+    kernel_fn inputs (see `ntc.plan.kernel_inputs`).  With `blocks` (the plan's choice, see
     `ntc.passes.cost.pair_block`), one input and one output, array inputs and no extra inputs,
-    the kernels are computed in blocks of at most that many pairs of examples (and K(x, x) in
-    square blocks of at least `least_pairs` pairs, see `evaluate_blocked`)."""
+    the kernels are computed in blocks of example pairs (`evaluate_blocked`)."""
     single = len(graph.outputs) == 1 and len(graph.input_nodes()) == 1
 
     def fn(x1, x2, inputs=None):
-        if pair_block is not None and single and not inputs and not isinstance(x1, Kernel):
-            out = evaluate_blocked(graph, opts, x1, x2, pair_block, least_pairs)
+        if blocks is not None and single and not inputs and not isinstance(x1, Kernel):
+            out = evaluate_blocked(graph, opts, x1, x2, blocks)
             if out is not None:
                 return out
         outs = [to_user(k, opts) for k in evaluate(graph, opts, x1, x2, inputs)]

@@ -12,6 +12,7 @@ import sympy
 from ..ir.graph import Graph, Node
 from ..ir.types import CovType, TensorType
 from .options import Options
+from .roll_loops import loops
 
 N1, N2 = sympy.symbols('N1 N2', positive=True, integer=True)
 
@@ -87,11 +88,19 @@ MIN_PAIR_BYTES = 64 * 1024
 #: 20–30% slower: ~1000 small loops per call.)
 BLOCK_BYTES = 24 * 2 ** 20
 
-#: the fewest live covariance bytes worth a block of their own when K(x, x) is split into
-#: square blocks to compute only those on and above the diagonal: `cnn21_gap_16x16_n4` in
-#: 2 × 2 blocks of 4 pairs (4.2 MB) 0.035 s against 0.040 unsplit; the small WideResNet (96 kB
-#: per pair) would gain too, but its blocks cost it ~0.5 s of compile time
+#: the fewest live covariance bytes worth a square block of their own when K(x, x) is split
+#: into square blocks to compute only those on and above the diagonal (one `lax.map` trip
+#: each): `cnn21_gap_16x16_n4` in 2 × 2 blocks of 4 pairs (4.2 MB) 0.035 s against 0.040
+#: unsplit.  Pair by pair, a chunk is as large as a block allows, so this does not bound it.
 MIN_BLOCK_BYTES = 4 * 2 ** 20
+
+#: the most nodes a plan may trace (a rolled loop's body counted once) for K(x, x) of a batch
+#: that fits one block to be split anyway when x2 is given equal to x1: the run-time test
+#: (`lax.cond`) then compiles the split and the whole batch, two programs.  Measured, 8 images
+#: at 8×8, compile / steady call before → after: the 21-layer CNN + GAP (6 traced nodes)
+#: 0.6–0.9 s / 0.018–0.033 s → 1.5–1.8 s / 0.017 s; the small WideResNet (20 traced nodes)
+#: 2.2–2.7 s / 0.011–0.020 s → 4.3–4.8 s / 0.010 s
+MAX_TWICE_COMPILED_NODES = 12
 
 
 def pair_bytes(costs: dict[int, NodeCost]) -> int:
@@ -103,28 +112,49 @@ def pair_bytes(costs: dict[int, NodeCost]) -> int:
 
 @dataclass(frozen=True)
 class PairBlocks:
-    """The plan's pair blocks: at most `most` pairs of examples per block (`BLOCK_BYTES`), and
-    at least `least` per square block of K(x, x) (`MIN_BLOCK_BYTES`)."""
+    """The plan's pair blocks: at most `most` pairs of examples per block (`BLOCK_BYTES`), at
+    least `least` per square block of K(x, x) (`MIN_BLOCK_BYTES`), and `marginal_share`: the
+    FLOPs of one example's marginals over those of one pair's cross kernels (what computing
+    K(x, x) pair by pair, each pair with its own two marginals, costs on top of its pairs)."""
 
     most: int
     least: int
+    marginal_share: float = 0.0
+    split_whole: bool = True  # whether a batch that fits one block is split for x2 = x1
+
+
+def traced_nodes(graph: Graph) -> int:
+    """Nodes the lowering traces: a rolled loop's body once (`ntc.passes.roll_loops`)."""
+    return len(graph) - sum(len(lp.members) - len(lp.body) for lp in loops(graph))
+
+
+def marginal_share(costs: dict[int, NodeCost]) -> float:
+    """FLOPs per example (the N1 coefficient of the total, the marginals) over FLOPs per pair
+    of examples (the N1·N2 coefficient, the cross kernels)."""
+    total = sympy.Poly(sum((c.flops for c in costs.values()), sympy.Integer(0)), N1, N2)
+    per_pair = total.coeff_monomial(N1 * N2)
+    return float(total.coeff_monomial(N1) / per_pair) if per_pair else math.inf
 
 
 def pair_block(graph: Graph, opts: Options, costs: dict[int, NodeCost],
                budget: int = BLOCK_BYTES) -> PairBlocks | None:
     """Pairs of examples per block such that a block's covariances fit in `budget` bytes
     (`BLOCK_BYTES`), so that all its layers run in cache (`ntc.lower.lower.evaluate_blocked`),
-    and the fewest a square block of K(x, x) should hold (`MIN_BLOCK_BYTES`); None where
-    blocking does not apply: joint (reference) layouts, plans that return marginals (a block
-    does not own its examples' marginals), layers that select or concatenate examples, or
-    pairs smaller than `MIN_PAIR_BYTES`."""
+    the fewest a square block of K(x, x) should hold (`MIN_BLOCK_BYTES`), the marginals'
+    share of the work (`marginal_share`) and whether a batch that fits one block is split for
+    x2 equal to x1 (`MAX_TWICE_COMPILED_NODES`); None where blocking does not apply: joint
+    (reference) layouts, plans that return marginals (a block does not own its examples'
+    marginals), layers that select or concatenate examples, or pairs smaller than
+    `MIN_PAIR_BYTES`."""
     if (opts.want_marginals or any(n.cov.batch == 'FULL' for n in graph.nodes())
             or graph.moving_examples() is not None):  # a block's examples must stay its own
         return None
     per_pair = pair_bytes(costs)
     if per_pair < MIN_PAIR_BYTES:
         return None
-    return PairBlocks(most=max(1, budget // per_pair), least=-(-MIN_BLOCK_BYTES // per_pair))
+    return PairBlocks(most=max(1, budget // per_pair), least=-(-MIN_BLOCK_BYTES // per_pair),
+                      marginal_share=marginal_share(costs),
+                      split_whole=traced_nodes(graph) <= MAX_TWICE_COMPILED_NODES)
 
 
 def covtype_bytes(t: TensorType, cov: CovType, n1: int, n2: int, itemsize: int = 4) -> int:
