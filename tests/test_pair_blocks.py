@@ -152,6 +152,9 @@ def test_a_plan_too_large_to_compile_twice_keeps_a_batch_that_fits_one_block_who
     assert 'cond[' not in jax.make_jaxpr(fn)(x, x).pretty_print()
     assert 'cond[' in jax.make_jaxpr(lower(plan.graph, plan.opts, PairBlocks(64, 1)))(
         x, x).pretty_print()
+    # nor a batch of fewer pairs than a square block's least: too little work to save
+    small = lower(plan.graph, plan.opts, PairBlocks(most=64, least=17))
+    assert 'cond[' not in jax.make_jaxpr(small)(x, x).pretty_print()
 
 
 def test_explain_names_the_split():

@@ -373,7 +373,9 @@ def evaluate_blocked(graph: Graph, opts: Options, x1, x2, blocks: PairBlocks) ->
     when the inputs make one block.  Each block recomputes its examples' marginals.  When x2
     is None, or equal to x1 (tested at run time, `lax.cond`), only the distinct pairs are
     computed, in square blocks on and above the diagonal or pair by pair, whichever
-    `symmetric_split` finds cheaper; the others are their mirror images."""
+    `symmetric_split` finds cheaper; the others are their mirror images.  A batch that fits
+    one block is split for a given x2 only where the plan allows a second compiled program
+    (`PairBlocks.split_whole`) and the batch holds at least `least` pairs."""
     batch = graph.node(graph.order()[0]).ttype.batch
     n1 = x1.shape[batch]
     split = symmetric_split(n1, blocks)
@@ -390,8 +392,9 @@ def evaluate_blocked(graph: Graph, opts: Options, x1, x2, blocks: PairBlocks) ->
     n2 = x2.shape[batch]
     b1, b2 = block_shape(n1, n2, blocks.most, square=False)
     nb1, nb2 = n1 // b1, n2 // b2
-    if nb1 * nb2 == 1 and (symmetric is None or not blocks.split_whole):
-        return None  # one block (splitting it for x2 = x1 would compile a second program)
+    if nb1 * nb2 == 1 and (symmetric is None or not blocks.split_whole
+                           or n1 * n2 < blocks.least):
+        return None  # one block: splitting it for x2 = x1 compiles a second program
 
     def every_block(x1, x2):
         if nb1 * nb2 == 1:

@@ -91,7 +91,9 @@ BLOCK_BYTES = 24 * 2 ** 20
 #: the fewest live covariance bytes worth a square block of their own when K(x, x) is split
 #: into square blocks to compute only those on and above the diagonal (one `lax.map` trip
 #: each): `cnn21_gap_16x16_n4` in 2 × 2 blocks of 4 pairs (4.2 MB) 0.035 s against 0.040
-#: unsplit.  Pair by pair, a chunk is as large as a block allows, so this does not bound it.
+#: unsplit.  Pair by pair, a chunk is as large as a block allows, so this does not bound it;
+#: it does bound a batch that fits one block, split for a given x2 equal to x1 at the cost of
+#: a second compiled program (`ntc.lower.lower.evaluate_blocked`).
 MIN_BLOCK_BYTES = 4 * 2 ** 20
 
 #: the most nodes a plan may trace (a rolled loop's body counted once) for K(x, x) of a batch
@@ -120,7 +122,8 @@ class PairBlocks:
     most: int
     least: int
     marginal_share: float = 0.0
-    split_whole: bool = True  # whether a batch that fits one block is split for x2 = x1
+    split_whole: bool = True  # whether a batch that fits one block (≥ least pairs) is split
+    # for x2 = x1 (`MAX_TWICE_COMPILED_NODES`)
 
 
 def traced_nodes(graph: Graph) -> int:
