@@ -319,8 +319,8 @@ def _join(blocks, nb1: int, nb2: int):
 
 @dataclass(frozen=True)
 class SymmetricSplit:
-    """How K(x, x) is split: `pairs` examples' pairs per chunk of its distinct pairs
-    (`_symmetric_pairs`), or square blocks of `side` examples (`_symmetric_blocks`)."""
+    """How K(x, x) is split: pair by pair, `pairs` of its distinct pairs per chunk
+    (`_symmetric_pairs`), or in square blocks of `side` examples (`_symmetric_blocks`)."""
 
     pairs: int = 0
     side: int = 0
