@@ -63,11 +63,15 @@ class KernelPlan:
         single = len(graph.outputs) == 1 and len(graph.input_nodes()) == 1
         # pair blocks: one input and one output only (see `ntc.lower.lower.lower`)
         self.pair_blocks = pair_block(graph, opts, self.costs) if single else None
-        self.pair_block = None if self.pair_blocks is None else self.pair_blocks.most
         self._fn = None
         self._live = None
 
     # -- running ------------------------------------------------------------------------------
+
+    @property
+    def pair_block(self) -> int | None:
+        """The most pairs of examples per block (`pair_blocks.most`), None without blocks."""
+        return None if self.pair_blocks is None else self.pair_blocks.most
 
     @property
     def fn(self):
