@@ -3,11 +3,21 @@
 `NTC_HYPOTHESIS=thorough` selects the slow profile for long local runs; CI uses `ci`."""
 
 import os
+import shutil
+import tempfile
 
 # four simulated CPU devices, so that sharding is exercised by every test run
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 # no implicit rank promotion, here and in the processes tests start (the CLI, workers)
 os.environ.setdefault('JAX_NUMPY_RANK_PROMOTION', 'raise')
+# one XLA compilation cache for the whole run, made by pytest's main process and inherited by
+# pytest-xdist's workers and the processes tests start: many tests compile the same programs
+# (the same plans, the CLI's subprocesses); those taking 0.2 s or more to compile are stored
+_OWN_CACHE = ('PYTEST_XDIST_WORKER' not in os.environ
+              and 'JAX_COMPILATION_CACHE_DIR' not in os.environ)
+if _OWN_CACHE:
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='ntc-test-xla-cache-')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 
 import jax  # noqa: E402
 
@@ -56,6 +66,11 @@ THOROUGH_VARIANTS = {
     'test_nt_params.py::test_standard_parameterization_gradients_give_the_analytic_ntk': [
         'True-s0', 'True-s2'],
 }
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
