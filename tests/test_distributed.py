@@ -19,6 +19,7 @@ from ntc.runtime.batching import batch
 from ntc.runtime.distributed import initialize, partition_tiles, tile_cost
 
 # 2 local devices per process; compiled tile programs are shared through JAX's persistent cache
+# (the test run's, `JAX_COMPILATION_CACHE_DIR` from tests/conftest.py)
 ENV = dict(os.environ, JAX_PLATFORMS='cpu', JAX_ENABLE_X64='1',
            XLA_FLAGS='--xla_force_host_platform_device_count=2',
            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
@@ -65,11 +66,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope='module', autouse=True)
-def compilation_cache(tmp_path_factory):
-    ENV['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path_factory.mktemp('jax_cache'))
 
 
 def launch(args, **kw):
