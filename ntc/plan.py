@@ -11,7 +11,6 @@ import collections
 import hashlib
 
 import jax
-import sympy
 
 from . import checks
 from .covariance.kernel import Kernel
@@ -26,8 +25,7 @@ from .passes import Options
 from .passes.choose_layouts import stores_padded_input
 from .passes.cost import (
     BLOCK_BYTES,
-    N1,
-    N2,
+    BatchPoly,
     NodeCost,
     cost,
     pair_block,
@@ -64,7 +62,6 @@ class KernelPlan:
         # pair blocks: one input and one output only (see `ntc.lower.lower.lower`)
         self.pair_blocks = pair_block(graph, opts, self.costs) if single else None
         self._fn = None
-        self._live = None
 
     # -- running ------------------------------------------------------------------------------
 
@@ -196,20 +193,18 @@ class KernelPlan:
 
     def total(self, field: str, n1: int, n2: int) -> float:
         """Total FLOPs or bytes ('flops'/'bytes'), or peak live bytes ('live'), at n1 × n2."""
-        vals = [getattr(c, field).subs({N1: n1, N2: n2}) for c in self.costs.values()]
-        return float(max(vals) if field == 'live' else sum(vals))
+        vals = [getattr(c, field).at(n1, n2) for c in self.costs.values()]
+        return float(max(vals, default=0) if field == 'live' else sum(vals))
 
     def peak_bytes(self, n1: int, n2: int) -> float:
         """Peak live bytes of the covariances for an n1 × n2 kernel (the memory model).  With
         pair blocks: one block's peak plus the assembled output kernels."""
-        if self._live is None:  # compiled once: the memory check runs on every call
-            self._live = sympy.lambdify((N1, N2), [c.live for c in self.costs.values()])
-        whole = float(max(self._live(n1, n2), default=0))
+        whole = self.total('live', n1, n2)
         if self.pair_block is None:
             return whole
         b1, b2 = block_shape(n1, n2, self.pair_block, square=False)
-        out = float(self.costs[self.graph.output].bytes.subs({N1: n1, N2: n2}))
-        return min(whole, float(max(self._live(b1, b2), default=0)) + out)
+        out = self.costs[self.graph.output].bytes.at(n1, n2)
+        return min(whole, self.total('live', b1, b2) + out)
 
     def explain(self, n1: int | None = None, n2: int | None = None) -> str:
         """An EXPLAIN table: one row per node in execution order, then totals.  With n1/n2 the
@@ -236,9 +231,9 @@ class KernelPlan:
             lines.append('  '.join(cells).rstrip())
             if j == 0:
                 lines.append('  '.join('-' * w for w in widths))
-        tot_f = sum((c.flops for c in self.costs.values()), sympy.Integer(0))
-        tot_b = sum((c.bytes for c in self.costs.values()), sympy.Integer(0))
-        peak = self.costs[max(self.costs, key=lambda i: _at(self.costs[i].live, 1000, 1000))].live
+        tot_f = sum((c.flops for c in self.costs.values()), BatchPoly())
+        tot_b = sum((c.bytes for c in self.costs.values()), BatchPoly())
+        peak = self.costs[max(self.costs, key=lambda i: self.costs[i].live.at(1000, 1000))].live
         lines.append('')
         lines.append(f'get={",".join(self.opts.get)}  {self.io_text()}  '
                      f'nodes {len(self.graph)}  transposes {self.transposes}  '
@@ -318,10 +313,6 @@ def kernel_inputs(kwargs: dict, x1, x2) -> dict:
     return out
 
 
-def _at(expr, n1, n2) -> float:
-    return float(sympy.sympify(expr).subs({N1: n1, N2: n2}))
-
-
 def _units(v: float) -> str:
     for unit, scale in (('T', 1e12), ('G', 1e9), ('M', 1e6), ('k', 1e3)):
         if abs(v) >= scale:
@@ -329,13 +320,11 @@ def _units(v: float) -> str:
     return f'{v:.3g}'
 
 
-def _fmt(expr, n1, n2) -> str:
-    expr = sympy.sympify(expr)
+def _fmt(poly: BatchPoly, n1, n2) -> str:
     if n1 is not None:
-        return _units(_at(expr, n1, n2 if n2 is not None else n1))
-    if expr == 0:
+        return _units(poly.at(n1, n2 if n2 is not None else n1))
+    if poly == 0:
         return '0'
-    poly = sympy.Poly(sympy.expand(expr), N1, N2)
     terms = []
     for (p1, p2), coef in poly.terms():
         mono = '·'.join([f'N1^{p1}' if p1 > 1 else 'N1'] * (p1 > 0)

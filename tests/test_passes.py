@@ -2,6 +2,8 @@
 
 import pytest
 import sympy
+from hypothesis import given
+from hypothesis import strategies as st
 
 import ntc
 from ntc import stax
@@ -15,7 +17,7 @@ from ntc.passes import (
     infer_types,
     run_passes,
 )
-from ntc.passes.cost import N1, N2
+from ntc.passes.cost import N1, N2, BatchPoly
 
 NET = stax.serial(stax.Dense(4, 2.0, 0.5), stax.Identity(), stax.Dense(3, 1.5), stax.Relu(),
                   stax.Dense(2, parameterization='standard', b_std=0.1), stax.Dense(1))
@@ -120,9 +122,33 @@ def test_cost_model_counts_entries_of_each_layout():
     relu = next(c for n, c in zip(plan.graph.nodes(), costs) if n.op.kind == 'Relu')
     per = activations.Relu.flops_per_entry
     # nngp and ntk of N1×N2, no marginals kept after the last nonlinearity
-    assert sympy.simplify(relu.flops - per * 2 * N1 * N2) == 0
+    assert relu.flops == per * 2 * N1 * N2
     assert plan.total('bytes', 10, 10) > 0
     assert plan.peak_bytes(100, 100) >= 4 * 2 * 100 * 100
+
+
+_COEFFS = st.dictionaries(st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                          st.integers(-50, 50), max_size=5)
+
+
+@given(_COEFFS, _COEFFS, st.integers(-3, 3), st.integers(1, 40), st.integers(1, 40))
+def test_batch_poly_arithmetic_matches_sympy(a, b, k, n1, n2):
+    s1, s2 = sympy.symbols('N1 N2')
+
+    def sym(coeffs):
+        return sum((c * s1 ** p1 * s2 ** p2 for (p1, p2), c in coeffs.items()), sympy.Integer(0))
+
+    pa, pb = BatchPoly(a), BatchPoly(b)
+    for got, want in ((pa + pb, sym(a) + sym(b)), (pa * pb, sym(a) * sym(b)),
+                      (k * pa - pb, k * sym(a) - sym(b)), ((pa + 1) ** 2, (sym(a) + 1) ** 2),
+                      (sum([pa, pb], BatchPoly()), sym(a) + sym(b))):
+        poly = sympy.Poly(sympy.expand(want), s1, s2)
+        assert got.at(n1, n2) == float(want.subs({s1: n1, s2: n2}))
+        assert got.coeff(1, 1) == poly.coeff_monomial(s1 * s2)
+        assert [p for p, _ in got.terms()] == [m for m, _ in poly.terms() if poly.coeff_monomial(
+            s1 ** m[0] * s2 ** m[1]) != 0]
+        assert sympy.expand(sympy.sympify(str(got)) - want) == 0
+        assert (got == 0) == (sympy.expand(want) == 0)
 
 
 def test_explain_reads_like_a_query_plan():

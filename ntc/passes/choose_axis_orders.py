@@ -25,10 +25,10 @@ from itertools import permutations, product
 
 from ..ir.graph import Graph
 from ..layers.linear import Transpose
-from .cost import N1, N2, node_bytes
+from .cost import node_bytes
 from .options import Options
 
-_PROBE = {N1: 100, N2: 100}  # batch sizes at which transposed bytes are compared
+_PROBE = (100, 100)  # batch sizes N1, N2 at which transposed bytes are compared
 
 
 @dataclass
@@ -40,7 +40,7 @@ class _Assignment:
 
 
 def _bytes(g: Graph, nid: int, opts: Options) -> float:
-    return float(node_bytes(g.node(nid), opts, 1).subs(_PROBE))
+    return node_bytes(g.node(nid), opts, 1).at(*_PROBE)
 
 
 def _propagate(g: Graph, opts: Options, starts: dict[int, tuple[int, ...]]) -> _Assignment:

@@ -1,27 +1,100 @@
-"""cost: FLOPs, bytes written and peak live bytes of every node, as sympy expressions in the
-batch sizes N1 and N2 (spatial sizes are concrete).  Evaluated at concrete sizes, the peak is
-the memory model the runtime uses to choose tile sizes."""
+"""cost: FLOPs, bytes written and peak live bytes of every node, as polynomials in the batch
+sizes N1 and N2 (spatial sizes are concrete).  Evaluated at concrete sizes, the peak is the
+memory model the runtime uses to choose tile sizes."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import sympy
-
 from ..ir.graph import Graph, Node
 from ..ir.types import CovType, TensorType
 from .options import Options
 from .roll_loops import loops
 
-N1, N2 = sympy.symbols('N1 N2', positive=True, integer=True)
+
+class BatchPoly:
+    """A polynomial in the batch sizes N1 and N2 with numeric coefficients, `coeffs` mapping
+    exponents (p1, p2) to the coefficient of N1^p1·N2^p2.  Plain arithmetic: a plan's costs
+    are sums and products of these, and building them with sympy cost a plan's first
+    compile in a process 0.2 s (sympy's own first-use work)."""
+
+    __slots__ = ('coeffs',)
+
+    def __init__(self, coeffs: dict[tuple[int, int], float] | None = None):
+        self.coeffs = {k: v for k, v in (coeffs or {}).items() if v != 0}
+
+    @staticmethod
+    def of(x) -> BatchPoly:
+        """`x` as a polynomial (a number is a constant)."""
+        return x if isinstance(x, BatchPoly) else BatchPoly({(0, 0): x})
+
+    def __add__(self, other) -> BatchPoly:
+        out = dict(self.coeffs)
+        for k, v in BatchPoly.of(other).coeffs.items():
+            out[k] = out.get(k, 0) + v
+        return BatchPoly(out)
+
+    __radd__ = __add__
+
+    def __sub__(self, other) -> BatchPoly:
+        return self + (-1) * BatchPoly.of(other)
+
+    def __mul__(self, other) -> BatchPoly:
+        out: dict[tuple[int, int], float] = {}
+        for (a1, a2), u in self.coeffs.items():
+            for (b1, b2), v in BatchPoly.of(other).coeffs.items():
+                out[a1 + b1, a2 + b2] = out.get((a1 + b1, a2 + b2), 0) + u * v
+        return BatchPoly(out)
+
+    __rmul__ = __mul__
+
+    def __pow__(self, n: int) -> BatchPoly:
+        out = BatchPoly.of(1)
+        for _ in range(n):
+            out = out * self
+        return out
+
+    def __eq__(self, other) -> bool:
+        return self.coeffs == BatchPoly.of(other).coeffs
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self.coeffs.items()))
+
+    def at(self, n1: float, n2: float) -> float:
+        """The value at N1 = n1, N2 = n2."""
+        return float(sum(c * n1 ** p1 * n2 ** p2 for (p1, p2), c in self.coeffs.items()))
+
+    def coeff(self, p1: int, p2: int) -> float:
+        """The coefficient of N1^p1·N2^p2."""
+        return self.coeffs.get((p1, p2), 0)
+
+    def terms(self) -> list[tuple[tuple[int, int], float]]:
+        """((p1, p2), coefficient) by descending exponents, N1 first (N1², N1·N2, N1, N2², ...)."""
+        return sorted(self.coeffs.items(), reverse=True)
+
+    def __str__(self) -> str:
+        if not self.coeffs:
+            return '0'
+        parts = []
+        for (p1, p2), c in self.terms():
+            mono = [f'N1**{p1}' if p1 > 1 else 'N1'] * (p1 > 0) + \
+                   [f'N2**{p2}' if p2 > 1 else 'N2'] * (p2 > 0)
+            num = int(c) if float(c).is_integer() else c
+            parts.append('*'.join([str(num)] * (num != 1 or not mono) + mono))
+        return ' + '.join(parts)
+
+    __repr__ = __str__
+
+
+N1, N2 = BatchPoly({(1, 0): 1}), BatchPoly({(0, 1): 1})
 
 
 @dataclass(frozen=True)
 class NodeCost:
-    flops: sympy.Expr
-    bytes: sympy.Expr  # bytes of the covariances this node stores
-    live: sympy.Expr  # bytes live while this node runs (its inputs still needed + its output)
+    flops: BatchPoly
+    bytes: BatchPoly  # bytes of the covariances this node stores
+    live: BatchPoly  # bytes live while this node runs (its inputs still needed + its output)
 
 
 def spatial_entries(t: TensorType, spatial: str | None) -> int:
@@ -30,18 +103,18 @@ def spatial_entries(t: TensorType, spatial: str | None) -> int:
     return {'NONE': 1, 'DIAG': size, 'FULL': size * size, None: 0}[spatial]
 
 
-def stored_entries(node: Node, opts: Options) -> tuple[sympy.Expr, sympy.Expr]:
+def stored_entries(node: Node, opts: Options) -> tuple[BatchPoly, BatchPoly]:
     """(cross entries, marginal entries) stored for a node's value."""
     t, cov = node.ttype, node.cov
     kernels = 2 if opts.want_ntk else 1
     if cov.batch == 'FULL':
-        return kernels * (N1 + N2) ** 2 * spatial_entries(t, cov.spatial), sympy.Integer(0)
+        return kernels * (N1 + N2) ** 2 * spatial_entries(t, cov.spatial), BatchPoly()
     cross = kernels * N1 * N2 * spatial_entries(t, cov.spatial)
     marg = (N1 + N2) * spatial_entries(t, cov.marginal) if cov.marginal is not None else 0
-    return cross, sympy.sympify(marg)
+    return cross, BatchPoly.of(marg)
 
 
-def node_bytes(node: Node, opts: Options, itemsize: int) -> sympy.Expr:
+def node_bytes(node: Node, opts: Options, itemsize: int) -> BatchPoly:
     cross, marg = stored_entries(node, opts)
     return itemsize * (cross + marg)
 
@@ -62,12 +135,10 @@ def cost(graph: Graph, opts: Options, itemsize: int = 4) -> dict[int, NodeCost]:
         key = (node.ttype, node.cov, per_entry)
         if key not in memo:
             cross, marg = stored_entries(node, opts)
-            memo[key] = (sympy.expand(per_entry * (cross + marg)),
-                         sympy.expand(itemsize * (cross + marg)))
+            memo[key] = (per_entry * (cross + marg), itemsize * (cross + marg))
         flops, out_bytes = memo[key]
         live[nid] = out_bytes
-        now = sum(live.values(), sympy.Integer(0))
-        table[nid] = NodeCost(flops=flops, bytes=out_bytes, live=sympy.expand(now))
+        table[nid] = NodeCost(flops=flops, bytes=out_bytes, live=sum(live.values(), BatchPoly()))
         for src in graph.inputs(nid):
             if last_use.get(src) == nid and src not in graph.outputs:
                 live.pop(src, None)
@@ -108,8 +179,7 @@ MAX_TWICE_COMPILED_NODES = 12
 def pair_bytes(costs: dict[int, NodeCost]) -> int:
     """Bytes per pair of examples at the plan's peak: the largest N1·N2 coefficient of a node's
     live bytes (what one more pair adds to the working set)."""
-    return max((int(sympy.Poly(c.live, N1, N2).coeff_monomial(N1 * N2))
-                for c in costs.values()), default=0)
+    return max((int(c.live.coeff(1, 1)) for c in costs.values()), default=0)
 
 
 @dataclass(frozen=True)
@@ -134,9 +204,9 @@ def traced_nodes(graph: Graph) -> int:
 def marginal_share(costs: dict[int, NodeCost]) -> float:
     """FLOPs per example (the N1 coefficient of the total, the marginals) over FLOPs per pair
     of examples (the N1·N2 coefficient, the cross kernels)."""
-    total = sympy.Poly(sum((c.flops for c in costs.values()), sympy.Integer(0)), N1, N2)
-    per_pair = total.coeff_monomial(N1 * N2)
-    return float(total.coeff_monomial(N1) / per_pair) if per_pair else math.inf
+    total = sum((c.flops for c in costs.values()), BatchPoly())
+    per_pair = total.coeff(1, 1)
+    return float(total.coeff(1, 0) / per_pair) if per_pair else math.inf
 
 
 def pair_block(graph: Graph, opts: Options, costs: dict[int, NodeCost],
