@@ -133,7 +133,7 @@ _COEFFS = st.dictionaries(st.tuples(st.integers(0, 2), st.integers(0, 2)),
 
 @given(_COEFFS, _COEFFS, st.integers(-3, 3), st.integers(1, 40), st.integers(1, 40))
 def test_batch_poly_arithmetic_matches_sympy(a, b, k, n1, n2):
-    s1, s2 = sympy.symbols('N1 N2')
+    s1, s2 = sympy.symbols('N1 N2', positive=True, integer=True)  # as `as_expr` makes them
 
     def sym(coeffs):
         return sum((c * s1 ** p1 * s2 ** p2 for (p1, p2), c in coeffs.items()), sympy.Integer(0))
@@ -147,7 +147,8 @@ def test_batch_poly_arithmetic_matches_sympy(a, b, k, n1, n2):
         assert got.coeff(1, 1) == poly.coeff_monomial(s1 * s2)
         assert [p for p, _ in got.terms()] == [m for m, _ in poly.terms() if poly.coeff_monomial(
             s1 ** m[0] * s2 ** m[1]) != 0]
-        assert sympy.expand(sympy.sympify(str(got)) - want) == 0
+        assert sympy.expand(sympy.sympify(str(got), locals={'N1': s1, 'N2': s2}) - want) == 0
+        assert sympy.expand(got.as_expr() - want) == 0
         assert (got == 0) == (sympy.expand(want) == 0)
 
 

@@ -73,6 +73,15 @@ class BatchPoly:
         """((p1, p2), coefficient) by descending exponents, N1 first (N1², N1·N2, N1, N2², ...)."""
         return sorted(self.coeffs.items(), reverse=True)
 
+    def as_expr(self):
+        """The same polynomial as a sympy expression in the symbols N1, N2 (positive integers),
+        for symbolic work on a plan's costs."""
+        import sympy  # only here: a plan never needs it
+
+        n1, n2 = sympy.symbols('N1 N2', positive=True, integer=True)
+        return sympy.Add(*(sympy.nsimplify(c) * n1 ** p1 * n2 ** p2
+                           for (p1, p2), c in self.terms()))
+
     def __str__(self) -> str:
         if not self.coeffs:
             return '0'
