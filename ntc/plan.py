@@ -327,8 +327,7 @@ def _fmt(poly: BatchPoly, n1, n2) -> str:
         return '0'
     terms = []
     for (p1, p2), coef in poly.terms():
-        mono = '·'.join([f'N1^{p1}' if p1 > 1 else 'N1'] * (p1 > 0)
-                        + [f'N2^{p2}' if p2 > 1 else 'N2'] * (p2 > 0))
+        mono = '·'.join(poly.monomial(p1, p2, power='^'))
         c = _units(float(coef))
         terms.append(f'{c}·{mono}' if mono else c)
     return ' + '.join(terms)

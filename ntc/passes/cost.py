@@ -42,8 +42,9 @@ class BatchPoly:
 
     def __mul__(self, other) -> BatchPoly:
         out: dict[tuple[int, int], float] = {}
+        other = BatchPoly.of(other)
         for (a1, a2), u in self.coeffs.items():
-            for (b1, b2), v in BatchPoly.of(other).coeffs.items():
+            for (b1, b2), v in other.coeffs.items():
                 out[a1 + b1, a2 + b2] = out.get((a1 + b1, a2 + b2), 0) + u * v
         return BatchPoly(out)
 
@@ -82,13 +83,18 @@ class BatchPoly:
         return sympy.Add(*(sympy.nsimplify(c) * n1 ** p1 * n2 ** p2
                            for (p1, p2), c in self.terms()))
 
+    @staticmethod
+    def monomial(p1: int, p2: int, power: str = '**') -> list[str]:
+        """The factors of N1^p1·N2^p2 as text, e.g. ['N1**2', 'N2'] ([] for a constant)."""
+        return ([f'N1{power}{p1}' if p1 > 1 else 'N1'] * (p1 > 0)
+                + [f'N2{power}{p2}' if p2 > 1 else 'N2'] * (p2 > 0))
+
     def __str__(self) -> str:
         if not self.coeffs:
             return '0'
         parts = []
         for (p1, p2), c in self.terms():
-            mono = [f'N1**{p1}' if p1 > 1 else 'N1'] * (p1 > 0) + \
-                   [f'N2**{p2}' if p2 > 1 else 'N2'] * (p2 > 0)
+            mono = self.monomial(p1, p2)
             num = int(c) if float(c).is_integer() else c
             parts.append('*'.join([str(num)] * (num != 1 or not mono) + mono))
         return ' + '.join(parts)
